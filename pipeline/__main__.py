@@ -1,0 +1,44 @@
+"""Hydra entry point: ``python -m pipeline [overrides]`` (``-m`` for sweeps).
+
+Only the config schemas are imported up front, so a bad config is refused in a second, before
+TensorFlow or MLflow load and before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from pipeline.config import ConfigError, register_configs, validate
+
+log = logging.getLogger("pipeline")
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    try:
+        config = validate(cfg)
+    except ConfigError as e:
+        if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error in config: {e}", file=sys.stderr)
+        sys.exit(2)
+
+    from pipeline.runner import execute
+
+    hc = HydraConfig.get()
+    result = execute(config, cfg, list(hc.overrides.task), Path(hc.runtime.output_dir) / ".hydra")
+    return result.objective
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""Algorithms, one module each, all behind :class:`pipeline.algorithms.base.Algorithm`."""
+
+from __future__ import annotations
+
+from pipeline.algorithms.base import Algorithm, Context
+from pipeline.config import AlgorithmConfig, MetaTrainConfig
+
+
+def build_algorithm(cfg: AlgorithmConfig, ctx: Context,
+                    meta_train: MetaTrainConfig | None = None) -> Algorithm:
+    """Instantiate the algorithm named by ``cfg.name``."""
+    from pipeline.algorithms.maml import MAML
+    from pipeline.algorithms.notebook import Notebook
+    from pipeline.algorithms.scratch import Scratch
+
+    if cfg.name == MAML.name:
+        return MAML(cfg, ctx, jit_compile=bool(meta_train and meta_train.jit_compile))
+    registry = {Scratch.name: Scratch, Notebook.name: Notebook}
+    if cfg.name not in registry:
+        raise ValueError(f"algorithm.name={cfg.name!r} is unknown: choose one of "
+                         f"{', '.join(sorted([*registry, MAML.name]))}.")
+    return registry[cfg.name](cfg, ctx)
+
+
+__all__ = ["Algorithm", "Context", "build_algorithm"]

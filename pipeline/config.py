@@ -1,0 +1,352 @@
+"""Config schemas: one dataclass per Hydra group option, registered in Hydra's ConfigStore.
+
+Hydra/OmegaConf check key names and types while composing (a mistyped key or a non-numeric
+learning rate stops composition). Ranges and choice lists live in each field's metadata and are
+checked by :func:`validate` before any stage runs, so every error names the full dotted key, the
+bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from pipeline import PROJECT_ROOT
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range, not an allowed choice, or inconsistent."""
+
+
+# --- field helpers: constraints travel as metadata so one walker checks them all --------------
+
+
+def num(default: Any, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None) -> Any:
+    """A numeric field with bounds (inclusive ``ge``/``le``, exclusive ``gt``/``lt``)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
+def choice(default: str, choices: tuple[str, ...]) -> Any:
+    """A string field restricted to ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+ACTIVATIONS = ("relu", "tanh", "gelu", "elu", "sigmoid", "swish", "leaky_relu", "linear")
+HEADS = ("softmax", "sigmoid")
+INNER_OPTIMIZERS = ("sgd", "adam")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Common to every task family."""
+
+    family: str = MISSING
+    num_train_tasks: int = num(100, ge=1)
+    num_test_tasks: int = num(100, ge=2)
+    #: Reuse a previously generated file when the config (and so its fingerprint) is the same.
+    cache: bool = True
+
+
+@dataclass
+class ClassificationDataConfig(DataConfig):
+    """``samples_per_task`` labelled points a task: support = ``k_shot`` per class, query = rest."""
+
+    num_features: int = num(20, ge=1)
+    num_classes: int = num(2, ge=2)
+    samples_per_task: int = num(100, ge=2)
+    k_shot: int = num(5, ge=1)
+
+
+@dataclass
+class NotebookDataConfig(ClassificationDataConfig):
+    """The notebook's data: Gaussian inputs, labels drawn at random (a negative control)."""
+
+    family: str = "notebook"
+
+
+@dataclass
+class SyntheticDataConfig(ClassificationDataConfig):
+    """Tasks sharing a random nonlinear feature map, each with its own linear rule on top.
+
+    See :mod:`pipeline.data.synthetic` for the generative process.
+    """
+
+    family: str = "synthetic"
+    num_train_tasks: int = num(2000, ge=1)
+    num_test_tasks: int = num(200, ge=2)
+    samples_per_task: int = num(60, ge=2)
+    num_classes: int = num(3, ge=2)
+    k_shot: int = num(5, ge=1)
+    #: Width of the shared latent representation phi(x).
+    latent_dim: int = num(8, ge=1)
+    #: Scale of the shared feature map's weights (larger = more nonlinear).
+    map_scale: float = num(1.5, gt=0)
+    #: Spread of the task rules around the shared prior mean (0 = every task identical).
+    task_diversity: float = num(1.0, ge=0)
+    #: Probability that a label is replaced by a uniformly random class.
+    label_noise: float = num(0.0, ge=0, le=1)
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    """Fully connected network; the notebook's 64-64 ReLU MLP is the default."""
+
+    name: str = "mlp"
+    hidden_units: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = choice("relu", ACTIVATIONS)
+    #: ``softmax``: one logit per class; ``sigmoid``: one logit for 2 classes (the notebook's head).
+    head: str = choice("softmax", HEADS)
+
+
+# --- optimizer (outer loop / meta-optimizer) --------------------------------------------------
+
+
+@dataclass
+class OptimizerConfig:
+    name: str = MISSING
+    learning_rate: float = num(1e-3, gt=0)
+    #: Clip each gradient tensor's norm (null = no clipping).
+    clipnorm: float | None = num(None, gt=0)
+
+
+@dataclass
+class AdamConfig(OptimizerConfig):
+    name: str = "adam"
+    beta_1: float = num(0.9, ge=0, lt=1)
+    beta_2: float = num(0.999, ge=0, lt=1)
+    epsilon: float = num(1e-7, gt=0)
+
+
+@dataclass
+class SGDConfig(OptimizerConfig):
+    name: str = "sgd"
+    learning_rate: float = num(0.01, gt=0)
+    momentum: float = num(0.0, ge=0, lt=1)
+    nesterov: bool = False
+
+
+# --- algorithm --------------------------------------------------------------------------------
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ScratchConfig(AlgorithmConfig):
+    """No meta-learning: a fresh model per test task, trained on its support set only."""
+
+    name: str = "scratch"
+    steps: int = num(100, ge=0)
+    learning_rate: float = num(0.01, gt=0)
+    optimizer: str = choice("adam", INNER_OPTIMIZERS)
+
+
+@dataclass
+class NotebookAlgorithmConfig(AlgorithmConfig):
+    """The notebook's procedure: one model fitted on each training task in turn, every epoch."""
+
+    name: str = "notebook"
+    epochs: int = num(10, ge=1)
+    batch_size: int = num(32, ge=1)
+    #: Test-time fine-tuning on the support set (0 = evaluate as trained, like the notebook).
+    finetune_steps: int = num(0, ge=0)
+    finetune_lr: float = num(0.01, gt=0)
+    finetune_optimizer: str = choice("sgd", INNER_OPTIMIZERS)
+
+
+@dataclass
+class MAMLConfig(AlgorithmConfig):
+    """Model-Agnostic Meta-Learning (Finn et al. 2017), second order unless ``first_order``."""
+
+    name: str = "maml"
+    inner_lr: float = num(0.1, gt=0)
+    inner_steps: int = num(1, ge=1)
+    #: Inner steps at meta-test time (null = same as ``inner_steps``).
+    test_inner_steps: int | None = num(None, ge=0)
+    first_order: bool = False
+
+
+# --- stages, tracking, paths, runtime ---------------------------------------------------------
+
+
+@dataclass
+class MetaTrainConfig:
+    iterations: int = num(1000, ge=0)
+    meta_batch_size: int = num(25, ge=1)
+    #: Log training curves every this many meta-iterations (averaged over the window).
+    log_every: int = num(10, ge=1)
+    #: XLA-compile the meta-training step.
+    jit_compile: bool = False
+
+
+@dataclass
+class MetaTestConfig:
+    #: Also evaluate the no-meta-learning baseline on the same test tasks.
+    compare_to_scratch: bool = True
+    #: Test tasks adapted together in one vectorised call.
+    task_batch_size: int = num(200, ge=1)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+
+
+@dataclass
+class TrackingConfig:
+    #: MLflow tracking URI: ``sqlite:///...`` (embedded) or ``http://host:port`` (a server).
+    uri: str = MISSING
+    #: Artifact root for new experiments on an embedded store (null = the server decides).
+    artifact_location: str | None = None
+    experiment_name: str = "meta-learning"
+    run_name: str | None = None
+    log_model: bool = True
+    #: Data files up to this size are logged as artifacts; larger ones by fingerprint only.
+    log_dataset_max_mb: float = num(50.0, ge=0)
+    #: Seconds an HTTP tracking call may wait / how often it is retried (bounded, not minutes).
+    http_timeout_s: int = num(10, ge=1)
+    http_max_retries: int = num(2, ge=0)
+
+
+@dataclass
+class PathsConfig:
+    root_dir: str = MISSING
+    data_dir: str = MISSING
+    mlruns_dir: str = MISSING
+    output_dir: str = MISSING
+
+
+@dataclass
+class RuntimeConfig:
+    #: TensorFlow op determinism: same seed, same numbers.
+    deterministic: bool = True
+    #: Threads per op; 1 is fastest for small models and keeps parallel jobs from fighting.
+    intra_op_threads: int = num(1, ge=0)
+    inter_op_threads: int = num(1, ge=0)
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    algorithm: AlgorithmConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    paths: PathsConfig = MISSING
+    meta_train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
+    meta_test: MetaTestConfig = field(default_factory=MetaTestConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    #: The one seed behind data, initialisation and task sampling.
+    seed: int = num(0, ge=0, lt=2**31)
+
+
+#: Group name -> {option name -> schema}. The YAML option of the same name extends the schema.
+SCHEMAS: dict[str, dict[str, type]] = {
+    "data": {"notebook": NotebookDataConfig, "synthetic": SyntheticDataConfig},
+    "model": {"mlp": MLPConfig},
+    "optimizer": {"adam": AdamConfig, "sgd": SGDConfig},
+    "algorithm": {
+        "scratch": ScratchConfig,
+        "notebook": NotebookAlgorithmConfig,
+        "maml": MAMLConfig,
+    },
+    "tracking": {"base": TrackingConfig},
+    "paths": {"base": PathsConfig},
+}
+
+
+def register_configs() -> None:
+    """Store the schemas as ``<group>/schema_<option>`` and the root as ``config_schema``."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    for group, options in SCHEMAS.items():
+        for option, schema in options.items():
+            cs.store(group=group, name=f"schema_{option}", node=schema)
+
+
+def _project_root() -> str:
+    return str(PROJECT_ROOT)
+
+
+if not OmegaConf.has_resolver("project_root"):
+    OmegaConf.register_new_resolver("project_root", _project_root)
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def _check_field(key: str, value: Any, meta: Any) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(choices)}.")
+    bounds = {op: meta.get(name) for name, op in _BOUNDS.items() if meta.get(name) is not None}
+    if not bounds:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a finite number.")
+    for op, bound in bounds.items():
+        if not _COMPARE[op](value, bound):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {op} {bound}.")
+
+
+def _walk(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _walk(value, f"{key}.")
+        else:
+            _check_field(key, value, f.metadata)
+
+
+def _check_consistency(cfg: Config) -> None:
+    data, model = cfg.data, cfg.model
+    if isinstance(data, ClassificationDataConfig):
+        support = data.k_shot * data.num_classes
+        if support >= data.samples_per_task:
+            raise ConfigError(
+                f"data.k_shot={data.k_shot} with data.num_classes={data.num_classes} puts "
+                f"{support} of data.samples_per_task={data.samples_per_task} samples in the "
+                f"support set, leaving no query set: k_shot * num_classes must be < "
+                f"samples_per_task."
+            )
+        if isinstance(model, MLPConfig) and model.head == "sigmoid" and data.num_classes != 2:
+            raise ConfigError(
+                f"model.head='sigmoid' must have data.num_classes=2, got {data.num_classes}: "
+                f"use model.head=softmax for more classes."
+            )
+    if isinstance(model, MLPConfig) and any(u < 1 for u in model.hidden_units):
+        raise ConfigError(
+            f"model.hidden_units={list(model.hidden_units)} is not allowed: every layer width "
+            f"must be >= 1."
+        )
+
+
+def validate(cfg: DictConfig | Config) -> Config:
+    """Return the typed config, or raise :class:`ConfigError` naming the bad key."""
+    obj = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    assert isinstance(obj, Config), f"expected the root config schema, got {type(obj).__name__}"
+    _walk(obj, "")
+    _check_consistency(obj)
+    return obj

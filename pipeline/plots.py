@@ -1,0 +1,48 @@
+"""Figures logged with each run (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+
+def per_task(results: dict[str, np.ndarray], baseline: dict[str, np.ndarray] | None,
+             metric: str, algo_name: str) -> Figure:
+    """Each test task's query metric before and after adaptation (and the scratch baseline)."""
+    fig, (ax, hist) = plt.subplots(1, 2, figsize=(12, 4), width_ratios=[3, 1])
+    tasks = np.arange(len(results[f"{metric}_after"]))
+    order = np.argsort(results[f"{metric}_after"])
+    series = [(f"{algo_name} before adaptation", results[f"{metric}_before"], "tab:gray"),
+              (f"{algo_name} after adaptation", results[f"{metric}_after"], "tab:blue")]
+    if baseline is not None:
+        series.append(("scratch after training", baseline[f"{metric}_after"], "tab:orange"))
+    for label, values, color in series:
+        ax.plot(tasks, values[order], ".", ms=3, color=color, label=label)
+        hist.hist(values, bins=20, alpha=0.5, color=color, orientation="horizontal")
+        ax.axhline(values.mean(), color=color, lw=1)
+    ax.set_xlabel("test task (sorted by post-adaptation value)")
+    ax.set_ylabel(f"query {metric}")
+    ax.legend(loc="best", fontsize=8)
+    hist.set_xlabel("tasks")
+    fig.suptitle(f"Per-task query {metric} (lines: means)")
+    fig.tight_layout()
+    return fig
+
+
+def curves(curves: dict[str, tuple[list[int], list[float]]]) -> Figure:
+    fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(5 * max(len(curves), 1), 3.5))
+    for ax, (name, (steps, values)) in zip(np.atleast_1d(axes), sorted(curves.items()),
+                                           strict=False):
+        ax.plot(steps, values)
+        ax.set_xlabel("meta-iteration")
+        ax.set_ylabel(f"train/{name}")
+    fig.tight_layout()
+    return fig
+
+
+def close(fig: Figure) -> None:
+    plt.close(fig)

@@ -1,0 +1,78 @@
+"""Stage 2, meta-train: run the algorithm's meta-training, logging curves in batches."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from pipeline.algorithms import Algorithm
+from pipeline.config import Config
+from pipeline.data import SEED_STREAMS, TaskSplit
+from pipeline.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+PREFIX = "train/"
+
+
+class DivergenceError(RuntimeError):
+    """A meta-training loss became NaN or infinite."""
+
+
+def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None) -> dict:
+    """Meta-train ``algo``; returns the logged curves ``{name: (steps, values)}`` and timing."""
+    if not algo.meta_learns:
+        return {"seconds": 0.0, "iterations": 0, "curves": {}}
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed,
+                                                       spawn_key=(SEED_STREAMS["sampling"],)))
+    every = cfg.meta_train.log_every
+    window: dict[str, list[float]] = {}
+    curves: dict[str, tuple[list[int], list[float]]] = {}
+    pending: dict[str, list] = {}
+    pending_steps: list[int] = []
+    total = getattr(algo.cfg, "epochs", None) or cfg.meta_train.iterations
+    bar = tqdm(total=total, desc=f"meta-train {algo.name}", unit="it", file=sys.stderr,
+               disable=None, dynamic_ncols=True, mininterval=0.5)
+    start, done = time.perf_counter(), 0
+
+    def flush() -> None:
+        if tracker is not None and pending_steps:
+            tracker.log_metrics({PREFIX + k: v for k, v in pending.items()}, steps=pending_steps)
+        pending.clear()
+        pending_steps.clear()
+
+    try:
+        for it, metrics in algo.meta_train(train, cfg.meta_train, rng):
+            done = it + 1
+            for k, v in metrics.items():
+                value = float(v)
+                if not math.isfinite(value):
+                    raise DivergenceError(f"meta-training diverged: {PREFIX}{k}={value} at "
+                                          f"iteration {it}. Lower optimizer.learning_rate or "
+                                          f"the inner learning rate.")
+                window.setdefault(k, []).append(value)
+            bar.update(1)
+            if done % every == 0 or done == total:
+                means = {k: float(np.mean(v)) for k, v in window.items()}
+                window.clear()
+                bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()}, refresh=False)
+                pending_steps.append(it)
+                for k, v in means.items():
+                    pending.setdefault(k, []).append(v)
+                    steps, values = curves.setdefault(k, ([], []))
+                    steps.append(it)
+                    values.append(v)
+                if len(pending_steps) * max(len(pending), 1) >= 1000:
+                    flush()
+    finally:
+        bar.close()
+        flush()  # what was trained so far stays on record, even on failure
+    seconds = time.perf_counter() - start
+    log.info("meta-trained %s: %d iterations in %.1f s (%.2f ms/it)", algo.name, done, seconds,
+             1000 * seconds / max(done, 1))
+    return {"seconds": seconds, "iterations": done, "curves": curves}

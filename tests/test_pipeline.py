@@ -1,0 +1,128 @@
+"""End to end: stages run, results are honest, and the MLflow store holds all of it."""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.runner import NO_GAIN_TAG, execute
+from tests.conftest import TINY, run_cli, store_overrides
+
+
+@pytest.fixture
+def tiny_run(make_cfg, tmp_path):
+    cfg, raw = make_cfg(*TINY)
+    hydra_dir = tmp_path / "out" / ".hydra"
+    hydra_dir.mkdir(parents=True)
+    (hydra_dir / "config.yaml").write_text("seed: 0\n")
+    result = execute(cfg, raw, ["meta_train.iterations=20"], hydra_dir)
+    client = MlflowClient(cfg.tracking.uri)
+    return cfg, result, client, client.get_run(result.run_id)
+
+
+def test_store_holds_per_task_metrics_aggregates_params_tags_artifacts(tiny_run):
+    cfg, result, client, run = tiny_run
+    assert run.info.status == "FINISHED"
+    n = cfg.data.num_test_tasks
+    for name in ("task/query_acc_after", "task/query_loss_before", "scratch_task/query_acc_after"):
+        history = client.get_metric_history(run.info.run_id, name)
+        assert sorted(m.step for m in history) == list(range(n)), name
+    after = {m.step: m.value for m in client.get_metric_history(run.info.run_id,
+                                                                "task/query_acc_after")}
+    np.testing.assert_allclose([after[i] for i in range(n)], result.per_task["acc_after"])
+    m = run.data.metrics
+    mean = result.summaries["test/query_acc_after"].mean
+    assert m["test/query_acc_after_mean"] == pytest.approx(mean)
+    for key in ("test/query_acc_after_ci95", "test/query_acc_before_mean",
+                "test/query_loss_after_std", "scratch/query_acc_after_mean", "gain/query_acc",
+                "gain/query_acc_ci95"):
+        assert key in m, key
+    curve = client.get_metric_history(run.info.run_id, "train/loss")
+    assert [c.step for c in curve] == [4, 9, 14, 19]
+    p = run.data.params
+    assert p["data.k_shot"] == "5" and p["algorithm.name"] == "maml" and p["seed"] == "0"
+    assert p["model.hidden_units"] == "[64, 64]"
+    t = run.data.tags
+    assert t["seed"] == "0" and len(t["git_commit"]) >= 7 and t["git_dirty"] in ("true", "false",
+                                                                                   "unknown")
+    assert t["data_fingerprint"] == result.tasks.fingerprint
+    assert t["version/tensorflow"].startswith("2.") and t["version/mlflow"].startswith("3.")
+    assert t["hydra_overrides"] == '["meta_train.iterations=20"]'
+    assert t[NO_GAIN_TAG] in ("none", "positive")
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"hydra", "plots", "config", "data"} <= artifacts
+    plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert {"plots/per_task_acc.png", "plots/meta_train_curves.png"} <= plots
+    hydra = {a.path for a in client.list_artifacts(run.info.run_id, "hydra")}
+    assert "hydra/config.yaml" in hydra
+    assert run.inputs.dataset_inputs[0].dataset.digest == result.tasks.fingerprint[:32]
+
+
+def test_logged_model_loads_and_predicts_like_the_trained_one(tiny_run):
+    cfg, result, _client, run = tiny_run
+    x = result.tasks.test.query_x[0]
+    expected = np.asarray(result.algorithm.model(x))
+    mlflow.set_tracking_uri(cfg.tracking.uri)
+    model_uri = f"runs:/{run.info.run_id}/model"
+    loaded = mlflow.keras.load_model(model_uri)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    np.testing.assert_allclose(np.asarray(pyfunc.predict(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_gives_identical_per_task_metrics(make_cfg):
+    cfg, raw = make_cfg(*TINY, "tracking.log_model=false")
+    a = execute(cfg, raw, track=False)
+    b = execute(cfg, raw, track=False)
+    for key in a.per_task:
+        np.testing.assert_array_equal(a.per_task[key], b.per_task[key])
+
+
+def test_failed_run_is_marked_failed_with_reason_and_keeps_what_was_logged(make_cfg):
+    cfg, raw = make_cfg(*TINY, "optimizer.learning_rate=1e30", "algorithm.inner_lr=1e30",
+                        "tracking.run_name=diverges")
+    with pytest.raises(RuntimeError, match="diverged"):
+        execute(cfg, raw)
+    client = MlflowClient(cfg.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("meta-learning").experiment_id],
+                               "attributes.run_name = 'diverges'")
+    assert run.info.status == "FAILED"
+    assert "diverged" in run.data.tags["error"] and "iteration" in run.data.tags["error"]
+    assert run.data.params["algorithm.name"] == "maml"
+    assert run.data.tags["data_fingerprint"]
+
+
+def test_notebook_preset_scores_chance_and_warns(make_cfg, caplog):
+    cfg, raw = make_cfg("experiment=notebook", "tracking.log_model=false")
+    with caplog.at_level(logging.WARNING):
+        result = execute(cfg, raw)
+    after = result.summaries["test/query_acc_after"]
+    assert after.n == 100 and after.contains(0.5), after
+    assert result.no_gain and "no gain" in caplog.text
+    run = MlflowClient(cfg.tracking.uri).get_run(result.run_id)
+    assert run.data.tags[NO_GAIN_TAG] == "none"
+
+
+def test_maml_beats_scratch_on_synthetic_tasks(make_cfg):
+    cfg, raw = make_cfg("meta_train.iterations=400", "tracking.log_model=false")
+    result = execute(cfg, raw, track=False)
+    maml = result.summaries["test/query_acc_after"]
+    scratch = result.summaries["scratch/query_acc_after"]
+    assert maml.low > scratch.high, (maml, scratch)
+    assert result.gain.low > 0 and not result.no_gain
+    assert maml.mean > result.summaries["test/query_acc_before"].high
+
+
+def test_cli_run_logs_hydra_folder_and_works_from_any_directory(tmp_path):
+    out = run_cli(*TINY, *store_overrides(tmp_path), "tracking.log_model=false", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    [run] = client.search_runs([client.get_experiment_by_name("meta-learning").experiment_id])
+    hydra = {a.path for a in client.list_artifacts(run.info.run_id, "hydra")}
+    assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/hydra.yaml"} <= hydra
+    assert run.data.tags["hydra_overrides"].startswith('["data.num_train_tasks=40"')
+    assert (tmp_path / "mlruns" / "artifacts").is_dir()
