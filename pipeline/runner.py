@@ -92,7 +92,7 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
             hydra_dir: Path | None = None, track: bool = True) -> RunResult:
     """Run every stage; log ``raw`` (the composed config) as params, ``hydra_dir`` as files."""
     runtime.setup(cfg.runtime, cfg.seed)
-    tracker = Tracker(cfg.tracking) if track else None
+    tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir)) if track else None
     tags = {"seed": cfg.seed, "algorithm": cfg.algorithm.name, "data_family": cfg.data.family,
             "model": cfg.model.name, "hydra_overrides": json.dumps(overrides or []),
             **provenance.git_state(), **provenance.versions()}
