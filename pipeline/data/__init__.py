@@ -24,7 +24,7 @@ FIELDS = ("support_x", "support_y", "query_x", "query_y")
 
 @dataclass(frozen=True)
 class TaskSplit:
-    """Stacked tasks: ``support_x`` is [tasks, support, features], ``support_y`` [tasks, support]."""
+    """Stacked tasks: ``support_x`` [tasks, support, features], ``support_y`` [tasks, support]."""
 
     support_x: np.ndarray
     support_y: np.ndarray
