@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.algorithms import Context, build_algorithm
+from pipeline.algorithms import Context, build_algorithm, outer
 from pipeline.algorithms import functional as F
-from pipeline.algorithms import outer
 from pipeline.algorithms.anil import ANIL
 from pipeline.algorithms.maml import MAML
 from pipeline.algorithms.metasgd import MetaSGD

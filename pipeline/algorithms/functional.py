@@ -155,6 +155,54 @@ def batched_sgd(f: FunctionalModel, loss: TaskLoss, stacked: Sequence[tf.Tensor]
     return params
 
 
+def first_step_shared(f: FunctionalModel, loss: TaskLoss, params: Sequence[tf.Tensor],
+                      x: tf.Tensor, y: tf.Tensor, lr: float | tf.Tensor | Sequence[tf.Tensor],
+                      first_order: bool, mask: Sequence[bool] | None = None) -> Params:
+    """The first inner SGD step from weights every task shares, for a Dense stack.
+
+    Same result as ``batched_sgd(f, loss, tile(params, tasks), x, y, 1, ...)``, cheaper: while
+    the weights are shared, the forward and backward passes are single large matmuls over all
+    tasks' examples, and only each task's weight gradient (inputs^T @ d pre-activations, the
+    one per-task quantity) is a batched matmul. Under an outer tape this saves about half of
+    the per-task matmuls of a second-order MAML step.
+    """
+    assert f._dense is not None, "first_step_shared needs a Dense stack"
+    params = list(params)
+    mask = list(mask) if mask is not None else [True] * len(params)
+    lrs = list(lr) if isinstance(lr, (list, tuple)) else [lr] * len(params)
+    tasks, n = num_tasks(x), x.shape[1]
+    with tf.GradientTape() as tape:
+        h = tf.reshape(x, [-1, x.shape[-1]])
+        inputs, pre = [], []
+        i = 0
+        for activation, use_bias in f._dense:
+            inputs.append(h)
+            z = tf.linalg.matmul(h, params[i]) + (params[i + 1] if use_bias else 0)
+            tape.watch(z)
+            pre.append(z)
+            h = activation(z) if activation is not None else z
+            i += 1 + use_bias
+        out = tf.reshape(h, [tasks, n, h.shape[-1]])
+        total = tf.reduce_sum(loss.batch_loss(out, y))
+    dpre = tape.gradient(total, pre)
+    new, i = [], 0
+    for (_, use_bias), h_in, dz in zip(f._dense, inputs, dpre, strict=True):
+        dz = tf.reshape(dz, [tasks, n, dz.shape[-1]])
+        grads = [tf.linalg.matmul(tf.reshape(h_in, [tasks, n, h_in.shape[-1]]), dz,
+                                  transpose_a=True)]
+        if use_bias:
+            grads.append(tf.reduce_sum(dz, axis=1))
+        for g in grads:
+            p = params[i]
+            if mask[i]:
+                g = tf.stop_gradient(g) if first_order else g
+                new.append(p[None] - lrs[i] * g)
+            else:
+                new.append(tile([p], tasks)[0])
+            i += 1
+    return new
+
+
 def evaluate(f: FunctionalModel, loss: TaskLoss, stacked: Params, x: tf.Tensor,
              y: tf.Tensor) -> dict[str, tf.Tensor]:
     """Per-task metrics ([tasks] each) of per-task weights on per-task data."""

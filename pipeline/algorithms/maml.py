@@ -52,12 +52,19 @@ class MAML(Algorithm):
         with respect to :attr:`meta_variables`."""
         variables = self.meta_variables
         with tf.GradientTape() as tape:
-            stacked = F.tile(self.f.params(), F.num_tasks(sx))
-            adapted = self.inner_loop(stacked, sx, sy, self.cfg.inner_steps, self.cfg.first_order)
+            adapted = self._differentiable_inner(self.f.params(), sx, sy)
             per_task = self.loss.batch_metrics(self.f.batched(adapted, qx, training=True), qy)
             meta_loss = tf.reduce_mean(per_task[self.loss.metric_names[0]])
         grads = tape.gradient(meta_loss, variables)
         return {k: tf.reduce_mean(v) for k, v in per_task.items()}, grads
+
+    def _differentiable_inner(self, params, sx, sy) -> F.Params:
+        steps, first_order = self.cfg.inner_steps, self.cfg.first_order
+        if self.f._dense is None:
+            return self.inner_loop(F.tile(params, F.num_tasks(sx)), sx, sy, steps, first_order)
+        adapted = F.first_step_shared(self.f, self.loss, params, sx, sy, self.inner_lrs(),
+                                      first_order, self.inner_mask())
+        return self.inner_loop(adapted, sx, sy, steps - 1, first_order)
 
     def _apply_step(self, sx, sy, qx, qy):
         metrics, grads = self.meta_gradients(sx, sy, qx, qy)

@@ -17,7 +17,7 @@ BEFORE, AFTER = "before", "after"
 
 
 def steps_key(steps: int) -> str:
-    """Suffix of the metrics after exactly ``steps`` inner steps: ``after_1step``, ``after_10steps``."""
+    """Metric suffix after exactly ``steps`` inner steps: ``after_1step``, ``after_10steps``."""
     return f"{AFTER}_{steps}step{'s' if steps != 1 else ''}"
 
 
