@@ -107,9 +107,10 @@ def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: 
 
 
 def _generators() -> dict[str, Callable]:
-    from pipeline.data import notebook, synthetic
+    from pipeline.data import notebook, sinusoid, synthetic
 
-    return {"notebook": notebook.generate, "synthetic": synthetic.generate}
+    return {"notebook": notebook.generate, "synthetic": synthetic.generate,
+            "sinusoid": sinusoid.generate}
 
 
 def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
