@@ -68,9 +68,10 @@ def test_synthetic_tasks_differ_but_share_structure(make_cfg, tmp_path):
 
 
 def test_same_config_and_seed_same_fingerprint(make_cfg, tmp_path):
-    a, _ = _generate(make_cfg, tmp_path / "a", cache=False)
-    b, _ = _generate(make_cfg, tmp_path / "b", cache=False)
-    c, _ = _generate(make_cfg, tmp_path / "c", "seed=1", cache=False)
+    small = ("data.num_train_tasks=50", "data.num_test_tasks=20")
+    a, _ = _generate(make_cfg, tmp_path / "a", *small, cache=False)
+    b, _ = _generate(make_cfg, tmp_path / "b", *small, cache=False)
+    c, _ = _generate(make_cfg, tmp_path / "c", *small, "seed=1", cache=False)
     assert a.fingerprint == b.fingerprint != c.fingerprint
     assert np.array_equal(a.train.support_x, b.train.support_x)
     assert len(a.fingerprint) == 64
