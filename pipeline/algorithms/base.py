@@ -24,7 +24,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline import checkpoint
 from pipeline.algorithms import functional as F
+from pipeline.checkpoint import Checkpoint, Progress, deferred_interrupts
 from pipeline.config import AlgorithmConfig, ConfigError, MetaTrainConfig
 from pipeline.data import TaskSplit
 from pipeline.losses import TaskLoss
@@ -52,18 +54,21 @@ class Algorithm(ABC):
         self.model = ctx.model
         self.loss = ctx.loss
         self.f = F.FunctionalModel(ctx.model)
+        #: Meta-training progress at the last chunk boundary (what a checkpoint records).
+        self.progress: Progress | None = None
         self._eval = tf.function(lambda params, x, y: F.evaluate(self.f, self.loss, params, x, y))
 
     # --- meta-training ------------------------------------------------------------------------
 
-    def meta_train(self, train: TaskSplit, cfg: MetaTrainConfig,
-                   rng: np.random.Generator) -> Iterator[tuple[int, dict[str, float]]]:
+    def meta_train(self, train: TaskSplit, cfg: MetaTrainConfig, rng: np.random.Generator,
+                   resume: Checkpoint | None = None) -> Iterator[tuple[int, dict[str, float]]]:
         """Episodic meta-training: ``cfg.iterations`` steps on random meta-batches of tasks.
 
         ``cfg.steps_per_call`` meta-iterations run inside one compiled call (a graph loop over
         pre-sampled task indices), so Python and the host sync once per chunk, not per
         iteration. Each iteration still draws its own meta-batch from ``rng``, so results do
         not depend on the chunk size. Metrics of a chunk are yielded iteration by iteration.
+        With ``resume``, the saved state is restored and training continues where it stopped.
         """
         if not self.meta_learns:
             return
@@ -71,14 +76,35 @@ class Algorithm(ABC):
                                                          "query_y")]
         batch = min(cfg.meta_batch_size, train.num_tasks)
         self.build_for_training(cfg)
+        start = self.resume_from(resume, rng)
         chunk = self._chunk_fn(data)
-        for lo in range(0, cfg.iterations, cfg.steps_per_call):
+        for lo in range(start, cfg.iterations, cfg.steps_per_call):
             n = min(cfg.steps_per_call, cfg.iterations - lo)
-            idx = np.stack([rng.choice(train.num_tasks, size=batch, replace=False)
-                            for _ in range(n)])
-            metrics = {k: v.numpy() for k, v in chunk(tf.constant(idx, tf.int32)).items()}
+            with deferred_interrupts():  # the variables and self.progress change together
+                idx = np.stack([rng.choice(train.num_tasks, size=batch, replace=False)
+                                for _ in range(n)])
+                metrics = {k: v.numpy() for k, v in chunk(tf.constant(idx, tf.int32)).items()}
+                self.progress = Progress(lo + n, rng.bit_generator.state)
             for i in range(n):
                 yield lo + i, {k: v[i] for k, v in metrics.items()}
+
+    def resume_from(self, resume: Checkpoint | None, rng: np.random.Generator) -> int:
+        """Restore a checkpoint (if any) after the training state is built; return the start."""
+        start = 0 if resume is None else checkpoint.restore(resume, self.state_variables, rng)
+        self.progress = Progress(start, rng.bit_generator.state)
+        return start
+
+    @property
+    def state_variables(self) -> list:
+        """Everything meta-training changes, for checkpoints: meta-parameters, batch-norm
+        statistics, the meta-optimizer's variables and :attr:`extra_state`."""
+        return [*self.meta_variables, *self.model.non_trainable_variables,
+                *self.ctx.optimizer.variables, *self.extra_state]
+
+    @property
+    def extra_state(self) -> list:
+        """Algorithm-specific variables (counters, schedules) that a checkpoint must keep."""
+        return []
 
     def build_for_training(self, cfg: MetaTrainConfig) -> None:
         """Create any state the step needs before it is traced (variables cannot be created

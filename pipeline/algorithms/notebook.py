@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from pipeline.algorithms import functional as F
 from pipeline.algorithms.base import Algorithm, Context
+from pipeline.checkpoint import Checkpoint, Progress, deferred_interrupts
 from pipeline.config import MetaTrainConfig, NotebookAlgorithmConfig
 from pipeline.data import TaskSplit
 
@@ -50,13 +51,18 @@ class Notebook(Algorithm):
 
         return epoch
 
-    def meta_train(self, train: TaskSplit, cfg: MetaTrainConfig, rng: np.random.Generator):
+    def meta_train(self, train: TaskSplit, cfg: MetaTrainConfig, rng: np.random.Generator,
+                   resume: Checkpoint | None = None):
         """Yields once per epoch; ``meta_train.iterations`` does not apply (``epochs`` does)."""
         x = tf.constant(np.concatenate([train.support_x, train.query_x], axis=1))
         y = tf.constant(np.concatenate([train.support_y, train.query_y], axis=1))
         epoch = self._epoch_fn(x, y)
-        for e in range(self.cfg.epochs):
-            yield e, epoch(tf.constant(int(rng.integers(2**31)), dtype=tf.int32))
+        self.ctx.optimizer.build(self.model.trainable_variables)
+        for e in range(self.resume_from(resume, rng), self.cfg.epochs):
+            with deferred_interrupts():
+                metrics = epoch(tf.constant(int(rng.integers(2**31)), dtype=tf.int32))
+                self.progress = Progress(e + 1, rng.bit_generator.state)
+            yield e, metrics
 
     def adapt(self, state, support_x, support_y):
         return self._adapt(state, support_x, support_y)

@@ -36,6 +36,10 @@ class Reptile(Algorithm):
     def train_metric_names(self) -> tuple[str, ...]:
         return (*self.loss.metric_names, "epsilon")
 
+    @property
+    def extra_state(self) -> list:
+        return [self.iteration]
+
     def build_for_training(self, cfg: MetaTrainConfig) -> None:
         self.total_iterations = max(cfg.iterations, 1)
 

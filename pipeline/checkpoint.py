@@ -1,0 +1,96 @@
+"""Meta-training checkpoints: enough state to continue a run bit for bit.
+
+A checkpoint holds every variable the algorithm updates (meta-parameters, the meta-optimizer's
+slots and step counter, batch-norm statistics, algorithm counters), the task-sampling RNG state
+and the number of meta-iterations done. It is taken at a chunk boundary: signals are held back
+while a compiled chunk runs and its progress is recorded, so the variables and the recorded
+iteration always agree.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+STATE_FILE, META_FILE = "state.npz", "checkpoint.json"
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+class CheckpointError(PipelineError, ValueError):
+    """A checkpoint does not fit the run it should continue."""
+
+
+@dataclass
+class Progress:
+    """Where meta-training stands: iterations done and the sampling RNG's state after them."""
+
+    iteration: int
+    rng_state: dict[str, Any]
+
+
+@dataclass
+class Checkpoint:
+    progress: Progress
+    values: list[np.ndarray]
+    names: list[str]
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Hold Ctrl-C / SIGTERM back until the block ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def capture(variables: list, progress: Progress) -> Checkpoint:
+    return Checkpoint(progress, [np.array(v.numpy()) for v in variables],
+                      [getattr(v, "path", getattr(v, "name", "?")) for v in variables])
+
+
+def save(ckpt: Checkpoint, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    np.savez(directory / STATE_FILE, *ckpt.values)
+    meta = {"iteration": ckpt.progress.iteration, "rng_state": ckpt.progress.rng_state,
+            "names": ckpt.names}
+    (directory / META_FILE).write_text(json.dumps(meta, indent=1))
+    return directory
+
+
+def load(directory: Path) -> Checkpoint:
+    try:
+        meta = json.loads((Path(directory) / META_FILE).read_text())
+        with np.load(Path(directory) / STATE_FILE) as f:
+            values = [f[f"arr_{i}"] for i in range(len(f.files))]
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"Checkpoint in {directory} is missing or unreadable ({e}).") from e
+    return Checkpoint(Progress(int(meta["iteration"]), meta["rng_state"]), values, meta["names"])
+
+
+def restore(ckpt: Checkpoint, variables: list, rng: np.random.Generator) -> int:
+    """Put the saved values back; return the iteration to continue from."""
+    shapes = [tuple(v.shape) for v in variables]
+    if shapes != [tuple(a.shape) for a in ckpt.values]:
+        raise CheckpointError(
+            f"Checkpoint does not fit this model and algorithm: it holds {len(ckpt.values)} "
+            f"variables {ckpt.names[:4]}..., the run has {len(variables)}. It was written by "
+            f"another config or code version.")
+    for v, a in zip(variables, ckpt.values, strict=True):
+        v.assign(a)
+    rng.bit_generator.state = ckpt.progress.rng_state
+    return ckpt.progress.iteration
