@@ -33,11 +33,15 @@ def main(cfg: DictConfig) -> float:
         print(f"Error in config: {e}", file=sys.stderr)
         sys.exit(2)
 
+    from pipeline import sweep
     from pipeline.runner import execute
 
     hc = HydraConfig.get()
-    result = execute(config, cfg, list(hc.overrides.task), Path(hc.runtime.output_dir) / ".hydra")
-    return result.objective
+    job = sweep.job_context(config.tracking, config.tracking.run_name or config.algorithm.name)
+    result = execute(config, cfg, list(hc.overrides.task), Path(hc.runtime.output_dir) / ".hydra",
+                     run_name=job.run_name if job else None, extra_tags=job.tags if job else None)
+    higher_is_better = result.algorithm is None or result.algorithm.loss.higher_is_better
+    return sweep.objective(result.objective, higher_is_better)
 
 
 if __name__ == "__main__":
