@@ -112,6 +112,7 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
             tracker.log_artifacts(Path(hydra_dir), "hydra")
         result = _stages(cfg, tracker)
         result.run_id = tracker.run_id
+        result.timings["tracking_s"] = tracker.seconds
         log.info("MLflow run %s (%.2f s in tracking calls)", tracker.run_id, tracker.seconds)
     return result
 

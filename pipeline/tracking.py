@@ -195,7 +195,14 @@ class Tracker:
                     source = resolve_dataset_source(str(path))
                 dataset = MetaDataset(source, name=name, digest=digest)
             self.client.log_dict(self.run_id, generating_config, "data/generating_config.json")
-            self.mlflow.log_input(dataset, context="generate")
+            for attempt in range(3):  # parallel jobs racing to register the same dataset
+                try:
+                    self.mlflow.log_input(dataset, context="generate")
+                    break
+                except self.mlflow.exceptions.MlflowException as e:
+                    if "UNIQUE constraint" not in str(e) or attempt == 2:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
 
     def log_keras_model(self, model: Any, example_x: Any, name: str = "model") -> str:
         """Log a Keras model with a signature and explicit requirements; return its model URI."""
@@ -319,6 +326,7 @@ def metric_keys(uri: str, run_id: str) -> list[str]:
 
 def download_artifacts(uri: str, run_id: str, path: str, dst: Path) -> Path | None:
     """Download one artifact folder or file of a run; None if the run has none there."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     c = client(uri)
     dst.mkdir(parents=True, exist_ok=True)
     try:
