@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -16,11 +17,25 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline.config import ConfigError, register_configs, validate
+from pipeline.config import register_configs, validate
+from pipeline.errors import ConfigError, PipelineError
 
 log = logging.getLogger("pipeline")
 
 register_configs()
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    """SIGTERM (a scheduler's stop) ends the run like Ctrl-C: KILLED, with a checkpoint."""
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _fail(e: PipelineError, what: str) -> None:
+    """Single runs print the reason alone and exit; sweeps and HYDRA_FULL_ERROR=1 re-raise."""
+    if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise e
+    print(f"{what}: {e}", file=sys.stderr)
+    sys.exit(2 if isinstance(e, ConfigError) else 1)
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -28,18 +43,21 @@ def main(cfg: DictConfig) -> float:
     try:
         config = validate(cfg)
     except ConfigError as e:
-        if HydraConfig.get().mode == RunMode.MULTIRUN or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error in config: {e}", file=sys.stderr)
-        sys.exit(2)
+        _fail(e, "Error in config")
 
     from pipeline import sweep
     from pipeline.runner import execute
 
     hc = HydraConfig.get()
     job = sweep.job_context(config.tracking, config.tracking.run_name or config.algorithm.name)
-    result = execute(config, cfg, list(hc.overrides.task), Path(hc.runtime.output_dir) / ".hydra",
-                     run_name=job.run_name if job else None, extra_tags=job.tags if job else None)
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    try:
+        result = execute(config, cfg, list(hc.overrides.task),
+                         Path(hc.runtime.output_dir) / ".hydra",
+                         run_name=job.run_name if job else None,
+                         extra_tags=job.tags if job else None)
+    except PipelineError as e:
+        _fail(e, "Run failed (marked FAILED in MLflow where it had started)")
     higher_is_better = result.algorithm is None or result.algorithm.loss.higher_is_better
     return sweep.objective(result.objective, higher_is_better)
 

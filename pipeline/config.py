@@ -11,18 +11,16 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from pipeline import PROJECT_ROOT
-
-
-class ConfigError(ValueError):
-    """A configuration value is out of range, not an allowed choice, or inconsistent."""
-
+from pipeline.errors import ConfigError
 
 # --- field helpers: constraints travel as metadata so one walker checks them all --------------
 
@@ -343,10 +341,41 @@ def _check_consistency(cfg: Config) -> None:
         )
 
 
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://")
+
+
+def _check_folder(key: str, value: str, folder: Path) -> None:
+    """``folder`` must be a folder we can read and write, or creatable under one."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={value!r} cannot be used: {existing} exists and is not a "
+                          f"folder. Point {key} at a folder (it is created if missing).")
+    if not os.access(existing, os.R_OK | os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={value!r} cannot be used: {existing} is not readable and "
+                          f"writable by this user. Point {key} at a folder you can write.")
+
+
+def _check_environment(cfg: Config) -> None:
+    uri = cfg.tracking.uri
+    if not uri.startswith(TRACKING_SCHEMES):
+        raise ConfigError(f"tracking.uri={uri!r} is not supported: it must start with one of "
+                          f"{', '.join(TRACKING_SCHEMES)} (an embedded SQLite store or an MLflow "
+                          f"server).")
+    _check_folder("paths.data_dir", cfg.paths.data_dir, Path(cfg.paths.data_dir))
+    if uri.startswith("sqlite:///"):
+        _check_folder("tracking.uri", uri, Path(uri.removeprefix("sqlite:///")).parent)
+        if cfg.tracking.artifact_location:
+            _check_folder("tracking.artifact_location", cfg.tracking.artifact_location,
+                          Path(cfg.tracking.artifact_location))
+
+
 def validate(cfg: DictConfig | Config) -> Config:
     """Return the typed config, or raise :class:`ConfigError` naming the bad key."""
     obj = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
     assert isinstance(obj, Config), f"expected the root config schema, got {type(obj).__name__}"
     _walk(obj, "")
     _check_consistency(obj)
+    _check_environment(obj)
     return obj

@@ -97,7 +97,7 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
     origin) are set when the run starts.
     """
     runtime.setup(cfg.runtime, cfg.seed)
-    tracker = Tracker(cfg.tracking) if track else None
+    tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir)) if track else None
     tags = {"seed": cfg.seed, "algorithm": cfg.algorithm.name, "data_family": cfg.data.family,
             "model": cfg.model.name, "hydra_overrides": json.dumps(overrides or []),
             **provenance.git_state(), **provenance.versions(), **(extra_tags or {})}

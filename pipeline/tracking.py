@@ -3,11 +3,20 @@
 One pipeline run is one MLflow run. Params, tags and metrics go through ``MlflowClient.log_batch``
 in chunks within MLflow's limits, never one call per value. A run that raises is ended FAILED
 (KILLED on Ctrl-C) with the reason in the ``error`` tag; whatever it logged before stays.
+
+Nothing is dropped when a tracking server goes away mid-run: every write is a *record* (a batch
+of metrics/params/tags, an artifact file, the final status) queued in order; records the store
+refuses stay queued, are written to ``mlflow_fallback.jsonl`` in the run's output folder, and are
+retried on every later write and at the end. Whatever is still undelivered then can be imported
+with ``python -m pipeline.tracking import FILE``.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import logging
 import os
 import time
 import warnings
@@ -17,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrackingConfig
+from pipeline.errors import TrackingError
 
-# Bound HTTP retries before mlflow reads them: its default retries a dead server for minutes.
+log = logging.getLogger(__name__)
+
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_METRICS_PER_BATCH = 1000
 _MAX_PARAM_LEN = 6000
@@ -28,9 +39,38 @@ ERROR_TAG = "error"
 STATUS_FAILED, STATUS_KILLED, STATUS_FINISHED = "FAILED", "KILLED", "FINISHED"
 
 
+FALLBACK_FILE = "mlflow_fallback.jsonl"
+
+
 def _configure_http(cfg: TrackingConfig) -> None:
+    """Bound MLflow's HTTP retries (by default it retries a dead server for minutes)."""
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.http_timeout_s)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.http_max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "0.5"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0, attempts: int = 2) -> None:
+    """Fail fast, with a clear message, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    reason = ""
+    for attempt in range(attempts):
+        try:
+            response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+            if response.ok:
+                return
+            reason = f"HTTP {response.status_code} from /health"
+        except requests.RequestException as e:
+            reason = type(e).__name__
+        if attempt + 1 < attempts:
+            time.sleep(1.0)
+    raise TrackingError(
+        f"Cannot reach the MLflow tracking server at tracking.uri={uri!r} ({reason}). Start it "
+        f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.uri, or use the "
+        f"embedded store with tracking=local. Nothing was run."
+    )
 
 
 def _sqlite_path(uri: str) -> Path | None:
@@ -40,6 +80,7 @@ def _sqlite_path(uri: str) -> Path | None:
 def prepare_store(cfg: TrackingConfig) -> None:
     """Create the local store's folders and schema (call once before parallel jobs start)."""
     _configure_http(cfg)
+    check_reachable(cfg.uri)
     import mlflow
 
     db = _sqlite_path(cfg.uri)
@@ -70,10 +111,31 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-class Tracker:
-    """A handle on the active MLflow run."""
+def _apply(client: Any, record: dict) -> None:
+    """Deliver one queued record to the store (also used to import a fallback file)."""
+    from mlflow.entities import Metric, Param, RunTag
 
-    def __init__(self, cfg: TrackingConfig):
+    run_id, kind = record["run_id"], record["kind"]
+    if kind == "batch":
+        client.log_batch(run_id, metrics=[Metric(*m) for m in record.get("metrics", [])],
+                         params=[Param(*p) for p in record.get("params", [])],
+                         tags=[RunTag(*t) for t in record.get("tags", [])], synchronous=True)
+    elif kind == "artifact":
+        path = Path(record["local_path"])
+        if path.is_dir():
+            client.log_artifacts(run_id, str(path), record.get("artifact_path"))
+        else:
+            client.log_artifact(run_id, str(path), record.get("artifact_path"))
+    elif kind == "status":
+        client.set_terminated(run_id, record["status"])
+    else:
+        raise ValueError(f"unknown record kind {kind!r}")
+
+
+class Tracker:
+    """A handle on the active MLflow run, with ordered, outage-proof delivery of records."""
+
+    def __init__(self, cfg: TrackingConfig, local_dir: Path | None = None):
         _configure_http(cfg)
         import mlflow
 
@@ -84,6 +146,11 @@ class Tracker:
         self.client = mlflow.MlflowClient(tracking_uri=cfg.uri)
         self.experiment_id = _experiment_id(self.client, cfg)
         self.run_id: str | None = None
+        #: Where artifacts are written before upload, and the fallback file if the store is down.
+        self.local_dir = Path(local_dir) if local_dir else Path.cwd()
+        self.fallback_file = self.local_dir / FALLBACK_FILE
+        self._pending: list[dict] = []
+        self._degraded = False
         #: Seconds spent inside MLflow calls (tracking overhead).
         self.seconds = 0.0
 
@@ -107,30 +174,73 @@ class Tracker:
         except BaseException as e:
             killed = isinstance(e, KeyboardInterrupt | SystemExit)
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            with contextlib.suppress(Exception):
-                self.client.set_tag(self.run_id, ERROR_TAG, reason[:_MAX_TAG_LEN])
-            self.mlflow.end_run(STATUS_KILLED if killed else STATUS_FAILED)
+            self.set_tags({ERROR_TAG: reason})
+            self._end(STATUS_KILLED if killed else STATUS_FAILED)
             raise
+        self._end(STATUS_FINISHED)
+
+    def _end(self, status: str) -> None:
+        try:
+            with self._timed():
+                self.mlflow.end_run(status)  # leaves the fluent run even if the store is down
+            ended = True
+        except Exception:
+            ended = False
+        if not ended or self._pending:  # the status goes after the records still queued
+            self._send({"kind": "status", "status": status})
+        if self._pending:
+            log.warning(
+                "The tracking store at %s still refuses %d record(s) of run %s; nothing is lost: "
+                "they are in %s. Import them when the store is back with: "
+                "python -m pipeline.tracking import %s", self.cfg.uri, len(self._pending),
+                self.run_id, self.fallback_file, self.fallback_file)
+
+    # --- ordered delivery ---------------------------------------------------------------------
+
+    def _send(self, record: dict) -> None:
+        """Queue a record and deliver everything queued, in order, as far as the store accepts."""
+        self._pending.append({"run_id": self.run_id, **record})
         with self._timed():
-            self.mlflow.end_run(STATUS_FINISHED)
+            while self._pending:
+                try:
+                    _apply(self.client, self._pending[0])
+                except Exception as e:
+                    if not self._degraded:
+                        log.warning("Tracking store %s refused a write (%s: %s); keeping records "
+                                    "in order in %s and retrying on each later write.",
+                                    self.cfg.uri, type(e).__name__, str(e)[:200],
+                                    self.fallback_file)
+                    self._degraded = True
+                    break
+                self._pending.pop(0)
+        if self._degraded:
+            self._persist()
+            if not self._pending:
+                log.warning("Tracking store %s is back: every queued record was delivered.",
+                            self.cfg.uri)
+                self._degraded = False
+
+    def _persist(self) -> None:
+        """Mirror the undelivered records to the fallback file (removed once all delivered)."""
+        if not self._pending:
+            self.fallback_file.unlink(missing_ok=True)
+            return
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.fallback_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self._pending))
+        tmp.replace(self.fallback_file)
 
     # --- batched logging ----------------------------------------------------------------------
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(k, str(v)[:_MAX_PARAM_LEN]) for k, v in sorted(params.items())]
-        with self._timed():
-            for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(self.run_id, params=chunk, synchronous=True)
+        items = [[k, str(v)[:_MAX_PARAM_LEN]] for k, v in sorted(params.items())]
+        for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
+            self._send({"kind": "batch", "params": chunk})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        items = [RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()]
-        with self._timed():
-            for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
-                self.client.log_batch(self.run_id, tags=chunk, synchronous=True)
+        items = [[k, str(v)[:_MAX_TAG_LEN]] for k, v in tags.items()]
+        for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
+            self._send({"kind": "batch", "tags": chunk})
 
     def log_metrics(self, series: Mapping[str, Any], steps: Any = None) -> None:
         """Log metrics in batches of 1,000.
@@ -138,38 +248,41 @@ class Tracker:
         ``series`` maps a name to a scalar (logged at step 0) or to a sequence of values logged at
         ``steps`` (default 0, 1, 2, ...).
         """
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         items = []
         for name, values in series.items():
             if hasattr(values, "__len__"):
                 at = range(len(values)) if steps is None else steps
-                items += [Metric(name, float(v), now, int(s))
-                          for v, s in zip(values, at, strict=True)]
+                items += [[name, float(v), now, int(s)] for v, s in zip(values, at, strict=True)]
             else:
-                items.append(Metric(name, float(values), now, 0))
-        with self._timed():
-            for chunk in _chunks(items, _MAX_METRICS_PER_BATCH):
-                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+                items.append([name, float(values), now, 0])
+        for chunk in _chunks(items, _MAX_METRICS_PER_BATCH):
+            self._send({"kind": "batch", "metrics": chunk})
 
     # --- artifacts, inputs, models ------------------------------------------------------------
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        with self._timed():
-            self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        self._send({"kind": "artifact", "local_path": str(Path(local_dir).resolve()),
+                    "artifact_path": artifact_path})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        with self._timed():
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+        self.log_artifacts(path, artifact_path)
+
+    def _local(self, artifact_file: str) -> Path:
+        path = self.local_dir / "artifacts" / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
 
     def log_figure(self, figure: Any, artifact_file: str) -> None:
-        with self._timed():
-            self.client.log_figure(self.run_id, figure, artifact_file)
+        """Save the figure in the run's output folder, then upload it."""
+        path = self._local(artifact_file)
+        figure.savefig(path, dpi=110)
+        self.log_artifact(path, str(Path(artifact_file).parent))
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        with self._timed():
-            self.client.log_dict(self.run_id, dict(data), artifact_file)
+        path = self._local(artifact_file)
+        path.write_text(json.dumps(dict(data), indent=2, sort_keys=True, default=str))
+        self.log_artifact(path, str(Path(artifact_file).parent))
 
     def log_dataset(self, path: Path, fingerprint: str, name: str, generating_config: dict,
                     arrays: Mapping[str, Any] | None) -> None:
@@ -180,44 +293,59 @@ class Tracker:
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
+        if arrays is not None:
+            self.log_artifact(path, "data")
+        self.log_dict({**generating_config, "fingerprint": fingerprint},
+                      "data/generating_config.json")
         digest = fingerprint[:32]
-        with self._timed():
+        with warnings.catch_warnings():  # a local path matches two equivalent sources
+            warnings.simplefilter("ignore", UserWarning)
             if arrays is not None:
-                self.client.log_artifact(self.run_id, str(path), "data")
-                with warnings.catch_warnings():  # a local path matches two equivalent sources
-                    warnings.simplefilter("ignore", UserWarning)
-                    dataset = self.mlflow.data.from_numpy(
-                        arrays["features"], targets=arrays["targets"], source=str(path),
-                        name=name, digest=digest)
+                dataset = self.mlflow.data.from_numpy(
+                    arrays["features"], targets=arrays["targets"], source=str(path), name=name,
+                    digest=digest)
             else:
-                with warnings.catch_warnings():  # a local path matches two equivalent sources
-                    warnings.simplefilter("ignore", UserWarning)
-                    source = resolve_dataset_source(str(path))
-                dataset = MetaDataset(source, name=name, digest=digest)
-            self.client.log_dict(self.run_id, generating_config, "data/generating_config.json")
-            for attempt in range(3):  # parallel jobs racing to register the same dataset
-                try:
-                    self.mlflow.log_input(dataset, context="generate")
-                    break
-                except self.mlflow.exceptions.MlflowException as e:
-                    if "UNIQUE constraint" not in str(e) or attempt == 2:
-                        raise
-                    time.sleep(0.2 * (attempt + 1))
+                dataset = MetaDataset(resolve_dataset_source(str(path)), name=name, digest=digest)
+        try:
+            with self._timed():
+                for attempt in range(3):  # parallel sweep jobs racing to register one dataset
+                    try:
+                        self.mlflow.log_input(dataset, context="generate")
+                        break
+                    except self.mlflow.exceptions.MlflowException as e:
+                        if "UNIQUE constraint" not in str(e) or attempt == 2:
+                            raise
+                        time.sleep(0.2 * (attempt + 1))
+        except Exception as e:  # the fingerprint is also a tag and in generating_config.json
+            log.warning("Could not record the data set as a run input (%s); its fingerprint "
+                        "is kept in the run's tags and data/generating_config.json.", e)
 
-    def log_keras_model(self, model: Any, example_x: Any, name: str = "model") -> str:
-        """Log a Keras model with a signature and explicit requirements; return its model URI."""
+    def log_keras_model(self, model: Any, example_x: Any, name: str = "model") -> str | None:
+        """Log a Keras model with a signature and explicit requirements; return its model URI.
+
+        If the store refuses it, the model is saved in the run's output folder and queued as a
+        plain artifact instead, so it is not lost.
+        """
         import keras
         import numpy as np
         import tensorflow as tf
         from mlflow.models import infer_signature
 
         signature = infer_signature(example_x, np.asarray(model(example_x)))
-        with self._timed():
-            info = self.mlflow.keras.log_model(
-                model, name=name, signature=signature,
-                pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                                  f"numpy=={np.__version__}"])
-        return info.model_uri
+        try:
+            with self._timed():
+                info = self.mlflow.keras.log_model(
+                    model, name=name, signature=signature,
+                    pip_requirements=[f"tensorflow=={tf.__version__}",
+                                      f"keras=={keras.__version__}", f"numpy=={np.__version__}"])
+            return info.model_uri
+        except Exception as e:
+            path = self._local(f"{name}/model.keras")
+            model.save(path)
+            log.warning("Could not log the model to the store (%s); saved it to %s and queued "
+                        "it as an artifact.", e, path)
+            self.log_artifact(path, name)
+            return None
 
 
 # --- sweeps, comparison and reruns: plain records in, plain records out -----------------------
@@ -345,3 +473,46 @@ def log_comparison(uri: str, run_id: str, table: Any, files: Mapping[str, Path],
         c.log_artifact(run_id, str(path), artifact_path)
     if figure is not None:
         c.log_figure(run_id, figure, "comparison/objective_vs_swept.png")
+
+
+def import_fallback(file: Path, tracking_uri: str | None = None) -> int:
+    """Deliver the records of a fallback file to the store; return how many were delivered."""
+    import mlflow
+
+    records = [json.loads(line) for line in Path(file).read_text().splitlines() if line.strip()]
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    for i, record in enumerate(records):
+        try:
+            _apply(client, record)
+        except Exception as e:
+            rest = records[i:]
+            Path(file).write_text("".join(json.dumps(r) + "\n" for r in rest))
+            raise TrackingError(f"Delivered {i} of {len(records)} records from {file}; the store "
+                                f"refused the next ({e}). The {len(rest)} undelivered records "
+                                f"remain in the file; run the import again.") from e
+    Path(file).unlink()
+    return len(records)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.tracking",
+                                     description="Tracking-store utilities.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="deliver a run's mlflow_fallback.jsonl to the store")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--tracking-uri", default=None,
+                     help="store to write to (default: MLFLOW_TRACKING_URI or the local store)")
+    args = parser.parse_args(argv)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_uri()
+    count = import_fallback(args.file, uri)
+    print(f"Delivered {count} records from {args.file} to {uri}.")
+
+
+def _default_uri() -> str:
+    from pipeline import PROJECT_ROOT
+
+    return f"sqlite:///{PROJECT_ROOT}/mlruns/mlflow.db"
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ConfigError
+from pipeline.errors import DataError
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
@@ -124,7 +125,7 @@ def save(path: Path, train: TaskSplit, test: TaskSplit, meta: dict) -> str:
     fp = fingerprint_arrays(arrays)
     meta = {**meta, "fingerprint": fp}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel sweep jobs may write it at once
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel jobs may write it at once
     np.savez_compressed(tmp, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
     tmp.replace(path)
     return fp
@@ -140,13 +141,13 @@ def load(path: Path, expected_fingerprint: str | None = None) -> TaskSet:
     except FileNotFoundError:
         raise
     except Exception as e:  # zip/zlib/json errors all mean the same thing to the user
-        raise ValueError(f"Data file {path} is unreadable or corrupt ({e}). Delete it to "
+        raise DataError(f"Data file {path} is unreadable or corrupt ({e}). Delete it to "
                          f"regenerate it from the config.") from e
     fp = fingerprint_arrays(arrays)
     for want, what in ((meta.get("fingerprint"), "the fingerprint stored in it"),
                        (expected_fingerprint, "the expected fingerprint")):
         if want is not None and fp != want:
-            raise ValueError(f"Data file {path} does not match {what}: content sha256 {fp[:12]}… "
+            raise DataError(f"Data file {path} does not match {what}: content sha256 {fp[:12]}… "
                              f"!= {want[:12]}…. The file was altered; delete it to regenerate it.")
     split = lambda name: TaskSplit(*(arrays[f"{name}_{f}"] for f in FIELDS))  # noqa: E731
     return TaskSet(split("train"), split("test"), meta["task_type"], int(meta["num_outputs"]),

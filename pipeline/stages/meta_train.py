@@ -13,15 +13,12 @@ from tqdm import tqdm
 from pipeline.algorithms import Algorithm
 from pipeline.config import Config
 from pipeline.data import SEED_STREAMS, TaskSplit
+from pipeline.errors import DivergenceError
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 PREFIX = "train/"
-
-
-class DivergenceError(RuntimeError):
-    """A meta-training loss became NaN or infinite."""
 
 
 def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None) -> dict:

@@ -1,0 +1,24 @@
+"""Errors a user can act on. The CLI prints their message alone (no traceback unless
+``HYDRA_FULL_ERROR=1``); anything else is a bug and keeps its traceback."""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base of the errors whose message tells the user what to change."""
+
+
+class ConfigError(PipelineError, ValueError):
+    """A configuration value is out of range, not an allowed choice, or inconsistent."""
+
+
+class DataError(PipelineError, ValueError):
+    """A data file is missing, unreadable, or does not match its fingerprint."""
+
+
+class DivergenceError(PipelineError, RuntimeError):
+    """A meta-training loss became NaN or infinite."""
+
+
+class TrackingError(PipelineError, RuntimeError):
+    """The MLflow tracking store cannot be reached or written."""
