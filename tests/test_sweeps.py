@@ -53,7 +53,7 @@ def grid(tmp_path_factory) -> tuple[Path, str, MlflowClient]:
 
 
 def test_multirun_is_one_parent_with_one_named_child_per_job(grid):
-    tmp, uri, client = grid
+    tmp, _uri, client = grid
     parent, children = sweep_runs(client)
     pt = parent.data.tags
     assert parent.info.status == "FINISHED"
@@ -197,26 +197,27 @@ def mlflow_server(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("server")
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/server.db",
-         "--artifacts-destination", str(root / "artifacts")],
-        stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "w"),
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with open(root / "server.log", "w") as server_log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/server.db",
+             "--artifacts-destination", str(root / "artifacts")],
+            stdout=server_log, stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
+                time.sleep(0.5)
+        yield url
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def test_rerun_from_a_server_is_bit_identical(mlflow_server, make_cfg, tmp_path, capsys):
