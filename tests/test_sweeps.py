@@ -24,9 +24,10 @@ from tests.conftest import TINY, run_cli, store_overrides
 SWEEP_TINY = [*TINY, "meta_train.iterations=8", "tracking.log_model=false"]
 
 
-def multirun(tmp: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def multirun(tmp: Path, *args: str, timeout: int = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     out = run_cli("-m", *SWEEP_TINY, *store_overrides(tmp)[:3], f"hydra.sweep.dir={tmp}/multirun",
-                  *args, timeout=timeout)
+                  *args, timeout=timeout, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -272,3 +273,39 @@ def test_optuna_search_returns_the_objective_and_tags_the_best(tmp_path):
     assert json.loads(parent.data.tags[sweep.SWEEP_PARAMS]) == [
         "algorithm.inner_lr", "optimizer.learning_rate", "algorithm.inner_steps"]
     assert "Best value" in out.stderr + out.stdout
+
+
+@pytest.mark.slow
+def test_ray_launcher_against_a_local_ray_cluster(tmp_path):
+    """A Ray head started here with ``ray start`` (as on a cluster); jobs are Ray tasks.
+
+    ``--block`` keeps the head in one process of ours, so stopping it stops only this cluster.
+    """
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason='pip install -e ".[ray]"')
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    with open(tmp_path / "ray.log", "w") as ray_log:
+        head = subprocess.Popen(
+            [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+             "--include-dashboard=false", f"--temp-dir={tmp_path}/ray"],
+            stdout=ray_log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 180
+            while "Ray runtime started" not in (tmp_path / "ray.log").read_text():
+                assert head.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "ray.log").read_text()[-3000:]
+                time.sleep(1)
+            multirun(tmp_path, "hydra/launcher=ray",
+                     f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+                     "++hydra.launcher.ray.init.object_store_memory=null", "seed=0,1",
+                     env={"RAY_AUTH_MODE": "token"})
+        finally:
+            head.terminate()
+            head.wait(timeout=120)
+    _uri, client = store(tmp_path)
+    parent, children = sweep_runs(client)
+    assert parent.data.tags["hydra_launcher"] == "RayLauncher"
+    assert sorted(r.info.run_name for r in children) == ["maml seed=0", "maml seed=1"]
+    assert all(r.info.status == "FINISHED" and
+               r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
