@@ -59,12 +59,12 @@ def sweep(root: Path, *launcher: str) -> tuple[float, dict]:
     }
 
 
-def overhead(root: Path) -> tuple[float, float]:
+def overhead(root: Path, *extra: str) -> tuple[float, float]:
     from bench.common import config
     from pipeline.runner import execute
 
     cfg = config("data.num_test_tasks=1000", "meta_train.iterations=300",
-                 f"paths.data_dir={root}/data", f"paths.mlruns_dir={root}/mlruns")
+                 f"paths.data_dir={root}/data", f"paths.mlruns_dir={root}/mlruns", *extra)
     start = time.perf_counter()
     result = execute(cfg, None, [])
     return time.perf_counter() - start, result.timings["tracking_s"]
@@ -77,8 +77,8 @@ def reruns(root: Path) -> list[tuple[str, str]]:
 
     presets = {
         "maml (second order)": ["meta_train.iterations=100"],
-        "fomaml, 5-way 1-shot": ["algorithm.first_order=true", "data.num_classes=5",
-                                 "data.k_shot=1", "meta_train.iterations=100"],
+        "fomaml, 1-shot": ["algorithm.first_order=true", "data.k_shot=1",
+                           "meta_train.iterations=100"],
         "experiment=notebook": ["experiment=notebook", "algorithm.epochs=2"],
     }
     out = []
@@ -109,9 +109,10 @@ def main() -> None:
             par, j = sweep(root / "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
             print(f"joblib n_jobs=2, 16 jobs: {par:.1f} s, store: {j}")
             print(f"speed-up: {basic / par:.2f}x")
-        wall, tracked = overhead(root / "overhead")
-        print(f"1,000 test tasks: wall {wall:.1f} s, MLflow calls {tracked:.2f} s "
-              f"({100 * tracked / wall:.1f}%)")
+        for extra in ([], ["tracking.log_model=false"]):
+            wall, tracked = overhead(root / "overhead", *extra)
+            print(f"1,000 test tasks {' '.join(extra)}: wall {wall:.1f} s, MLflow calls "
+                  f"{tracked:.2f} s ({100 * tracked / wall:.1f}%)")
         for name, verdict in reruns(root / "rerun"):
             print(f"rerun {name}: {verdict}")
     print(f"load average at end {os.getloadavg()[0]:.1f}")
