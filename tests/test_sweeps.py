@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -284,11 +287,13 @@ def test_ray_launcher_against_a_local_ray_cluster(tmp_path):
     pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason='pip install -e ".[ray]"')
     ray_bin = Path(sys.executable).parent / "ray"
     port = free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must be short
     with open(tmp_path / "ray.log", "w") as ray_log:
         head = subprocess.Popen(
             [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
-             "--include-dashboard=false", f"--temp-dir={tmp_path}/ray"],
+             "--include-dashboard=false", f"--temp-dir={ray_tmp}"],
             stdout=ray_log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 180
@@ -299,10 +304,11 @@ def test_ray_launcher_against_a_local_ray_cluster(tmp_path):
             multirun(tmp_path, "hydra/launcher=ray",
                      f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
                      "++hydra.launcher.ray.init.object_store_memory=null", "seed=0,1",
-                     env={"RAY_AUTH_MODE": "token"})
+                     env=auth)
         finally:
             head.terminate()
             head.wait(timeout=120)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     _uri, client = store(tmp_path)
     parent, children = sweep_runs(client)
     assert parent.data.tags["hydra_launcher"] == "RayLauncher"
