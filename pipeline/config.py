@@ -95,6 +95,31 @@ class SyntheticDataConfig(ClassificationDataConfig):
     label_noise: float = num(0.0, ge=0, le=1)
 
 
+@dataclass
+class SinusoidDataConfig(DataConfig):
+    """The MAML sinusoid regression benchmark (Finn et al. 2017), see :mod:`pipeline.data.sinusoid`.
+
+    Train tasks: ``k_shot`` support and ``num_query`` query points drawn from U[x_min, x_max].
+    Test tasks: ``k_shot`` random support points and a ``test_grid_points`` grid as query set.
+    """
+
+    family: str = "sinusoid"
+    num_train_tasks: int = num(20000, ge=1)
+    num_test_tasks: int = num(600, ge=2)
+    #: Support points per task (K in the papers: 5, 10 or 20).
+    k_shot: int = num(10, ge=1)
+    #: Query points per training task.
+    num_query: int = num(10, ge=1)
+    #: Query points per test task: an evenly spaced grid over [x_min, x_max].
+    test_grid_points: int = num(100, ge=2)
+    amplitude_min: float = num(0.1, ge=0)
+    amplitude_max: float = num(5.0, ge=0)
+    phase_min: float = num(0.0)
+    phase_max: float = num(math.pi)
+    x_min: float = num(-5.0)
+    x_max: float = num(5.0)
+
+
 # --- model ------------------------------------------------------------------------------------
 
 
@@ -184,6 +209,51 @@ class MAMLConfig(AlgorithmConfig):
     first_order: bool = False
 
 
+@dataclass
+class FOMAMLConfig(MAMLConfig):
+    """First-order MAML: the inner gradients are constants, so no second-order terms."""
+
+    name: str = "fomaml"
+    first_order: bool = True
+
+
+@dataclass
+class ANILConfig(MAMLConfig):
+    """ANIL (Raghu et al. 2020): MAML whose inner loop adapts only the head (last layer)."""
+
+    name: str = "anil"
+
+
+@dataclass
+class MetaSGDConfig(MAMLConfig):
+    """Meta-SGD (Li et al. 2017): per-parameter inner learning rates, meta-learned with the init.
+
+    ``inner_lr`` is the initial value of every learned rate.
+    """
+
+    name: str = "metasgd"
+
+
+@dataclass
+class ReptileConfig(AlgorithmConfig):
+    """Reptile (Nichol et al. 2018): move the init toward each task's adapted weights.
+
+    Inner loop: ``inner_steps`` full-batch steps of ``inner_optimizer`` on the support set; outer
+    step: ``theta += epsilon * (mean adapted weights - theta)``, with ``epsilon`` linearly
+    annealed to 0 over ``meta_train.iterations`` when ``anneal`` is set. The outer step is the
+    interpolation itself: the ``optimizer`` group is not used.
+    """
+
+    name: str = "reptile"
+    inner_lr: float = num(0.01, gt=0)
+    inner_steps: int = num(5, ge=1)
+    inner_optimizer: str = choice("sgd", INNER_OPTIMIZERS)
+    #: Inner steps at meta-test time (null = same as ``inner_steps``), with the same optimizer.
+    test_inner_steps: int | None = num(None, ge=0)
+    epsilon: float = num(1.0, gt=0, le=1)
+    anneal: bool = True
+
+
 # --- stages, tracking, paths, runtime ---------------------------------------------------------
 
 
@@ -195,6 +265,8 @@ class MetaTrainConfig:
     log_every: int = num(10, ge=1)
     #: XLA-compile the meta-training step.
     jit_compile: bool = False
+    #: Meta-iterations run inside one compiled call (a graph loop): fewer Python round trips.
+    steps_per_call: int = num(100, ge=1)
 
 
 @dataclass
@@ -203,6 +275,8 @@ class MetaTestConfig:
     compare_to_scratch: bool = True
     #: Test tasks adapted together in one vectorised call.
     task_batch_size: int = num(200, ge=1)
+    #: Also score the algorithm after exactly these many inner steps (an adaptation curve).
+    eval_steps: list[int] = field(default_factory=list)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
 
 
@@ -256,13 +330,18 @@ class Config:
 
 #: Group name -> {option name -> schema}. The YAML option of the same name extends the schema.
 SCHEMAS: dict[str, dict[str, type]] = {
-    "data": {"notebook": NotebookDataConfig, "synthetic": SyntheticDataConfig},
+    "data": {"notebook": NotebookDataConfig, "synthetic": SyntheticDataConfig,
+             "sinusoid": SinusoidDataConfig},
     "model": {"mlp": MLPConfig},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig},
     "algorithm": {
         "scratch": ScratchConfig,
         "notebook": NotebookAlgorithmConfig,
         "maml": MAMLConfig,
+        "fomaml": FOMAMLConfig,
+        "anil": ANILConfig,
+        "metasgd": MetaSGDConfig,
+        "reptile": ReptileConfig,
     },
     "tracking": {"base": TrackingConfig},
     "paths": {"base": PathsConfig},
@@ -334,6 +413,14 @@ def _check_consistency(cfg: Config) -> None:
                 f"model.head='sigmoid' must have data.num_classes=2, got {data.num_classes}: "
                 f"use model.head=softmax for more classes."
             )
+    if isinstance(data, SinusoidDataConfig):
+        for name in ("amplitude", "phase", "x"):
+            low, high = getattr(data, f"{name}_min"), getattr(data, f"{name}_max")
+            if not low < high:
+                raise ConfigError(f"data.{name}_min={low} must be < data.{name}_max={high}.")
+    if any(s < 0 for s in cfg.meta_test.eval_steps):
+        raise ConfigError(f"meta_test.eval_steps={list(cfg.meta_test.eval_steps)} is not "
+                          f"allowed: every entry must be >= 0 inner steps.")
     if isinstance(model, MLPConfig) and any(u < 1 for u in model.hidden_units):
         raise ConfigError(
             f"model.hidden_units={list(model.hidden_units)} is not allowed: every layer width "

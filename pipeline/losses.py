@@ -29,25 +29,39 @@ class TaskLoss:
     def main_metric(self) -> str:
         return self.metric_names[-1]
 
+    def pointwise(self, out: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """Loss of each example: ``out`` [..., n, k] against ``y`` [..., n] -> [..., n]."""
+        if self.kind == SOFTMAX:
+            return tf.nn.sparse_softmax_cross_entropy_with_logits(labels=tf.cast(y, tf.int32),
+                                                                  logits=out)
+        if self.kind == SIGMOID:
+            return tf.nn.sigmoid_cross_entropy_with_logits(labels=tf.cast(y, out.dtype),
+                                                           logits=out[..., 0])
+        diff = out - tf.reshape(tf.cast(y, out.dtype), tf.shape(out))
+        return tf.reduce_mean(tf.square(diff), axis=-1)
+
     def loss(self, out: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Mean loss of one task's predictions ``out`` [n, k] against targets ``y``."""
-        if self.kind == SOFTMAX:
-            return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.cast(y, tf.int32), logits=out))
-        if self.kind == SIGMOID:
-            return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(
-                labels=tf.cast(y, out.dtype), logits=out[..., 0]))
-        return tf.reduce_mean(tf.square(out - tf.reshape(tf.cast(y, out.dtype), tf.shape(out))))
+        return tf.reduce_mean(self.pointwise(out, y))
+
+    def batch_loss(self, out: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+        """Each task's mean loss ([tasks]) of ``out`` [tasks, n, k] against ``y`` [tasks, n]."""
+        return tf.reduce_mean(self.pointwise(out, y), axis=-1)
 
     def metrics(self, out: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
-        loss = self.loss(out, y)
+        """One task's metrics (scalars); :meth:`batch_metrics` for [tasks, ...] inputs."""
+        return self.batch_metrics(out, y)
+
+    def batch_metrics(self, out: tf.Tensor, y: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Per-task metrics over the example axis: [tasks, n, k] -> [tasks] (or [n, k] -> [])."""
+        loss = tf.reduce_mean(self.pointwise(out, y), axis=-1)
         if self.kind == MSE:
             return {"mse": loss}
         if self.kind == SOFTMAX:
             pred = tf.argmax(out, axis=-1, output_type=tf.int32)
         else:
             pred = tf.cast(out[..., 0] > 0, tf.int32)
-        acc = tf.reduce_mean(tf.cast(tf.equal(pred, tf.cast(y, tf.int32)), out.dtype))
+        acc = tf.reduce_mean(tf.cast(tf.equal(pred, tf.cast(y, tf.int32)), out.dtype), axis=-1)
         return {"loss": loss, "acc": acc}
 
 

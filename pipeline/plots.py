@@ -44,5 +44,26 @@ def curves(curves: dict[str, tuple[list[int], list[float]]]) -> Figure:
     return fig
 
 
+def regression_fits(fits: dict[str, np.ndarray], algo_name: str) -> Figure:
+    """A few test tasks: the true curve, the support points, and the model's curve before and
+    after adapting on them (inputs of one feature)."""
+    n = len(fits["query_x"])
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
+    for t, ax in enumerate(axes[0]):
+        x = fits["query_x"][t, :, 0]
+        order = np.argsort(x)
+        ax.plot(x[order], fits["query_y"][t][order], color="black", lw=1.5, label="truth")
+        ax.plot(x[order], fits["before"][t, order, 0], "--", color="tab:gray", label="before")
+        ax.plot(x[order], fits["after"][t, order, 0], color="tab:blue", label="after adaptation")
+        ax.plot(fits["support_x"][t, :, 0], fits["support_y"][t], "o", color="tab:red", ms=4,
+                label="support")
+        ax.set_title(f"test task {t}")
+        ax.set_xlabel("x")
+    axes[0, 0].legend(loc="best", fontsize=7)
+    fig.suptitle(f"{algo_name}: adapted curves on test tasks")
+    fig.tight_layout()
+    return fig
+
+
 def close(fig: Figure) -> None:
     plt.close(fig)

@@ -15,7 +15,7 @@ from pipeline import provenance, runtime
 from pipeline.algorithms import Algorithm, Context, build_algorithm
 from pipeline.algorithms.scratch import Scratch
 from pipeline.config import Config
-from pipeline.data import TaskSet, derive_seed
+from pipeline.data import REGRESSION, TaskSet, derive_seed
 from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
 from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer
@@ -88,6 +88,22 @@ def _per_task_metrics(per_task: dict[str, np.ndarray], scope: str) -> dict[str, 
     return {f"{scope}query_{k}": v for k, v in per_task.items()}
 
 
+def _step_curve(summaries: dict[str, Summary], metrics: tuple[str, ...],
+                eval_steps: tuple[int, ...]) -> dict[str, tuple[list[int], list[float]]]:
+    """``test/query_<m>_after_steps_{mean,ci95}`` with the inner-step count as step (0 = before)."""
+    if not eval_steps:
+        return {}
+    steps = sorted({0, *eval_steps})
+    out = {}
+    for m in metrics:
+        keys = [f"{TEST}query_{m}_" + ("before" if n == 0 else meta_test.steps_key(n))
+                for n in steps]
+        for stat in ("mean", "ci95"):
+            out[f"{TEST}query_{m}_after_steps_{stat}"] = (
+                steps, [getattr(summaries[k], stat) for k in keys])
+    return out
+
+
 def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | None = None,
             hydra_dir: Path | None = None, track: bool = True, run_name: str | None = None,
             extra_tags: dict[str, str] | None = None) -> RunResult:
@@ -128,7 +144,8 @@ def _stages(cfg: Config, tracker: Tracker | None) -> RunResult:
         tracker.log_figure(fig, "plots/meta_train_curves.png")
         plots.close(fig)
 
-    per_task = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size)
+    eval_steps = tuple(cfg.meta_test.eval_steps)
+    per_task = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)
     summaries = _summaries(per_task, TEST)
     metrics = _per_task_metrics(per_task, TASK)
 
@@ -148,6 +165,7 @@ def _stages(cfg: Config, tracker: Tracker | None) -> RunResult:
     aggregates = _aggregate_metrics(summaries)
     if gain is not None:  # the headline columns: gain/query_acc and its interval
         aggregates[f"{GAIN}query_{main}"] = gain.mean
+    step_curve = _step_curve(summaries, algo.loss.metric_names, eval_steps)
     aggregates["time/meta_train_s"] = trained["seconds"]
     if trained["iterations"]:
         aggregates["time/meta_train_ms_per_it"] = 1000 * trained["seconds"] / trained["iterations"]
@@ -165,10 +183,17 @@ def _stages(cfg: Config, tracker: Tracker | None) -> RunResult:
     if tracker is not None:
         tracker.log_metrics(metrics)
         tracker.log_metrics(aggregates)
+        if step_curve:  # one series per statistic, all at the same inner-step counts
+            steps = next(iter(step_curve.values()))[0]
+            tracker.log_metrics({k: v for k, (_, v) in step_curve.items()}, steps=steps)
         tracker.set_tags({NO_GAIN_TAG: "none" if no_gain else ("positive" if gain else "n/a")})
         fig = plots.per_task(per_task, baseline, main, algo.name)
         tracker.log_figure(fig, f"plots/per_task_{main}.png")
         plots.close(fig)
+        if tasks.task_type == REGRESSION:
+            fig = plots.regression_fits(meta_test.regression_fits(algo, tasks.test), algo.name)
+            tracker.log_figure(fig, "plots/regression_fits.png")
+            plots.close(fig)
         if cfg.tracking.log_model:
             tracker.log_keras_model(algo.model, tasks.test.query_x[0])
 

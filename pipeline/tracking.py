@@ -46,7 +46,7 @@ def _configure_http(cfg: TrackingConfig) -> None:
     """Bound MLflow's HTTP retries (by default it retries a dead server for minutes)."""
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(cfg.http_timeout_s)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(cfg.http_max_retries)
-    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"  # an int in MLflow 3.17
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0, attempts: int = 2) -> None:

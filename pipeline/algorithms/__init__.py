@@ -9,17 +9,21 @@ from pipeline.config import AlgorithmConfig, MetaTrainConfig
 def build_algorithm(cfg: AlgorithmConfig, ctx: Context,
                     meta_train: MetaTrainConfig | None = None) -> Algorithm:
     """Instantiate the algorithm named by ``cfg.name``."""
+    from pipeline.algorithms.anil import ANIL
     from pipeline.algorithms.maml import MAML
+    from pipeline.algorithms.metasgd import MetaSGD
     from pipeline.algorithms.notebook import Notebook
+    from pipeline.algorithms.reptile import Reptile
     from pipeline.algorithms.scratch import Scratch
 
-    if cfg.name == MAML.name:
-        return MAML(cfg, ctx, jit_compile=bool(meta_train and meta_train.jit_compile))
-    registry = {Scratch.name: Scratch, Notebook.name: Notebook}
+    #: MAML-like algorithms take the XLA switch; ``fomaml`` is MAML with ``first_order=true``.
+    jitted = {MAML.name: MAML, "fomaml": MAML, ANIL.name: ANIL, MetaSGD.name: MetaSGD}
+    if cfg.name in jitted:
+        return jitted[cfg.name](cfg, ctx, jit_compile=bool(meta_train and meta_train.jit_compile))
+    registry = {Scratch.name: Scratch, Notebook.name: Notebook, Reptile.name: Reptile}
     if cfg.name not in registry:
         raise ValueError(f"algorithm.name={cfg.name!r} is unknown: choose one of "
-                         f"{', '.join(sorted([*registry, MAML.name]))}.")
+                         f"{', '.join(sorted([*registry, *jitted]))}.")
     return registry[cfg.name](cfg, ctx)
-
 
 __all__ = ["Algorithm", "Context", "build_algorithm"]

@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.algorithms import functional as F
-from pipeline.config import AlgorithmConfig, MetaTrainConfig
+from pipeline.config import AlgorithmConfig, ConfigError, MetaTrainConfig
 from pipeline.data import TaskSplit
 from pipeline.losses import TaskLoss
 
@@ -58,16 +58,59 @@ class Algorithm(ABC):
 
     def meta_train(self, train: TaskSplit, cfg: MetaTrainConfig,
                    rng: np.random.Generator) -> Iterator[tuple[int, dict[str, float]]]:
-        """Episodic meta-training: ``cfg.iterations`` steps on random meta-batches of tasks."""
+        """Episodic meta-training: ``cfg.iterations`` steps on random meta-batches of tasks.
+
+        ``cfg.steps_per_call`` meta-iterations run inside one compiled call (a graph loop over
+        pre-sampled task indices), so Python and the host sync once per chunk, not per
+        iteration. Each iteration still draws its own meta-batch from ``rng``, so results do
+        not depend on the chunk size. Metrics of a chunk are yielded iteration by iteration.
+        """
         if not self.meta_learns:
             return
         data = [tf.constant(getattr(train, f)) for f in ("support_x", "support_y", "query_x",
                                                          "query_y")]
         batch = min(cfg.meta_batch_size, train.num_tasks)
-        # Gathering the meta-batch inside the compiled call saves four eager ops per iteration.
-        step = tf.function(lambda idx: self.meta_train_step(*(tf.gather(d, idx) for d in data)))
-        for it in range(cfg.iterations):
-            yield it, step(rng.choice(train.num_tasks, size=batch, replace=False))
+        self.build_for_training(cfg)
+        chunk = self._chunk_fn(data)
+        for lo in range(0, cfg.iterations, cfg.steps_per_call):
+            n = min(cfg.steps_per_call, cfg.iterations - lo)
+            idx = np.stack([rng.choice(train.num_tasks, size=batch, replace=False)
+                            for _ in range(n)])
+            metrics = {k: v.numpy() for k, v in chunk(tf.constant(idx, tf.int32)).items()}
+            for i in range(n):
+                yield lo + i, {k: v[i] for k, v in metrics.items()}
+
+    def build_for_training(self, cfg: MetaTrainConfig) -> None:
+        """Create any state the step needs before it is traced (variables cannot be created
+        inside a graph loop): by default, the meta-optimizer's slots."""
+        self.ctx.optimizer.build(self.meta_variables)
+
+    @property
+    def meta_variables(self) -> list:
+        """What the outer loop learns: the model's weights (plus any meta-parameters)."""
+        return list(self.model.trainable_variables)
+
+    @property
+    def train_metric_names(self) -> tuple[str, ...]:
+        """Keys of :meth:`meta_train_step`'s metrics (logged as ``train/<name>``)."""
+        return self.loss.metric_names
+
+    def _chunk_fn(self, data: list[tf.Tensor]):
+        names = self.train_metric_names
+
+        @tf.function(reduce_retracing=True)
+        def chunk(idx):
+            n = tf.shape(idx)[0]
+            arrays = {k: tf.TensorArray(tf.float32, size=n) for k in names}
+
+            def body(i, arrays):
+                m = self.meta_train_step(*(tf.gather(d, idx[i]) for d in data))
+                return i + 1, {k: arrays[k].write(i, tf.cast(m[k], tf.float32)) for k in names}
+
+            _, arrays = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), arrays))
+            return {k: a.stack() for k, a in arrays.items()}
+
+        return chunk
 
     def meta_train_step(self, sx, sy, qx, qy) -> dict[str, tf.Tensor]:
         """One meta-update on a meta-batch of tasks; returns scalar training metrics."""
@@ -82,6 +125,16 @@ class Algorithm(ABC):
     @abstractmethod
     def adapt(self, state: Any, support_x: tf.Tensor, support_y: tf.Tensor) -> Any:
         """Per-task state after learning from each task's support set."""
+
+    def adapt_steps(self, state: Any, support_x: tf.Tensor, support_y: tf.Tensor,
+                    steps: int) -> Any:
+        """Per-task state after exactly ``steps`` inner steps (``meta_test.eval_steps``)."""
+        raise ConfigError(f"algorithm={self.name} has no inner steps to vary: set "
+                          f"meta_test.eval_steps=[] (got a request for {steps} steps).")
+
+    def predict(self, state: Any, x: tf.Tensor) -> np.ndarray:
+        """Per-task model outputs [tasks, n, ...] of ``state`` on ``x`` (for plots)."""
+        return self.f.batched(state, x).numpy()
 
     def evaluate(self, state: Any, x: tf.Tensor, y: tf.Tensor) -> dict[str, np.ndarray]:
         """Per-task metrics of ``state`` on ``(x, y)``, each an array of shape [tasks]."""

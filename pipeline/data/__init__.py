@@ -26,7 +26,7 @@ FIELDS = ("support_x", "support_y", "query_x", "query_y")
 
 @dataclass(frozen=True)
 class TaskSplit:
-    """Stacked tasks: ``support_x`` is [tasks, support, features], ``support_y`` [tasks, support]."""
+    """Stacked tasks: ``support_x`` [tasks, support, features], ``support_y`` [tasks, support]."""
 
     support_x: np.ndarray
     support_y: np.ndarray
@@ -108,9 +108,10 @@ def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: 
 
 
 def _generators() -> dict[str, Callable]:
-    from pipeline.data import notebook, synthetic
+    from pipeline.data import notebook, sinusoid, synthetic
 
-    return {"notebook": notebook.generate, "synthetic": synthetic.generate}
+    return {"notebook": notebook.generate, "synthetic": synthetic.generate,
+            "sinusoid": sinusoid.generate}
 
 
 def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-import numpy as np
-
 from pipeline import data
 from pipeline.config import Config
 from pipeline.data import TaskSet
@@ -25,13 +23,13 @@ def run(cfg: Config, tracker: Tracker | None) -> TaskSet:
         tracker.set_tags({"data_fingerprint": tasks.fingerprint, "data_file": tasks.path})
         small = tasks.path.stat().st_size <= cfg.tracking.log_dataset_max_mb * 2**20
         arrays = None
-        if small:  # flatten every task of both splits into one features/targets table
-            splits = (tasks.train, tasks.test)
+        if small:  # named views of the arrays already in memory, not a copy
+            splits = {"train": tasks.train, "test": tasks.test}
             arrays = {
-                "features": np.concatenate([a.reshape(-1, *tasks.input_shape) for s in splits
-                                            for a in (s.support_x, s.query_x)]),
-                "targets": np.concatenate([a.reshape(-1) for s in splits
-                                           for a in (s.support_y, s.query_y)]),
+                "features": {f"{n}_{f}": getattr(s, f"{f}_x") for n, s in splits.items()
+                             for f in ("support", "query")},
+                "targets": {f"{n}_{f}": getattr(s, f"{f}_y") for n, s in splits.items()
+                            for f in ("support", "query")},
             }
         tracker.log_dataset(tasks.path, tasks.fingerprint, f"{cfg.data.family}-{cfg.seed}",
                             {"data": data_cfg, "seed": cfg.seed}, arrays)

@@ -1,0 +1,28 @@
+"""ANIL (Raghu et al., 2020): MAML whose inner loop adapts only the head (the last layer).
+
+The body is frozen in the inner loop and meta-learned in the outer loop with the head; the
+meta-gradient is second order unless ``first_order``. Test-time adaptation also moves only the
+head. Everything else (batched inner loop, compiled meta-batch step) is MAML's.
+"""
+
+from __future__ import annotations
+
+from pipeline.algorithms.base import Context
+from pipeline.algorithms.maml import MAML
+from pipeline.config import ANILConfig
+
+
+class ANIL(MAML):
+    name = "anil"
+    cfg: ANILConfig
+
+    def __init__(self, cfg: ANILConfig, ctx: Context, jit_compile: bool = False):
+        head = {id(v) for v in ctx.model.layers[-1].trainable_variables}
+        self._mask = [id(v) in head for v in ctx.model.trainable_variables]
+        if not any(self._mask):
+            raise ValueError(f"algorithm=anil needs a last layer with weights to adapt; "
+                             f"{ctx.model.name}'s last layer {ctx.model.layers[-1].name} has none.")
+        super().__init__(cfg, ctx, jit_compile)
+
+    def inner_mask(self) -> list[bool]:
+        return self._mask

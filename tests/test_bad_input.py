@@ -1,0 +1,139 @@
+"""Bad input, table-driven: each is refused before any stage runs, with one message that names the
+key, the value and what is allowed; nothing is written to the tracking store."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from mlflow import MlflowClient
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.config import ConfigError, validate
+from pipeline.runner import execute
+from tests.conftest import TINY, compose_raw, run_cli, store_overrides
+
+# (overrides, the key the message must name, a fragment of what is allowed)
+BAD_VALUES = [
+    (["data.num_train_tasks=0"], "data.num_train_tasks", ">= 1"),
+    (["data.num_train_tasks=-5"], "data.num_train_tasks", ">= 1"),
+    (["data.num_test_tasks=1"], "data.num_test_tasks", ">= 2"),
+    (["data.num_features=0"], "data.num_features", ">= 1"),
+    (["data.num_classes=1"], "data.num_classes", ">= 2"),
+    (["data.samples_per_task=-1"], "data.samples_per_task", ">= 2"),
+    (["data.k_shot=0"], "data.k_shot", ">= 1"),
+    (["data.k_shot=30"], "data.k_shot", "< samples_per_task"),
+    (["data.num_classes=30"], "data.num_classes", "< samples_per_task"),
+    (["data.samples_per_task=15"], "data.k_shot", "< samples_per_task"),
+    (["data.latent_dim=0"], "data.latent_dim", ">= 1"),
+    (["data.map_scale=0"], "data.map_scale", "> 0"),
+    (["data.task_diversity=-1"], "data.task_diversity", ">= 0"),
+    (["data.label_noise=1.5"], "data.label_noise", "<= 1"),
+    (["data.label_noise=-0.1"], "data.label_noise", ">= 0"),
+    (["model.hidden_units=[64,0]"], "model.hidden_units", ">= 1"),
+    (["model.activation=sinusoid"], "model.activation", "relu"),
+    (["model.head=tanh"], "model.head", "softmax"),
+    (["model.head=sigmoid"], "model.head", "num_classes=2"),
+    (["optimizer.learning_rate=0"], "optimizer.learning_rate", "> 0"),
+    (["optimizer.learning_rate=-0.1"], "optimizer.learning_rate", "> 0"),
+    (["optimizer.learning_rate=nan"], "optimizer.learning_rate", "finite"),
+    (["optimizer.learning_rate=inf"], "optimizer.learning_rate", "finite"),
+    (["optimizer.beta_1=1.0"], "optimizer.beta_1", "< 1"),
+    (["optimizer.clipnorm=0"], "optimizer.clipnorm", "> 0"),
+    (["optimizer=sgd", "optimizer.momentum=1.0"], "optimizer.momentum", "< 1"),
+    (["algorithm.inner_lr=0"], "algorithm.inner_lr", "> 0"),
+    (["algorithm.inner_steps=0"], "algorithm.inner_steps", ">= 1"),
+    (["algorithm.test_inner_steps=-1"], "algorithm.test_inner_steps", ">= 0"),
+    (["algorithm=scratch", "algorithm.steps=-1"], "algorithm.steps", ">= 0"),
+    (["algorithm=scratch", "algorithm.optimizer=rmsprop"], "algorithm.optimizer", "adam"),
+    (["algorithm=notebook", "algorithm.epochs=0"], "algorithm.epochs", ">= 1"),
+    (["algorithm=notebook", "algorithm.batch_size=0"], "algorithm.batch_size", ">= 1"),
+    (["meta_train.iterations=-1"], "meta_train.iterations", ">= 0"),
+    (["meta_train.meta_batch_size=0"], "meta_train.meta_batch_size", ">= 1"),
+    (["meta_train.log_every=0"], "meta_train.log_every", ">= 1"),
+    (["meta_test.task_batch_size=0"], "meta_test.task_batch_size", ">= 1"),
+    (["meta_test.scratch.optimizer=rmsprop"], "meta_test.scratch.optimizer", "sgd"),
+    (["seed=-1"], "seed", ">= 0"),
+    (["runtime.intra_op_threads=-2"], "runtime.intra_op_threads", ">= 0"),
+    (["tracking.log_dataset_max_mb=-1"], "tracking.log_dataset_max_mb", ">= 0"),
+    (["tracking.uri=ftp://example.org/store"], "tracking.uri", "sqlite:///"),
+    (["tracking.uri=mlruns"], "tracking.uri", "http://"),
+]
+
+# Refused while Hydra composes: unknown keys, wrong types, unknown group options.
+BAD_COMPOSITION = [
+    ("data.num_featres=3", "num_featres"),
+    ("optimizer.lr=0.1", "lr"),
+    ("bogus=1", "bogus"),
+    ("data.num_features=abc", "num_features"),
+    ("optimizer.learning_rate=fast", "learning_rate"),
+    ("meta_test.compare_to_scratch=maybe", "compare_to_scratch"),
+    ("data.k_shot=2.5", "k_shot"),
+    ("algorithm=mamll", "mamll"),
+    ("optimizer=rmsprop", "rmsprop"),
+    ("data=imagenet", "imagenet"),
+    ("model.hidden_units=wide", "hidden_units"),
+]
+
+
+def test_the_table_has_at_least_30_bad_inputs():
+    assert len(BAD_VALUES) + len(BAD_COMPOSITION) >= 30
+
+
+@pytest.mark.parametrize("overrides, key, allowed", BAD_VALUES)
+def test_bad_value_is_refused_naming_key_value_and_what_is_allowed(overrides, key, allowed,
+                                                                   tmp_path):
+    with pytest.raises(ConfigError) as e:
+        validate(compose_raw(*store_overrides(tmp_path)[:3], *overrides))
+    message = str(e.value)
+    assert f"{key}=" in message, message
+    assert allowed in message, message
+    assert "\n" not in message
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("override, name", BAD_COMPOSITION)
+def test_bad_key_type_or_option_is_refused_at_composition(override, name):
+    with pytest.raises((ConfigCompositionException, OmegaConfBaseException)) as e:
+        compose_raw(override)
+    text = f"{e.value} {e.value.__cause__}"
+    assert name in text, text
+
+
+def test_data_folder_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match=r"paths\.data_dir=.*not a folder"):
+        validate(compose_raw(f"paths.data_dir={tmp_path}/afile/sub", "paths.output_dir=/tmp/x",
+                             f"paths.mlruns_dir={tmp_path}/mlruns"))
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["data.k_shot=0"], "data.k_shot=0 is out of range: it must be >= 1."),
+    (["model.activation=sinusoid"], "model.activation='sinusoid' is not allowed"),
+    (["data.num_featres=3"], "num_featres"),
+    (["optimizer.learning_rate=fast"], "learning_rate"),
+    (["algorithm=mamll"], "mamll"),
+])
+def test_cli_prints_one_message_no_traceback_and_writes_nothing(overrides, expected, tmp_path):
+    out = run_cli(*overrides, *store_overrides(tmp_path), timeout=60)
+    assert out.returncode != 0
+    assert expected in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "mlruns").exists() and not (tmp_path / "data").exists()
+    full = run_cli(*overrides, *store_overrides(tmp_path), timeout=60,
+                   env={"HYDRA_FULL_ERROR": "1"})
+    assert "Traceback" in full.stderr
+
+
+def test_error_found_after_the_run_started_marks_it_failed(make_cfg):
+    # 45 of each class per task fits 100 samples on paper, but random labels leave some task
+    # with fewer than 45 of a class: only the generate stage can tell.
+    cfg, raw = make_cfg("experiment=notebook", "data.k_shot=45", *TINY[:2],
+                        "tracking.run_name=too-many-shots")
+    with pytest.raises(ConfigError, match=r"data\.k_shot=45 is too large"):
+        execute(cfg, raw)
+    client = MlflowClient(cfg.tracking.uri)
+    exp = client.get_experiment_by_name("meta-learning")
+    [run] = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    assert "data.k_shot=45 is too large" in run.data.tags["error"]
+    assert run.data.params["data.k_shot"] == "45"  # what was logged before the failure stays
