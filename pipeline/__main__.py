@@ -45,16 +45,21 @@ def main(cfg: DictConfig) -> float:
     except ConfigError as e:
         _fail(e, "Error in config")
 
+    from pipeline import sweep
     from pipeline.runner import execute
 
     hc = HydraConfig.get()
+    job = sweep.job_context(config.tracking, config.tracking.run_name or config.algorithm.name)
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         result = execute(config, cfg, list(hc.overrides.task),
-                         Path(hc.runtime.output_dir) / ".hydra")
+                         Path(hc.runtime.output_dir) / ".hydra",
+                         run_name=job.run_name if job else None,
+                         extra_tags=job.tags if job else None)
     except PipelineError as e:
         _fail(e, "Run failed (marked FAILED in MLflow where it had started)")
-    return result.objective
+    higher_is_better = result.algorithm is None or result.algorithm.loss.higher_is_better
+    return sweep.objective(result.objective, higher_is_better)
 
 
 if __name__ == "__main__":

@@ -105,16 +105,21 @@ def _step_curve(summaries: dict[str, Summary], metrics: tuple[str, ...],
 
 
 def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | None = None,
-            hydra_dir: Path | None = None, track: bool = True) -> RunResult:
-    """Run every stage; log ``raw`` (the composed config) as params, ``hydra_dir`` as files."""
+            hydra_dir: Path | None = None, track: bool = True, run_name: str | None = None,
+            extra_tags: dict[str, str] | None = None) -> RunResult:
+    """Run every stage; log ``raw`` (the composed config) as params, ``hydra_dir`` as files.
+
+    ``run_name`` replaces ``tracking.run_name``; ``extra_tags`` (a sweep's parent run, a rerun's
+    origin) are set when the run starts.
+    """
     runtime.setup(cfg.runtime, cfg.seed)
     tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir)) if track else None
     tags = {"seed": cfg.seed, "algorithm": cfg.algorithm.name, "data_family": cfg.data.family,
             "model": cfg.model.name, "hydra_overrides": json.dumps(overrides or []),
-            **provenance.git_state(), **provenance.versions()}
+            **provenance.git_state(), **provenance.versions(), **(extra_tags or {})}
     if tracker is None:
         return _stages(cfg, None)
-    with tracker.run(cfg.tracking.run_name, tags):
+    with tracker.run(run_name or cfg.tracking.run_name, tags):
         container = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
         tracker.log_params(flatten(container))
         if container:
@@ -123,6 +128,7 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
             tracker.log_artifacts(Path(hydra_dir), "hydra")
         result = _stages(cfg, tracker)
         result.run_id = tracker.run_id
+        result.timings["tracking_s"] = tracker.seconds
         log.info("MLflow run %s (%.2f s in tracking calls)", tracker.run_id, tracker.seconds)
     return result
 

@@ -21,6 +21,7 @@ import os
 import time
 import warnings
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -307,7 +308,14 @@ class Tracker:
                 dataset = MetaDataset(resolve_dataset_source(str(path)), name=name, digest=digest)
         try:
             with self._timed():
-                self.mlflow.log_input(dataset, context="generate")
+                for attempt in range(3):  # parallel sweep jobs racing to register one dataset
+                    try:
+                        self.mlflow.log_input(dataset, context="generate")
+                        break
+                    except self.mlflow.exceptions.MlflowException as e:
+                        if "UNIQUE constraint" not in str(e) or attempt == 2:
+                            raise
+                        time.sleep(0.2 * (attempt + 1))
         except Exception as e:  # the fingerprint is also a tag and in generating_config.json
             log.warning("Could not record the data set as a run input (%s); its fingerprint "
                         "is kept in the run's tags and data/generating_config.json.", e)
@@ -338,6 +346,133 @@ class Tracker:
                         "it as an artifact.", e, path)
             self.log_artifact(path, name)
             return None
+
+
+# --- sweeps, comparison and reruns: plain records in, plain records out -----------------------
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the comparison and rerun commands need of a stored run, without MLflow types."""
+
+    run_id: str
+    name: str
+    status: str
+    experiment_id: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.run_name or "", run.info.status,
+                     run.info.experiment_id, run.info.start_time or 0, dict(run.data.params),
+                     dict(run.data.metrics), dict(run.data.tags))
+
+
+def client(uri: str, http_timeout_s: int = 10, http_max_retries: int = 2) -> Any:
+    """An MlflowClient on ``uri`` with bounded HTTP retries."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(http_timeout_s))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(http_max_retries))
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def start_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create the store if needed and a RUNNING parent run for a sweep; return its id."""
+    prepare_store(cfg)
+    c = client(cfg.uri)
+    run = c.create_run(_experiment_id(c, cfg), run_name=run_name,
+                       tags={k: str(v)[:_MAX_TAG_LEN] for k, v in tags.items()})
+    return run.info.run_id
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    items = [RunTag(k, str(v)[:_MAX_TAG_LEN]) for k, v in tags.items()]
+    c = client(uri)
+    for chunk in _chunks(items, _MAX_PARAMS_PER_BATCH):
+        c.log_batch(run_id, tags=chunk, synchronous=True)
+
+
+def end_run(uri: str, run_id: str, status: str = STATUS_FINISHED) -> None:
+    client(uri).set_terminated(run_id, status)
+
+
+def get_run(uri: str, run_id: str) -> RunRecord:
+    return _record(client(uri).get_run(run_id))
+
+
+def search_runs(uri: str, experiment_names: list[str] | None = None, filter_string: str = "",
+                parent_run_id: str | None = None, include_parents: bool = False
+                ) -> list[RunRecord]:
+    """Runs of the named experiments (all if None), optionally only a sweep's children.
+
+    ``filter_string`` is MLflow's search syntax (``params.algorithm.name = 'maml'``); parent runs
+    of sweeps are left out unless asked for by id. Oldest first.
+    """
+    c = client(uri)
+    if parent_run_id is not None:
+        ids = [c.get_run(parent_run_id).info.experiment_id]
+        clause = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+        filter_string = f"{filter_string} and {clause}" if filter_string else clause
+    elif experiment_names:
+        ids = []
+        for name in experiment_names:
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise ValueError(f"MLflow experiment {name!r} does not exist in {uri}.")
+            ids.append(exp.experiment_id)
+    else:
+        ids = [e.experiment_id for e in c.search_experiments()]
+    runs, token = [], None
+    while True:
+        page = c.search_runs(ids, filter_string, max_results=1000, page_token=token,
+                             order_by=["attributes.start_time ASC"])
+        runs += [_record(r) for r in page]
+        token = page.token
+        if not token:
+            break
+    if not include_parents:
+        runs = [r for r in runs if r.tags.get("sweep_role") != "parent"]
+    return runs
+
+
+def metric_history(uri: str, run_id: str, key: str) -> dict[int, float]:
+    """Every value of one metric by step (per-task metrics: step = test task index)."""
+    return {m.step: m.value for m in client(uri).get_metric_history(run_id, key)}
+
+
+def metric_keys(uri: str, run_id: str) -> list[str]:
+    return sorted(client(uri).get_run(run_id).data.metrics)
+
+
+def download_artifacts(uri: str, run_id: str, path: str, dst: Path) -> Path | None:
+    """Download one artifact folder or file of a run; None if the run has none there."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    c = client(uri)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(c.download_artifacts(run_id, path, str(dst)))
+    except Exception:
+        return None
+
+
+def log_comparison(uri: str, run_id: str, table: Any, files: Mapping[str, Path],
+                   figure: Any | None) -> None:
+    """Attach a comparison to a run: a table (``mlflow.log_table``), files, and a figure."""
+    c = client(uri)
+    if table is not None and len(table):
+        c.log_table(run_id, data=table, artifact_file="comparison/comparison_table.json")
+    for artifact_path, path in files.items():
+        c.log_artifact(run_id, str(path), artifact_path)
+    if figure is not None:
+        c.log_figure(run_id, figure, "comparison/objective_vs_swept.png")
 
 
 def import_fallback(file: Path, tracking_uri: str | None = None) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +126,7 @@ def save(path: Path, train: TaskSplit, test: TaskSplit, meta: dict) -> str:
     fp = fingerprint_arrays(arrays)
     meta = {**meta, "fingerprint": fp}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel jobs may write it at once
     np.savez_compressed(tmp, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
     tmp.replace(path)
     return fp

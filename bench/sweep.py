@@ -1,0 +1,122 @@
+"""Sweeps: parallel launcher speed-up, lost runs, tracking overhead, exact reruns.
+
+    .venv/bin/python -m bench.sweep [--jobs 16] [--skip-sweeps]
+
+1. The same 16-job grid (4 inner step sizes x 4 seeds, synthetic tasks, a tiny budget per job)
+   with the basic launcher (jobs one after the other, in-process) and with
+   ``hydra/launcher=joblib hydra.launcher.n_jobs=2``; checks that every child run exists once,
+   FINISHED, under one parent holding the comparison.
+2. Tracking overhead: seconds inside MLflow calls (``Tracker.seconds``) of one run with 1,000
+   test tasks, against its wall time.
+3. Reruns: three presets run, then ``pipeline.rerun`` each; per-task metrics must be identical.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+from bench.common import machine
+from pipeline import PROJECT_ROOT
+
+JOB = ["data.num_train_tasks=200", "data.num_test_tasks=100", "meta_train.iterations=60",
+       "meta_train.meta_batch_size=10", "meta_test.scratch.steps=20", "tracking.log_model=false"]
+GRID = ["algorithm.inner_lr=0.05,0.1,0.2,0.4", "seed=0,1,2,3"]
+
+
+def sweep(root: Path, *launcher: str) -> tuple[float, dict]:
+    """One multirun in a fresh store under ``root``; wall seconds and what the store holds."""
+    from mlflow import MlflowClient
+
+    args = [sys.executable, "-m", "pipeline", "-m", *JOB, *GRID, f"paths.data_dir={root}/data",
+            f"paths.mlruns_dir={root}/mlruns", f"hydra.sweep.dir={root}/multirun", *launcher]
+    start = time.perf_counter()
+    out = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"sweep failed:\n{out.stderr[-3000:]}")
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("meta-learning").experiment_id])
+    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("sweep_role") == "child"]
+    jobs = sorted(int(r.data.tags["sweep_job"]) for r in children)
+    files = {a.path for p in parents for a in client.list_artifacts(p.info.run_id, "comparison")}
+    return wall, {
+        "parents": len(parents), "children": len(children),
+        "finished": sum(r.info.status == "FINISHED" for r in children),
+        "jobs_once": jobs == list(range(16)),
+        "linked": all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+                      for r in children) if parents else False,
+        "comparison": "comparison/comparison.csv" in files,
+    }
+
+
+def overhead(root: Path, *extra: str) -> tuple[float, float]:
+    from bench.common import config
+    from pipeline.runner import execute
+
+    cfg = config("data.num_test_tasks=1000", "meta_train.iterations=300",
+                 f"paths.data_dir={root}/data", f"paths.mlruns_dir={root}/mlruns", *extra)
+    start = time.perf_counter()
+    result = execute(cfg, None, [])
+    return time.perf_counter() - start, result.timings["tracking_s"]
+
+
+def reruns(root: Path) -> list[tuple[str, str]]:
+    from pipeline import rerun
+    from pipeline.config import validate
+    from pipeline.runner import execute
+
+    presets = {
+        "maml (second order)": ["meta_train.iterations=100"],
+        "fomaml, 1-shot": ["algorithm.first_order=true", "data.k_shot=1",
+                           "meta_train.iterations=100"],
+        "experiment=notebook": ["experiment=notebook", "algorithm.epochs=2"],
+    }
+    out = []
+    for name, extra in presets.items():
+        overrides = [f"paths.data_dir={root}/data", f"paths.mlruns_dir={root}/mlruns",
+                     "tracking.log_model=false", *extra]
+        raw = rerun.compose([*overrides, "paths.output_dir=/tmp/bench"])
+        cfg = validate(raw)
+        result = execute(cfg, raw, overrides)
+        buf = io.StringIO()
+        with redirect_stdout(buf):
+            code = rerun.main([result.run_id, "--tracking-uri", cfg.tracking.uri])
+        verdict = buf.getvalue().strip().splitlines()[-1]
+        out.append((name, f"exit {code}: {verdict}"))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--skip-sweeps", action="store_true")
+    args = p.parse_args()
+    print(f"machine: {machine()}, load average at start {os.getloadavg()[0]:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if not args.skip_sweeps:
+            basic, b = sweep(root / "basic")
+            print(f"basic launcher, 16 jobs: {basic:.1f} s, store: {b}")
+            par, j = sweep(root / "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+            print(f"joblib n_jobs=2, 16 jobs: {par:.1f} s, store: {j}")
+            print(f"speed-up: {basic / par:.2f}x")
+        for extra in ([], ["tracking.log_model=false"]):
+            wall, tracked = overhead(root / "overhead", *extra)
+            print(f"1,000 test tasks {' '.join(extra)}: wall {wall:.1f} s, MLflow calls "
+                  f"{tracked:.2f} s ({100 * tracked / wall:.1f}%)")
+        for name, verdict in reruns(root / "rerun"):
+            print(f"rerun {name}: {verdict}")
+    print(f"load average at end {os.getloadavg()[0]:.1f}")
+
+
+if __name__ == "__main__":
+    main()

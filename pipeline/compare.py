@@ -1,0 +1,261 @@
+"""Compare runs: a table of config differences and key metrics with 95% CIs, and a plot.
+
+``python -m pipeline.compare`` over an experiment, or over one sweep (``--parent RUN_ID``)::
+
+    python -m pipeline.compare --parent 3f2a...                 # a sweep's children
+    python -m pipeline.compare --filter "params.algorithm.name = 'maml'"
+    python -m pipeline.compare --experiment meta-learning --csv runs.csv --plot runs.png
+
+The same table is what a sweep's parent run holds (``comparison/``), built by
+:func:`summarize_sweep` when the sweep ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipeline import tracking
+from pipeline.tracking import RunRecord
+
+#: Params that say where things were written, not what was run.
+_LOCATION = re.compile(r"^(paths\.|tracking\.(uri|artifact_location|run_name|http_))")
+#: Key metrics, in column order: (regex on the name, whether to pair it with its ``_ci95``).
+_KEY_METRICS = (r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
+                r"^scratch/query_(acc|mse)_after_mean$", r"^test/query_(acc|mse)_before_mean$",
+                r"^time/meta_train_s$")
+_FIXED = ["run_name", "run_id", "status"]
+
+
+def objective_metric(metrics: set[str]) -> tuple[str | None, bool]:
+    """The objective's metric name and whether higher is better (accuracy up, MSE down)."""
+    if "test/query_acc_after_mean" in metrics:
+        return "test/query_acc_after_mean", True
+    if "test/query_mse_after_mean" in metrics:
+        return "test/query_mse_after_mean", False
+    return None, True
+
+
+def _differing(runs: list[RunRecord], first: list[str]) -> list[str]:
+    keys = sorted({k for r in runs for k in r.params if not _LOCATION.match(k)})
+    varying = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
+    return [k for k in first if k in varying or k in keys] + [k for k in varying
+                                                              if k not in first]
+
+
+def _metric_columns(runs: list[RunRecord]) -> list[str]:
+    names = {k for r in runs for k in r.metrics}
+    out = []
+    for pattern in _KEY_METRICS:
+        for name in sorted(n for n in names if re.match(pattern, n) and not n.endswith("_ci95")):
+            out.append(name)
+            ci = name.removesuffix("_mean") + "_ci95"
+            if ci in names:
+                out.append(ci)
+    return out
+
+
+def _param_key(k: str, runs: list[RunRecord] | None = None) -> str:
+    """A swept group (``algorithm``) is compared through its name param (``algorithm.name``)."""
+    if runs is not None and any(k in r.params for r in runs):
+        return k
+    return k if "." in k or k == "seed" else f"{k}.name"
+
+
+def table(runs: list[RunRecord], swept: list[str] | None = None) -> pd.DataFrame:
+    """One row per run: name, id, status, the params that differ, key metrics and CIs."""
+    first = [_param_key(k, runs) for k in (swept or [])]
+    params = _differing(runs, first)
+    metrics = _metric_columns(runs)
+    rows = []
+    for r in runs:
+        row: dict[str, Any] = {"run_name": r.name, "run_id": r.run_id, "status": r.status}
+        row |= {k: r.params.get(k) for k in params}
+        row |= {k: r.metrics.get(k, math.nan) for k in metrics}
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*_FIXED, *params, *metrics])
+
+
+def best_row(df: pd.DataFrame, direction: str | None = None) -> int | None:
+    """Index of the best finished run by the objective (``direction`` overrides the metric's)."""
+    name, higher = objective_metric(set(df.columns))
+    if name is None:
+        return None
+    if direction is not None:
+        higher = direction.rsplit(".", 1)[-1].lower() == "maximize"
+    values = df[name].where(df["status"] == "FINISHED")
+    if values.isna().all():
+        return None
+    return int(values.idxmax() if higher else values.idxmin())
+
+
+def display(df: pd.DataFrame) -> str:
+    """The table for a terminal: ``mean ± ci95`` cells, short run ids."""
+    out = df.copy()
+    for col in [c for c in df.columns if c.endswith("_ci95")]:
+        base = col.removesuffix("_ci95")
+        target = f"{base}_mean" if f"{base}_mean" in out.columns else base
+        if target in out.columns:
+            out[target] = [f"{m:.4f} ± {c:.4f}" if not (math.isnan(m) or math.isnan(c))
+                           else f"{m:.4f}" for m, c in zip(df[target], df[col], strict=True)]
+            out = out.drop(columns=col)
+    out["run_id"] = out["run_id"].str[:8]
+    out.columns = [c.removesuffix("_mean") for c in out.columns]
+    with pd.option_context("display.max_columns", None, "display.width", 250,
+                           "display.max_colwidth", 40, "display.float_format", "{:.4f}".format):
+        return out.to_string(index=False)
+
+
+def _numeric(values: pd.Series) -> pd.Series | None:
+    converted = pd.to_numeric(values, errors="coerce")
+    return None if converted.isna().any() else converted
+
+
+def plot(df: pd.DataFrame, swept: list[str]) -> Any:
+    """The objective (mean ± 95% CI) against each swept value; colour = the other swept values."""
+    from pipeline import plots  # headless matplotlib
+
+    plt = plots.plt
+    name, _higher = objective_metric(set(df.columns))
+    params = [k for k in (_param_key(s) for s in swept) if k in df.columns] or \
+        [c for c in df.columns if c not in _FIXED and "/" not in c][:2]
+    fig, axes = plt.subplots(1, max(len(params), 1), figsize=(5.5 * max(len(params), 1), 4),
+                             squeeze=False)
+    done = df[df["status"] == "FINISHED"] if name else df.iloc[0:0]
+    ci = f"{name.removesuffix('_mean')}_ci95" if name else None
+    for ax, param in zip(axes[0], params or [None], strict=False):
+        if param is None or done.empty:
+            ax.text(0.5, 0.5, "no finished run with an objective", ha="center")
+            continue
+        others = [p for p in params if p != param]
+        groups = done.groupby(others, dropna=False) if others else [((), done)]
+        x_num = _numeric(done[param])
+        for key, g in groups:
+            x = _numeric(g[param]) if x_num is not None else g[param].astype(str)
+            order = x.sort_values().index
+            label = ", ".join(f"{p.rsplit('.', 1)[-1]}={v}" for p, v in
+                              zip(others, key if isinstance(key, tuple) else (key,), strict=True))
+            yerr = g.loc[order, ci] if ci in g.columns else None
+            ax.errorbar(x[order], g.loc[order, name], yerr=yerr, marker="o", capsize=3,
+                        label=label or None)
+        if x_num is not None and (x_num > 0).all() and x_num.max() / x_num.min() >= 20:
+            ax.set_xscale("log")
+        ax.set_xlabel(param)
+        ax.set_ylabel(f"{name} (95% CI)")
+        if others and len(groups) <= 10:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    table: pd.DataFrame
+    best_run_id: str | None
+    finished: bool
+
+
+def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
+                    direction: str | None = None) -> SweepSummary:
+    """Log the children's comparison on the parent run and tag the best child (and trial)."""
+    from pipeline import plots
+    from pipeline.sweep import BEST_PARAMS, BEST_RUN, BEST_VALUE, JOB, SWEEP_PARAMS
+
+    parent = tracking.get_run(uri, parent_run_id)
+    swept = json.loads(parent.tags.get(SWEEP_PARAMS, "[]"))
+    children = sorted(tracking.search_runs(uri, parent_run_id=parent_run_id),
+                      key=lambda r: int(r.tags.get(JOB, 0)))
+    df = table(children, swept)
+    best = best_row(df, direction) if len(df) else None
+    best_id = str(df.loc[best, "run_id"]) if best is not None else None
+    tags: dict[str, Any] = {"sweep_children": len(children),
+                            "sweep_children_finished": int((df["status"] == "FINISHED").sum())
+                            if len(df) else 0}
+    if best_id is not None:
+        name, _ = objective_metric(set(df.columns))
+        tags |= {BEST_RUN: best_id, BEST_VALUE: df.loc[best, name],
+                 "best_run_name": df.loc[best, "run_name"]}
+        tracking.set_tags(uri, best_id, {"best_in_sweep": "true"})
+    results = sweep_dir / "optimization_results.yaml" if sweep_dir else None
+    if results is not None and results.is_file():  # the Optuna sweeper's verdict
+        from omegaconf import OmegaConf
+
+        found = OmegaConf.to_container(OmegaConf.load(results))
+        if "best_params" in found:
+            tags |= {BEST_PARAMS: json.dumps(found["best_params"]),
+                     "optuna_best_value": found["best_value"]}
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / "comparison.csv"
+        df.to_csv(csv, index=False)
+        fig = plot(df, swept) if len(df) else None
+        tracking.log_comparison(uri, parent_run_id, df, {"comparison": csv}, fig)
+        if fig is not None:
+            plots.close(fig)
+    tracking.set_tags(uri, parent_run_id, tags)
+    finished = bool(len(df)) and bool((df["status"] == "FINISHED").all())
+    return SweepSummary(df, best_id, finished)
+
+
+def _default_uri() -> str:
+    from hydra import compose, initialize_config_dir
+
+    from pipeline import CONFIG_DIR
+    from pipeline.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("config")
+    return str(cfg.tracking.uri)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split(
+        "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.uri)")
+    p.add_argument("--experiment", action="append", help="experiment name (repeatable; "
+                   "default: every experiment)")
+    p.add_argument("--parent", help="a sweep's parent run id: compare its children")
+    p.add_argument("--filter", default="", help="MLflow search syntax, e.g. "
+                   "\"params.algorithm.name = 'maml'\"")
+    p.add_argument("--csv", type=Path, default=Path("comparison.csv"), help="CSV output file")
+    p.add_argument("--plot", type=Path, default=Path("comparison.png"), help="PNG output file")
+    args = p.parse_args(argv)
+    uri = args.tracking_uri or _default_uri()
+    try:
+        runs = tracking.search_runs(uri, args.experiment, args.filter, args.parent)
+    except Exception as e:  # bad filter syntax, unknown experiment or run, unreachable server
+        print(f"Cannot search runs in {uri}: {e}", file=sys.stderr)
+        return 2
+    if not runs:
+        print(f"No runs match in {uri}.", file=sys.stderr)
+        return 1
+    swept: list[str] = []
+    if args.parent:
+        from pipeline.sweep import SWEEP_PARAMS
+
+        swept = json.loads(tracking.get_run(uri, args.parent).tags.get(SWEEP_PARAMS, "[]"))
+    df = table(runs, swept)
+    print(display(df))
+    args.csv.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.csv, index=False)
+    from pipeline import plots
+
+    fig = plot(df, swept)
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.plot, dpi=100)
+    plots.close(fig)
+    print(f"\n{len(df)} runs; table: {args.csv}, plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,317 @@
+"""Sweeps, comparison and exact reruns, on real Hydra multiruns and a real MLflow store/server."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import compare, data, rerun, sweep
+from pipeline.config import ConfigError
+from pipeline.runner import execute
+from tests.conftest import TINY, run_cli, store_overrides
+
+#: Smaller still than TINY: a multirun job is a whole pipeline run.
+SWEEP_TINY = [*TINY, "meta_train.iterations=8", "tracking.log_model=false"]
+
+
+def multirun(tmp: Path, *args: str, timeout: int = 600,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    out = run_cli("-m", *SWEEP_TINY, *store_overrides(tmp)[:3], f"hydra.sweep.dir={tmp}/multirun",
+                  *args, timeout=timeout, env=env)
+    assert out.returncode == 0, out.stderr[-4000:]
+    return out
+
+
+def store(tmp: Path) -> tuple[str, MlflowClient]:
+    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+    return uri, MlflowClient(uri)
+
+
+def sweep_runs(client: MlflowClient) -> tuple[object, list]:
+    exp = client.get_experiment_by_name("meta-learning")
+    runs = client.search_runs([exp.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get(sweep.ROLE) == "parent"]
+    children = [r for r in runs if r is not parent]
+    return parent, children
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory) -> tuple[Path, str, MlflowClient]:
+    """One basic-launcher multirun of 2 jobs, shared by the structure/compare/rerun tests."""
+    tmp = tmp_path_factory.mktemp("grid")
+    multirun(tmp, "seed=0,1")
+    return (tmp, *store(tmp))
+
+
+def test_multirun_is_one_parent_with_one_named_child_per_job(grid):
+    tmp, _uri, client = grid
+    parent, children = sweep_runs(client)
+    pt = parent.data.tags
+    assert parent.info.status == "FINISHED"
+    assert json.loads(pt[sweep.SWEEP_PARAMS]) == ["seed"]
+    assert "seed=0,1" in json.loads(pt[sweep.SWEEP_OVERRIDES])
+    assert pt[sweep.SWEEP_DIR] == str(tmp / "multirun") and pt[sweep.SWEEP_ID]
+    assert sorted(r.info.run_name for r in children) == ["maml seed=0", "maml seed=1"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags[sweep.SWEEP_ID] == pt[sweep.SWEEP_ID]
+    assert sorted(r.data.tags[sweep.JOB] for r in children) == ["0", "1"]
+    # the comparison on the parent: CSV, MLflow table, plot, and the best child tagged
+    files = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
+    assert {"comparison/comparison.csv", "comparison/comparison_table.json",
+            "comparison/objective_vs_swept.png"} <= files
+    csv = pd.read_csv(client.download_artifacts(parent.info.run_id, "comparison/comparison.csv",
+                                                str(tmp)))
+    assert sorted(csv["run_id"]) == sorted(r.info.run_id for r in children)
+    assert list(csv.columns[:4]) == ["run_name", "run_id", "status", "seed"]
+    best = max(children, key=lambda r: r.data.metrics["test/query_acc_after_mean"])
+    assert pt[sweep.BEST_RUN] == best.info.run_id
+    assert float(pt[sweep.BEST_VALUE]) == best.data.metrics["test/query_acc_after_mean"]
+    assert json.loads(pt["mlflow.loggedArtifacts"])[0]["type"] == "table"
+
+
+def test_compare_command_table_matches_the_store(grid, tmp_path, capsys):
+    _tmp, uri, client = grid
+    parent, children = sweep_runs(client)
+    csv, png = tmp_path / "c.csv", tmp_path / "c.png"
+    assert compare.main(["--tracking-uri", uri, "--parent", parent.info.run_id, "--csv", str(csv),
+                         "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    df = pd.read_csv(csv)
+    assert len(df) == 2 and png.stat().st_size > 1000
+    by_id = {r.info.run_id: r for r in children}
+    for row in df.itertuples(index=False):
+        run = by_id[row.run_id]
+        assert row.run_name == run.info.run_name and str(row.seed) == run.data.params["seed"]
+        for col in ("test/query_acc_after_mean", "test/query_acc_after_ci95", "gain/query_acc",
+                    "scratch/query_acc_after_mean"):
+            assert df.loc[df.run_id == row.run_id, col].item() == run.data.metrics[col], col
+        mean, ci = run.data.metrics["test/query_acc_after_mean"], \
+            run.data.metrics["test/query_acc_after_ci95"]
+        assert f"{mean:.4f} ± {ci:.4f}" in printed
+    # MLflow search syntax filters; the parent run never appears as a row
+    assert compare.main(["--tracking-uri", uri, "--filter", "params.seed = '1'", "--csv", str(csv),
+                         "--plot", str(png)]) == 0
+    only = pd.read_csv(csv)
+    assert list(only["run_name"]) == ["maml seed=1"]
+    assert compare.main(["--tracking-uri", uri, "--filter", "params.nope = = 1"]) == 2
+
+
+def test_rerun_from_local_store_is_bit_identical(grid, capsys):
+    _tmp, uri, client = grid
+    _parent, children = sweep_runs(client)
+    original = children[0]
+    assert rerun.main([original.info.run_id, "--tracking-uri", uri]) == 0
+    assert "IDENTICAL" in capsys.readouterr().out
+    [new] = client.search_runs([original.info.experiment_id],
+                               f"tags.rerun_of = '{original.info.run_id}'")
+    assert new.data.tags[rerun.IDENTICAL] == "true"
+    assert "mlflow.parentRunId" not in new.data.tags
+    a = client.get_metric_history(original.info.run_id, "task/query_acc_after")
+    b = client.get_metric_history(new.info.run_id, "task/query_acc_after")
+    assert [(m.step, m.value) for m in a] == [(m.step, m.value) for m in b] and len(a) == 12
+
+
+def test_rerun_refuses_a_tampered_data_file(grid, capsys):
+    _tmp, uri, client = grid
+    _parent, children = sweep_runs(client)
+    run = children[1]
+    path = Path(run.data.tags["data_file"])
+    tasks = data.load(path)
+    query_x = tasks.test.query_x.copy()
+    query_x[0, 0, 0] += 1.0  # one value, re-saved with a self-consistent stored fingerprint
+    data.save(path, tasks.train, data.TaskSplit(tasks.test.support_x, tasks.test.support_y,
+                                                query_x, tasks.test.query_y),
+              {"task_type": tasks.task_type, "num_outputs": tasks.num_outputs})
+    before = len(client.search_runs([run.info.experiment_id]))
+    assert rerun.main([run.info.run_id, "--tracking-uri", uri]) == 2
+    err = capsys.readouterr().err
+    assert "Refused" in err and "does not match the expected fingerprint" in err
+    assert len(client.search_runs([run.info.experiment_id])) == before  # nothing was run
+
+
+def test_rerun_reports_differences():
+    """The comparison itself: one changed per-task value is found and named."""
+    from pipeline.tracking import RunRecord
+
+    a = RunRecord("a", "a", "FINISHED", "0", 0, {}, {"test/x_mean": 0.5, "time/s": 1.0},
+                  {"data_fingerprint": "f"})
+    b = RunRecord("b", "b", "FINISHED", "0", 0, {}, {"test/x_mean": 0.5000001, "time/s": 2.0},
+                  {"data_fingerprint": "f"})
+    diff = rerun.compare_runs("unused", a, b)
+    assert not diff.identical and diff.compared == 1 and "test/x_mean" in diff.differences[0]
+
+
+def test_config_drift_is_detected_paths_ignored():
+    logged = {"seed": 0, "algorithm": {"inner_lr": 0.1}, "paths": {"data_dir": "/a"}}
+    now = {"seed": 0, "algorithm": {"inner_lr": 0.2}, "paths": {"data_dir": "/b"}}
+    assert rerun.config_drift(logged, now) == ["algorithm.inner_lr: logged 0.1, now 0.2"]
+
+
+def test_swept_keys_and_child_names():
+    keys = sweep.swept_keys(["seed=0,1", "data.k_shot=1", "algorithm=maml,scratch",
+                             "optimizer.learning_rate=range(1,3)"], {"algorithm.inner_lr": "x"})
+    assert keys == ["seed", "algorithm", "optimizer.learning_rate", "algorithm.inner_lr"]
+    name = sweep.run_name("maml", ["data.k_shot=1", "seed=1", "algorithm=scratch"], keys)
+    assert name == "maml seed=1 algorithm=scratch"
+
+
+def test_objective_direction_must_fit_the_metric():
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    hc = HydraConfig.instance()
+    old = hc.cfg
+    try:
+        hc.cfg = OmegaConf.create({"hydra": {"sweeper": {"direction": "maximize"}}})
+        assert sweep.objective(0.7, higher_is_better=True) == 0.7
+        with pytest.raises(ConfigError, match=r"hydra.sweeper.direction=minimize"):
+            sweep.objective(0.3, higher_is_better=False)
+    finally:
+        hc.cfg = old
+
+
+# --- a real MLflow server ----------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """``mlflow server`` on 127.0.0.1 and a free port, stopped after the module."""
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(root / "server.log", "w") as server_log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/server.db",
+             "--artifacts-destination", str(root / "artifacts")],
+            stdout=server_log, stderr=subprocess.STDOUT,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/health", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
+                time.sleep(0.5)
+        yield url
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_rerun_from_a_server_is_bit_identical(mlflow_server, make_cfg, tmp_path, capsys):
+    cfg, raw = make_cfg(*TINY, "tracking=server", f"tracking.uri={mlflow_server}",
+                        "tracking.log_model=false", "seed=3")
+    overrides = [*store_overrides(tmp_path)[:2], *TINY, "tracking=server",
+                 f"tracking.uri={mlflow_server}", "tracking.log_model=false", "seed=3"]
+    first = execute(cfg, raw, overrides)
+    assert rerun.main([first.run_id, "--tracking-uri", mlflow_server]) == 0
+    assert "IDENTICAL" in capsys.readouterr().out
+    client = MlflowClient(mlflow_server)
+    [new] = client.search_runs([client.get_run(first.run_id).info.experiment_id],
+                               f"tags.rerun_of = '{first.run_id}'")
+    got = {m.step: m.value for m in client.get_metric_history(new.info.run_id,
+                                                              "task/query_acc_after")}
+    np.testing.assert_array_equal([got[i] for i in range(12)], first.per_task["acc_after"])
+
+
+# --- parallel launchers and Optuna (slow: several TensorFlow processes) -------------------------
+
+
+@pytest.mark.slow
+def test_joblib_multirun_with_2_workers_loses_no_run(tmp_path):
+    multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1",
+             "algorithm.inner_lr=0.1,0.3")
+    _uri, client = store(tmp_path)
+    parent, children = sweep_runs(client)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["hydra_launcher"] == "JoblibLauncher"
+    assert sorted(int(r.data.tags[sweep.JOB]) for r in children) == [0, 1, 2, 3]
+    assert len({r.info.run_name for r in children}) == 4
+    assert all(r.info.status == "FINISHED" and
+               r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert parent.data.tags["sweep_children_finished"] == "4"
+
+
+@pytest.mark.slow
+def test_optuna_search_returns_the_objective_and_tags_the_best(tmp_path):
+    out = multirun(tmp_path, "hparams_search=maml_optuna", "hydra.sweeper.n_trials=4")
+    _uri, client = store(tmp_path)
+    parent, children = sweep_runs(client)
+    assert len(children) == 4 and parent.info.status == "FINISHED"
+    results = (tmp_path / "multirun" / "optimization_results.yaml").read_text()
+    objectives = [r.data.metrics["test/query_acc_after_mean"] for r in children]
+    best_value = float(parent.data.tags["optuna_best_value"])
+    assert best_value == max(objectives) and str(best_value)[:6] in results
+    best = {k: float(v) for k, v in json.loads(parent.data.tags[sweep.BEST_PARAMS]).items()}
+    [best_child] = [r for r in children if r.info.run_id == parent.data.tags[sweep.BEST_RUN]]
+    assert float(best_child.data.params["algorithm.inner_lr"]) == pytest.approx(
+        best["algorithm.inner_lr"])
+    assert best_child.data.tags["best_in_sweep"] == "true"
+    assert json.loads(parent.data.tags[sweep.SWEEP_PARAMS]) == [
+        "algorithm.inner_lr", "optimizer.learning_rate", "algorithm.inner_steps"]
+    assert "Best value" in out.stderr + out.stdout
+
+
+@pytest.mark.slow
+def test_ray_launcher_against_a_local_ray_cluster(tmp_path):
+    """A Ray head started here with ``ray start`` (as on a cluster); jobs are Ray tasks.
+
+    ``--block`` keeps the head in one process of ours, so stopping it stops only this cluster.
+    """
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason='pip install -e ".[ray]"')
+    ray_bin = Path(sys.executable).parent / "ray"
+    port = free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must be short
+    with open(tmp_path / "ray.log", "w") as ray_log:
+        head = subprocess.Popen(
+            [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+             "--include-dashboard=false", f"--temp-dir={ray_tmp}"],
+            stdout=ray_log, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 180
+            while "Ray runtime started" not in (tmp_path / "ray.log").read_text():
+                assert head.poll() is None and time.monotonic() < deadline, \
+                    (tmp_path / "ray.log").read_text()[-3000:]
+                time.sleep(1)
+            multirun(tmp_path, "hydra/launcher=ray",
+                     f"hydra.launcher.ray.init.address=127.0.0.1:{port}",
+                     "++hydra.launcher.ray.init.object_store_memory=null", "seed=0,1",
+                     env=auth)
+        finally:
+            head.terminate()
+            head.wait(timeout=120)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+    _uri, client = store(tmp_path)
+    parent, children = sweep_runs(client)
+    assert parent.data.tags["hydra_launcher"] == "RayLauncher"
+    assert sorted(r.info.run_name for r in children) == ["maml seed=0", "maml seed=1"]
+    assert all(r.info.status == "FINISHED" and
+               r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
