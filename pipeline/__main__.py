@@ -6,6 +6,7 @@ TensorFlow or MLflow load and before anything is written.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -50,7 +51,8 @@ def main(cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     job = sweep.job_context(config.tracking, config.tracking.run_name or config.algorithm.name)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    with contextlib.suppress(ValueError):  # only possible in the main thread
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         result = execute(config, cfg, list(hc.overrides.task),
                          Path(hc.runtime.output_dir) / ".hydra",
@@ -58,6 +60,13 @@ def main(cfg: DictConfig) -> float:
                          extra_tags=job.tags if job else None)
     except PipelineError as e:
         _fail(e, "Run failed (marked FAILED in MLflow where it had started)")
+    except KeyboardInterrupt:
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        print("Interrupted: the run is marked KILLED in MLflow; if meta-training had started, "
+              "its checkpoint is logged and `python -m pipeline.resume RUN_ID` continues it.",
+              file=sys.stderr)
+        sys.exit(130)
     higher_is_better = result.algorithm is None or result.algorithm.loss.higher_is_better
     return sweep.objective(result.objective, higher_is_better)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import PROJECT_ROOT, provenance, tracking
-from pipeline.config import ConfigError, register_configs, validate
+from pipeline.config import Config, ConfigError, register_configs, validate
 
 RERUN_OF, IDENTICAL = "rerun_of", "rerun_identical"
 #: Compared value by value at every step; other metrics (aggregates) by their value.
@@ -137,26 +137,8 @@ def rerun(run_id: str, uri: str, out=print) -> tuple[Comparison, str]:
     original = tracking.get_run(uri, run_id)
     if original.status != tracking.STATUS_FINISHED:
         raise Refused(f"run {run_id} is {original.status}, not FINISHED: nothing to reproduce.")
-    if "hydra_overrides" not in original.tags:
-        raise Refused(f"run {run_id} has no hydra_overrides tag: it was not logged by this "
-                      f"pipeline.")
-    overrides = json.loads(original.tags["hydra_overrides"])
     out_dir = PROJECT_ROOT / "outputs" / "reruns" / f"{run_id[:12]}-{datetime.now():%H%M%S%f}"
-    raw = compose([*overrides, f"tracking.uri={uri}", f"paths.output_dir={out_dir}"])
-    with tempfile.TemporaryDirectory() as tmp:
-        logged_file = tracking.download_artifacts(uri, run_id, "config/resolved_config.json",
-                                                  Path(tmp))
-        if logged_file is None:
-            raise Refused(f"run {run_id} has no config/resolved_config.json artifact.")
-        logged = json.loads(logged_file.read_text())
-    drift = config_drift(logged, OmegaConf.to_container(raw, resolve=True))
-    if drift:
-        raise Refused("the overrides no longer compose to the logged config (the config files "
-                      "changed since):\n  " + "\n  ".join(drift))
-    try:
-        cfg = validate(raw)
-    except ConfigError as e:
-        raise Refused(f"the logged overrides are no longer a valid config: {e}") from e
+    raw, cfg, overrides = recompose(uri, original, out_dir)
     out(f"config: {len(overrides)} overrides recompose to the logged config")
     out(f"data: {verify_data(cfg, original.tags.get('data_fingerprint'))}")
     for warning in code_differences(original.tags):
@@ -175,6 +157,33 @@ def rerun(run_id: str, uri: str, out=print) -> tuple[Comparison, str]:
     comparison = compare_runs(uri, original, new)
     tracking.set_tags(uri, new.run_id, {IDENTICAL: str(comparison.identical).lower()})
     return comparison, new.run_id
+
+
+def recompose(uri: str, original: tracking.RunRecord,
+              out_dir: Path) -> tuple[DictConfig, Config, list[str]]:
+    """The run's config, recomposed from its logged overrides and checked against the logged
+    resolved config (refused if the config files changed since)."""
+    run_id = original.run_id
+    if "hydra_overrides" not in original.tags:
+        raise Refused(f"run {run_id} has no hydra_overrides tag: it was not logged by this "
+                      f"pipeline.")
+    overrides = json.loads(original.tags["hydra_overrides"])
+    raw = compose([*overrides, f"tracking.uri={uri}", f"paths.output_dir={out_dir}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        logged_file = tracking.download_artifacts(uri, run_id, "config/resolved_config.json",
+                                                  Path(tmp))
+        if logged_file is None:
+            raise Refused(f"run {run_id} has no config/resolved_config.json artifact.")
+        logged = json.loads(logged_file.read_text())
+    drift = config_drift(logged, OmegaConf.to_container(raw, resolve=True))
+    if drift:
+        raise Refused("the overrides no longer compose to the logged config (the config files "
+                      "changed since):\n  " + "\n  ".join(drift))
+    try:
+        cfg = validate(raw)
+    except ConfigError as e:
+        raise Refused(f"the logged overrides are no longer a valid config: {e}") from e
+    return raw, cfg, overrides
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,8 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import provenance, runtime
 from pipeline.algorithms import Algorithm, Context, build_algorithm
 from pipeline.algorithms.scratch import Scratch
+from pipeline.checkpoint import Checkpoint
 from pipeline.config import Config
 from pipeline.data import REGRESSION, TaskSet, derive_seed
+from pipeline.errors import DataError
 from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
 from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer
@@ -28,6 +30,18 @@ log = logging.getLogger(__name__)
 # Metric name scheme (documented in the README): <scope>/query_<metric>_<before|after>[_<stat>]
 TASK, TEST, SCRATCH_TASK, SCRATCH, GAIN = "task/", "test/", "scratch_task/", "scratch/", "gain/"
 NO_GAIN_TAG = "meta_learning_gain"
+
+
+RESUMED_TAG = "resumed_at_iteration"
+
+
+@dataclass(frozen=True)
+class Resume:
+    """What continuing an interrupted run needs."""
+
+    run_id: str
+    checkpoint: Checkpoint
+    data_fingerprint: str
 
 
 @dataclass
@@ -106,11 +120,13 @@ def _step_curve(summaries: dict[str, Summary], metrics: tuple[str, ...],
 
 def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | None = None,
             hydra_dir: Path | None = None, track: bool = True, run_name: str | None = None,
-            extra_tags: dict[str, str] | None = None) -> RunResult:
+            extra_tags: dict[str, str] | None = None,
+            resume: Resume | None = None) -> RunResult:
     """Run every stage; log ``raw`` (the composed config) as params, ``hydra_dir`` as files.
 
     ``run_name`` replaces ``tracking.run_name``; ``extra_tags`` (a sweep's parent run, a rerun's
-    origin) are set when the run starts.
+    origin) are set when the run starts. ``resume`` continues an interrupted run in place from
+    its checkpoint (its params and config files are already logged).
     """
     runtime.setup(cfg.runtime, cfg.seed)
     tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir)) if track else None
@@ -118,27 +134,37 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
             "model": cfg.model.name, "hydra_overrides": json.dumps(overrides or []),
             **provenance.git_state(), **provenance.versions(), **(extra_tags or {})}
     if tracker is None:
-        return _stages(cfg, None)
-    with tracker.run(run_name or cfg.tracking.run_name, tags):
-        container = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
-        tracker.log_params(flatten(container))
-        if container:
-            tracker.log_dict(container, "config/resolved_config.json")
-        if hydra_dir is not None and Path(hydra_dir).is_dir():
-            tracker.log_artifacts(Path(hydra_dir), "hydra")
-        result = _stages(cfg, tracker)
+        return _stages(cfg, None, resume)
+    if resume is not None:
+        tags = {RESUMED_TAG: resume.checkpoint.progress.iteration}
+    with tracker.run(run_name or cfg.tracking.run_name, tags,
+                     run_id=resume.run_id if resume else None):
+        if resume is None:
+            container = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
+            tracker.log_params(flatten(container))
+            if container:
+                tracker.log_dict(container, "config/resolved_config.json")
+            if hydra_dir is not None and Path(hydra_dir).is_dir():
+                tracker.log_artifacts(Path(hydra_dir), "hydra")
+        result = _stages(cfg, tracker, resume)
         result.run_id = tracker.run_id
         result.timings["tracking_s"] = tracker.seconds
         log.info("MLflow run %s (%.2f s in tracking calls)", tracker.run_id, tracker.seconds)
     return result
 
 
-def _stages(cfg: Config, tracker: Tracker | None) -> RunResult:
+def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) -> RunResult:
     from pipeline import plots
 
     tasks = generate.run(cfg, tracker)
     algo = build(cfg, tasks)
-    trained = meta_train.run(algo, tasks.train, cfg, tracker)
+    if resume is not None and tasks.fingerprint != resume.data_fingerprint:
+        raise DataError(f"Cannot resume run {resume.run_id}: its data had fingerprint "
+                        f"{resume.data_fingerprint[:12]}…, the data now has "
+                        f"{tasks.fingerprint[:12]}… ({tasks.path}). The data file or its config "
+                        f"changed.")
+    trained = meta_train.run(algo, tasks.train, cfg, tracker,
+                             resume.checkpoint if resume else None)
     if tracker is not None and trained["curves"]:
         fig = plots.curves(trained["curves"])
         tracker.log_figure(fig, "plots/meta_train_curves.png")

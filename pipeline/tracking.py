@@ -163,11 +163,20 @@ class Tracker:
             self.seconds += time.perf_counter() - t
 
     @contextlib.contextmanager
-    def run(self, run_name: str | None, tags: Mapping[str, str]) -> Iterator[Tracker]:
-        """Start a run; end it FINISHED, or FAILED/KILLED with the reason if the body raises."""
+    def run(self, run_name: str | None, tags: Mapping[str, str],
+            run_id: str | None = None) -> Iterator[Tracker]:
+        """Start a run (or reopen ``run_id`` to continue it); end it FINISHED, or FAILED/KILLED
+        with the reason if the body raises."""
+        tags = {k: str(v)[:_MAX_TAG_LEN] for k, v in tags.items()}
         with self._timed():
-            active = self.mlflow.start_run(experiment_id=self.experiment_id, run_name=run_name,
-                                           tags={k: str(v)[:_MAX_TAG_LEN] for k, v in tags.items()})
+            if run_id is None:
+                active = self.mlflow.start_run(experiment_id=self.experiment_id,
+                                               run_name=run_name, tags=tags)
+            else:
+                active = self.mlflow.start_run(run_id=run_id)
+                self.run_id = run_id
+                self.client.delete_tag(run_id, ERROR_TAG)
+                self.set_tags(tags)
         self.run_id = active.info.run_id
         try:
             yield self

@@ -6,10 +6,12 @@ import logging
 import math
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from pipeline import checkpoint
 from pipeline.algorithms import Algorithm
 from pipeline.config import Config
 from pipeline.data import SEED_STREAMS, TaskSplit
@@ -21,8 +23,29 @@ log = logging.getLogger(__name__)
 PREFIX = "train/"
 
 
-def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None) -> dict:
-    """Meta-train ``algo``; returns the logged curves ``{name: (steps, values)}`` and timing."""
+CHECKPOINT_DIR = "checkpoint"
+CHECKPOINT_TAG = "checkpoint_iteration"
+
+
+def _save_checkpoint(algo: Algorithm, cfg: Config, tracker: Tracker | None) -> None:
+    """On Ctrl-C/SIGTERM: keep the state at the last finished chunk, locally and in MLflow."""
+    if algo.progress is None:
+        return
+    directory = checkpoint.save(checkpoint.capture(algo.state_variables, algo.progress),
+                                Path(cfg.paths.output_dir) / CHECKPOINT_DIR)
+    where = str(directory)
+    if tracker is not None:
+        tracker.log_artifacts(directory, CHECKPOINT_DIR)
+        tracker.set_tags({CHECKPOINT_TAG: algo.progress.iteration})
+        where = f"{directory} and run {tracker.run_id}; continue it with: python -m " \
+                f"pipeline.resume {tracker.run_id}"
+    log.warning("Interrupted: checkpoint after %d meta-iterations saved to %s",
+                algo.progress.iteration, where)
+
+
+def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None,
+        resume: checkpoint.Checkpoint | None = None) -> dict:
+    """Meta-train ``algo`` (from ``resume`` if given); returns the curves and timing."""
     if not algo.meta_learns:
         return {"seconds": 0.0, "iterations": 0, "curves": {}}
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed,
@@ -35,7 +58,10 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None)
     total = getattr(algo.cfg, "epochs", None) or cfg.meta_train.iterations
     bar = tqdm(total=total, desc=f"meta-train {algo.name}", unit="it", file=sys.stderr,
                disable=None, dynamic_ncols=True, mininterval=0.5)
-    start, done = time.perf_counter(), 0
+    tenth = max(total // 10, 1)
+    first = done = resume.progress.iteration if resume else 0
+    start = time.perf_counter()
+    bar.update(first)
 
     def flush() -> None:
         if tracker is not None and pending_steps:
@@ -44,7 +70,7 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None)
         pending_steps.clear()
 
     try:
-        for it, metrics in algo.meta_train(train, cfg.meta_train, rng):
+        for it, metrics in algo.meta_train(train, cfg.meta_train, rng, resume):
             done = it + 1
             for k, v in metrics.items():
                 value = float(v)
@@ -54,6 +80,8 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None)
                                           f"the inner learning rate.")
                 window.setdefault(k, []).append(value)
             bar.update(1)
+            if bar.disable and done % tenth == 0:  # no terminal: progress goes to the log
+                log.info("meta-train %s: iteration %d/%d", algo.name, done, total)
             if done % every == 0 or done == total:
                 means = {k: float(np.mean(v)) for k, v in window.items()}
                 window.clear()
@@ -66,10 +94,15 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None)
                     values.append(v)
                 if len(pending_steps) * max(len(pending), 1) >= 1000:
                     flush()
+    except KeyboardInterrupt:
+        bar.close()
+        flush()
+        _save_checkpoint(algo, cfg, tracker)
+        raise
     finally:
         bar.close()
         flush()  # what was trained so far stays on record, even on failure
     seconds = time.perf_counter() - start
-    log.info("meta-trained %s: %d iterations in %.1f s (%.2f ms/it)", algo.name, done, seconds,
-             1000 * seconds / max(done, 1))
-    return {"seconds": seconds, "iterations": done, "curves": curves}
+    log.info("meta-trained %s: %d iterations in %.1f s (%.2f ms/it)", algo.name, done - first,
+             seconds, 1000 * seconds / max(done - first, 1))
+    return {"seconds": seconds, "iterations": done - first, "curves": curves}
