@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -84,12 +85,20 @@ def prepare_store(cfg: TrackingConfig) -> None:
     import mlflow
 
     db = _sqlite_path(cfg.uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        if cfg.artifact_location:
-            Path(cfg.artifact_location).mkdir(parents=True, exist_ok=True)
-    client = mlflow.MlflowClient(tracking_uri=cfg.uri)
-    _experiment_id(client, cfg)
+    if db is None:
+        _experiment_id(mlflow.MlflowClient(tracking_uri=cfg.uri), cfg)
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.artifact_location:
+        Path(cfg.artifact_location).mkdir(parents=True, exist_ok=True)
+    # Processes that open a fresh SQLite store at once corrupt its schema (two sweeps started
+    # together, say): one at a time creates it, the others then find it ready.
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            _experiment_id(mlflow.MlflowClient(tracking_uri=cfg.uri), cfg)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _experiment_id(client, cfg: TrackingConfig) -> str:

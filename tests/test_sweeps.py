@@ -315,3 +315,33 @@ def test_ray_launcher_against_a_local_ray_cluster(tmp_path):
     assert sorted(r.info.run_name for r in children) == ["maml seed=0", "maml seed=1"]
     assert all(r.info.status == "FINISHED" and
                r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+
+
+@pytest.mark.slow
+def test_two_parallel_sweeps_on_one_fresh_store_lose_nothing(tmp_path):
+    """8 jobs at once on one new SQLite store: two joblib sweeps (2 workers each) started
+    together. Every run completes with all of its metrics and the store stays readable."""
+    args = ["-m", *SWEEP_TINY, *store_overrides(tmp_path)[:3], "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", "seed=0,1,2,3"]
+    procs = [subprocess.Popen([sys.executable, "-m", "pipeline", *args,
+                               f"hydra.sweep.dir={tmp_path}/multirun{i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+             for i in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=900)
+        assert p.returncode == 0, out[-4000:]
+    _uri, client = store(tmp_path)
+    exp = client.get_experiment_by_name("meta-learning")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get(sweep.ROLE) == "parent"]
+    children = [r for r in runs if r.data.tags.get(sweep.ROLE) != "parent"]
+    assert len(parents) == 2 and len(children) == 8
+    assert all(r.info.status == "FINISHED" for r in runs)
+    for parent in parents:
+        mine = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
+        assert sorted(int(r.data.tags[sweep.JOB]) for r in mine) == [0, 1, 2, 3]
+    for child in children:  # every per-task metric of every job arrived
+        history = client.get_metric_history(child.info.run_id, "task/query_acc_after")
+        assert sorted(m.step for m in history) == list(range(12))
+        assert "test/query_acc_after_mean" in child.data.metrics
