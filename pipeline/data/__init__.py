@@ -1,0 +1,180 @@
+"""Task data: every family produces a :class:`TaskSet` of fixed-shape support/query arrays.
+
+A task family is one module here with a ``generate(cfg, rng) -> (train, test)`` function,
+registered in :data:`GENERATORS`. Sizes are fixed per family config, so a whole split is one
+stacked array per field, ready to be sliced into vectorised meta-batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.config import ConfigError
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+FIELDS = ("support_x", "support_y", "query_x", "query_y")
+
+
+@dataclass(frozen=True)
+class TaskSplit:
+    """Stacked tasks: ``support_x`` is [tasks, support, features], ``support_y`` [tasks, support]."""
+
+    support_x: np.ndarray
+    support_y: np.ndarray
+    query_x: np.ndarray
+    query_y: np.ndarray
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.support_x.shape[0])
+
+    def take(self, idx: np.ndarray | slice) -> TaskSplit:
+        """The tasks at ``idx`` (a meta-batch or a chunk of test tasks)."""
+        return TaskSplit(*(getattr(self, f)[idx] for f in FIELDS))
+
+
+@dataclass(frozen=True)
+class TaskSet:
+    train: TaskSplit
+    test: TaskSplit
+    task_type: str
+    #: Number of classes (classification) or output dimension (regression).
+    num_outputs: int
+    #: sha256 of the arrays' contents (names, dtypes, shapes, bytes): the data's identity.
+    fingerprint: str
+    path: Path | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train.support_x.shape[2:])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(s, f).nbytes for s in (self.train, self.test) for f in FIELDS)
+
+
+def _arrays(train: TaskSplit, test: TaskSplit) -> dict[str, np.ndarray]:
+    return {f"{name}_{f}": getattr(split, f) for name, split in (("train", train), ("test", test))
+            for f in FIELDS}
+
+
+def fingerprint_arrays(arrays: dict[str, np.ndarray]) -> str:
+    """A content hash independent of how the file was compressed."""
+    h = hashlib.sha256()
+    for key in sorted(arrays):
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: int,
+                        rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """Per task, ``k_shot`` random examples of each class form the support set, the rest the query.
+
+    ``x`` is [tasks, samples, features] and ``y`` [tasks, samples] with integer labels. Both sets
+    are shuffled, so no position leaks a label.
+    """
+    t, n = y.shape
+    s = k_shot * num_classes
+    sup_idx = np.empty((t, s), dtype=np.int64)
+    qry_idx = np.empty((t, n - s), dtype=np.int64)
+    for i in range(t):
+        order = rng.permutation(n)
+        chosen = []
+        for c in range(num_classes):
+            of_c = order[y[i, order] == c]
+            if len(of_c) < k_shot:
+                raise ConfigError(
+                    f"data.k_shot={k_shot} is too large: test/train task {i} has only {len(of_c)} "
+                    f"examples of class {c}. Lower data.k_shot or raise data.samples_per_task."
+                )
+            chosen.append(of_c[:k_shot])
+        sup = rng.permutation(np.concatenate(chosen))
+        mask = np.ones(n, dtype=bool)
+        mask[sup] = False
+        sup_idx[i], qry_idx[i] = sup, rng.permutation(np.flatnonzero(mask))
+    take = lambda a, idx: np.take_along_axis(a, idx[..., None] if a.ndim == 3 else idx, axis=1)  # noqa: E731
+    return take(x, sup_idx), take(y, sup_idx), take(x, qry_idx), take(y, qry_idx)
+
+
+def _generators() -> dict[str, Callable]:
+    from pipeline.data import notebook, synthetic
+
+    return {"notebook": notebook.generate, "synthetic": synthetic.generate}
+
+
+def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
+    """Cache path keyed by the family config and the seed: same inputs, same file."""
+    key = hashlib.sha256(json.dumps({"data": cfg_dict, "seed": seed}, sort_keys=True).encode())
+    return Path(data_dir) / f"{cfg_dict['family']}-{key.hexdigest()[:16]}.npz"
+
+
+def save(path: Path, train: TaskSplit, test: TaskSplit, meta: dict) -> str:
+    """Write the compressed array file atomically; return its content fingerprint."""
+    arrays = _arrays(train, test)
+    fp = fingerprint_arrays(arrays)
+    meta = {**meta, "fingerprint": fp}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
+    tmp.replace(path)
+    return fp
+
+
+def load(path: Path, expected_fingerprint: str | None = None) -> TaskSet:
+    """Read a data file and verify its contents against the fingerprint stored with it."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files if k != "meta"}
+            meta = json.loads(str(f["meta"]))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # zip/zlib/json errors all mean the same thing to the user
+        raise ValueError(f"Data file {path} is unreadable or corrupt ({e}). Delete it to "
+                         f"regenerate it from the config.") from e
+    fp = fingerprint_arrays(arrays)
+    for want, what in ((meta.get("fingerprint"), "the fingerprint stored in it"),
+                       (expected_fingerprint, "the expected fingerprint")):
+        if want is not None and fp != want:
+            raise ValueError(f"Data file {path} does not match {what}: content sha256 {fp[:12]}… "
+                             f"!= {want[:12]}…. The file was altered; delete it to regenerate it.")
+    split = lambda name: TaskSplit(*(arrays[f"{name}_{f}"] for f in FIELDS))  # noqa: E731
+    return TaskSet(split("train"), split("test"), meta["task_type"], int(meta["num_outputs"]),
+                   fp, path)
+
+
+def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = True) -> TaskSet:
+    """The ``generate`` stage: build the family's tasks from the seed, or reuse the cached file."""
+    family = cfg_dict["family"]
+    generators = _generators()
+    if family not in generators:
+        raise ConfigError(f"data.family={family!r} is unknown: choose one of "
+                          f"{', '.join(sorted(generators))}.")
+    path = data_file(cfg_dict, seed, data_dir)
+    if cache and path.exists():
+        return load(path)
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAMS["data"],)))
+    train, test, task_type, num_outputs = generators[family](cfg_dict, rng)
+    meta = {"family": family, "seed": seed, "config": cfg_dict, "task_type": task_type,
+            "num_outputs": num_outputs}
+    fp = save(path, train, test, meta)
+    return TaskSet(train, test, task_type, num_outputs, fp, path)
+
+
+#: Independent random streams derived from the one seed (numpy SeedSequence spawn keys).
+SEED_STREAMS = {"data": 1, "init": 2, "sampling": 3, "scratch": 4}
+
+
+def derive_seed(seed: int, stream: str) -> int:
+    """A 31-bit seed for one named stream, derived from the run's one seed."""
+    ss = np.random.SeedSequence(seed, spawn_key=(SEED_STREAMS[stream],))
+    return int(ss.generate_state(1)[0] >> 1)

@@ -1,0 +1,22 @@
+"""The original notebook's data: ``X ~ N(0, 1)`` and labels drawn uniformly at random.
+
+Exactly the notebook's shapes and distributions (100 train and 100 test tasks x 100 samples x 20
+features, 2 classes), seeded. Labels are independent of inputs, so nothing can be learned: any
+method scores chance on it, which makes it the pipeline's negative control.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.data import CLASSIFICATION, TaskSplit, split_support_query
+
+
+def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit, str, int]:
+    n, f, c = cfg["samples_per_task"], cfg["num_features"], cfg["num_classes"]
+    splits = []
+    for num_tasks in (cfg["num_train_tasks"], cfg["num_test_tasks"]):
+        x = rng.standard_normal((num_tasks, n, f)).astype(np.float32)
+        y = rng.integers(0, c, size=(num_tasks, n)).astype(np.int32)
+        splits.append(TaskSplit(*split_support_query(x, y, cfg["k_shot"], c, rng)))
+    return splits[0], splits[1], CLASSIFICATION, c
