@@ -26,7 +26,8 @@ import tensorflow as tf
 
 from pipeline.algorithms import functional as F
 from pipeline.config import AlgorithmConfig, MetaTrainConfig
-from pipeline.data import TaskSplit
+from pipeline.data import FIELDS, TaskSplit
+from pipeline.data.episodes import EpisodeSampler
 from pipeline.losses import TaskLoss
 
 
@@ -45,6 +46,9 @@ class Algorithm(ABC):
     name: ClassVar[str]
     #: False for baselines that learn nothing before meta-test.
     meta_learns: ClassVar[bool] = True
+    #: False where "before adaptation" means nothing (ProtoNets: no classifier without a support
+    #: set); the meta-test then evaluates only the adapted state and logs no ``_before`` metrics.
+    has_before: ClassVar[bool] = True
 
     def __init__(self, cfg: AlgorithmConfig, ctx: Context):
         self.cfg = cfg
@@ -56,10 +60,19 @@ class Algorithm(ABC):
 
     # --- meta-training ------------------------------------------------------------------------
 
-    def meta_train(self, train: TaskSplit, cfg: MetaTrainConfig,
+    def meta_train(self, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig,
                    rng: np.random.Generator) -> Iterator[tuple[int, dict[str, float]]]:
-        """Episodic meta-training: ``cfg.iterations`` steps on random meta-batches of tasks."""
+        """Episodic meta-training: ``cfg.iterations`` steps on random meta-batches of tasks.
+
+        Fixed tasks are drawn without replacement within a meta-batch; an episode sampler draws
+        ``meta_batch_size`` fresh episodes per step. Either way ``rng`` decides every draw.
+        """
         if not self.meta_learns:
+            return
+        if isinstance(train, EpisodeSampler):
+            for it in range(cfg.iterations):
+                batch = train.sample(rng, cfg.meta_batch_size)
+                yield it, self.meta_train_step(*(tf.constant(getattr(batch, f)) for f in FIELDS))
             return
         data = [tf.constant(getattr(train, f)) for f in ("support_x", "support_y", "query_x",
                                                          "query_y")]

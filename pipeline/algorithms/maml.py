@@ -36,11 +36,14 @@ class MAML(Algorithm):
                 sxi, syi, qxi, qyi = args
                 adapted = F.sgd_adapt(self.f, self.loss, params, sxi, syi, self.cfg.inner_steps,
                                       self.cfg.inner_lr, self.cfg.first_order)
-                return self.loss.metrics(self.f(adapted, qxi, training=True), qyi)
+                out, state = self.f.call_with_state(adapted, qxi, training=True)
+                return self.loss.metrics(out, qyi), state
 
-            per_task = tf.vectorized_map(task, (sx, sy, qx, qy))
+            per_task, state = tf.vectorized_map(task, (sx, sy, qx, qy))
             meta_loss = tf.reduce_mean(per_task[self.loss.metric_names[0]])
         grads = tape.gradient(meta_loss, variables)
+        if state:  # running batch-norm statistics: the adapted models' query passes, averaged
+            self.f.assign_state(state)
         return {k: tf.reduce_mean(v) for k, v in per_task.items()}, grads
 
     def _apply_step(self, sx, sy, qx, qy):

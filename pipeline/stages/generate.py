@@ -9,7 +9,7 @@ import numpy as np
 
 from pipeline import data
 from pipeline.config import Config
-from pipeline.data import TaskSet
+from pipeline.data import TaskSet, TaskSplit
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -26,7 +26,7 @@ def run(cfg: Config, tracker: Tracker | None) -> TaskSet:
         small = tasks.path.stat().st_size <= cfg.tracking.log_dataset_max_mb * 2**20
         arrays = None
         if small:  # flatten every task of both splits into one features/targets table
-            splits = (tasks.train, tasks.test)
+            splits = [s for s in (tasks.train, tasks.test) if isinstance(s, TaskSplit)]
             arrays = {
                 "features": np.concatenate([a.reshape(-1, *tasks.input_shape) for s in splits
                                             for a in (s.support_x, s.query_x)]),

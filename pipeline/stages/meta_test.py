@@ -17,7 +17,11 @@ BEFORE, AFTER = "before", "after"
 
 
 def run(algo: Algorithm, test: TaskSplit, task_batch_size: int) -> dict[str, np.ndarray]:
-    """Per-task query metrics before and after adaptation: ``{"acc_after": [tasks], ...}``."""
+    """Per-task query metrics before and after adaptation: ``{"acc_after": [tasks], ...}``.
+
+    Algorithms without a meaningful pre-adaptation state (``has_before=False``) get no
+    ``_before`` entries.
+    """
     start = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {}
     for lo in range(0, test.num_tasks, task_batch_size):
@@ -26,7 +30,8 @@ def run(algo: Algorithm, test: TaskSplit, task_batch_size: int) -> dict[str, np.
         sx, sy, qx, qy = (tf.constant(getattr(chunk, f))
                           for f in ("support_x", "support_y", "query_x", "query_y"))
         state = algo.initial_state(ids)
-        for when, s in ((BEFORE, state), (AFTER, algo.adapt(state, sx, sy))):
+        phases = ((BEFORE, state),) if algo.has_before else ()
+        for when, s in (*phases, (AFTER, algo.adapt(state, sx, sy))):
             for name, values in algo.evaluate(s, qx, qy).items():
                 parts.setdefault(f"{name}_{when}", []).append(values)
     results = {k: np.concatenate(v) for k, v in parts.items()}
