@@ -35,6 +35,7 @@ import os
 import re
 import urllib.request
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -156,7 +157,7 @@ def _decode_zip(path: Path, size: int) -> tuple[np.ndarray, list[str]]:
                     with Image.open(io.BytesIO(z.read(member))) as im:
                         small = im.convert("L").resize((size, size), Image.LANCZOS)
                     images[i, j] = 255 - np.asarray(small, dtype=np.uint8)
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
         raise ConfigError(f"Omniglot file {path} is corrupt or not an Omniglot zip ({e}). Replace "
                           f"it with the original from {SOURCE}. Nothing was written.") from e
     if not chars:
