@@ -16,7 +16,11 @@ import json
 import logging
 import time
 
-from bench.common import config, machine
+from hydra import compose, initialize_config_dir
+
+from bench.common import machine
+from pipeline import CONFIG_DIR
+from pipeline.config import validate
 from pipeline.runner import execute
 
 #: name -> (preset, published accuracy %)
@@ -31,9 +35,11 @@ RUNS = {
 def run(name: str, root: str, extra: list[str]) -> dict:
     preset, published = RUNS[name]
     overrides = [f"experiment={preset}", f"data.root={root}", *extra]
-    cfg = config(*overrides)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        raw = compose("config", overrides=["paths.output_dir=/tmp/bench", *overrides])
+    cfg = validate(raw)
     start, cpu = time.perf_counter(), time.process_time()
-    result = execute(cfg, None, overrides)
+    result = execute(cfg, raw, overrides)  # raw: the resolved config is logged as params
     total, cpu = time.perf_counter() - start, time.process_time() - cpu
     acc = result.summaries["test/query_acc_after"]
     t = result.timings

@@ -62,11 +62,15 @@ class ProtoNet(Algorithm):
         return tf.reduce_max(labels) + 1
 
     def _embed(self, params, x, training: bool, state=None):
-        """Embeddings of every task's batch (per-task batch statistics) and per-task BN state."""
+        """Embeddings of every task's batch (per-task batch statistics) and per-task BN state.
+
+        The state is only tracked in training mode with running statistics; otherwise the model's
+        own (running or absent) statistics are used and no state is returned.
+        """
+        if not (training and self.f.has_state):
+            return tf.vectorized_map(lambda xi: self.f(params, xi, training), x), []
         if state is None:
             state = [v.value for v in self.model.non_trainable_variables]
-        if not self.f.has_state:
-            return tf.vectorized_map(lambda xi: self.f(params, xi, training), x), []
 
         def one(args):
             xi, si = args
