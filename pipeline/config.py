@@ -120,6 +120,41 @@ class SinusoidDataConfig(DataConfig):
     x_max: float = num(5.0)
 
 
+@dataclass
+class OmniglotDataConfig(DataConfig):
+    """Omniglot from the official zips; see :mod:`pipeline.data.omniglot` for the protocols."""
+
+    family: str = "omniglot"
+    #: Folder holding the zips (and optionally a SHA256SUMS file).
+    root: str = MISSING
+    background_zip: str = "images_background.zip"
+    evaluation_zip: str = "images_evaluation.zip"
+    #: Expected sha256 by zip name (also read from ``<root>/SHA256SUMS``); a mismatch is an error.
+    checksums: dict[str, str] = field(default_factory=dict)
+    #: Fetch missing zips from ``url`` (the official repository's python/ folder).
+    download: bool = False
+    url: str = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python"
+    #: Where the decoded 28x28 images are cached (keyed by the zips' sha256).
+    cache_dir: str = MISSING
+    protocol: str = choice("vinyals", ("vinyals", "lake"))
+    #: vinyals: characters shuffled by the data seed, or taken in the conventional order.
+    character_order: str = choice("seed", ("seed", "conventional"))
+    num_train_characters: int = num(1200, ge=1)
+    image_size: int = num(28, ge=4)
+    train_rotations: list[int] = field(default_factory=lambda: [0, 90, 180, 270])
+    test_rotations: list[int] = field(default_factory=lambda: [0])
+    #: N-way of the test episodes (and of training ones unless ``train_num_classes`` is set).
+    num_classes: int = num(5, ge=2)
+    k_shot: int = num(1, ge=1)
+    query_per_class: int = num(15, ge=1)
+    #: Training episodes' N-way / queries per class (null = as at test; protonet only for N).
+    train_num_classes: int | None = num(None, ge=2)
+    train_query_per_class: int | None = num(None, ge=1)
+    #: 0: training episodes sampled on the fly from the seed; > 0: this many fixed episodes.
+    num_train_tasks: int = num(0, ge=0)
+    num_test_tasks: int = num(1000, ge=2)
+
+
 # --- model ------------------------------------------------------------------------------------
 
 
@@ -137,6 +172,30 @@ class MLPConfig(ModelConfig):
     activation: str = choice("relu", ACTIVATIONS)
     #: ``softmax``: one logit per class; ``sigmoid``: one logit for 2 classes (the notebook's head).
     head: str = choice("softmax", HEADS)
+
+
+BATCH_NORM = ("transductive", "running", "none")
+
+
+@dataclass
+class Conv4Config(ModelConfig):
+    """The standard few-shot CNN: ``blocks`` x (3x3 conv, batch norm, ReLU, 2x2 max-pool).
+
+    ``batch_norm``: ``transductive`` normalises with the statistics of the batch at hand, at
+    meta-training and meta-test alike (the MAML paper's choice; no running averages exist);
+    ``running`` normalises training-mode passes (meta-training, inner-loop adaptation) with batch
+    statistics, keeps running averages from meta-training, and evaluates queries with them;
+    ``none`` drops the normalisation.
+    """
+
+    name: str = "conv4"
+    filters: int = num(64, ge=1)
+    blocks: int = num(4, ge=1)
+    batch_norm: str = choice("transductive", BATCH_NORM)
+    #: Running-average momentum (``running`` only).
+    bn_momentum: float = num(0.9, ge=0, lt=1)
+    #: Inputs are multiplied by this first (uint8 images in 0..255 -> 0..1).
+    input_scale: float = num(1 / 255, gt=0)
 
 
 # --- optimizer (outer loop / meta-optimizer) --------------------------------------------------
@@ -254,6 +313,13 @@ class ReptileConfig(AlgorithmConfig):
     anneal: bool = True
 
 
+@dataclass
+class ProtoNetConfig(AlgorithmConfig):
+    """Prototypical networks (Snell et al. 2017): classify queries by the nearest class mean."""
+
+    name: str = "protonet"
+
+
 # --- stages, tracking, paths, runtime ---------------------------------------------------------
 
 
@@ -331,8 +397,8 @@ class Config:
 #: Group name -> {option name -> schema}. The YAML option of the same name extends the schema.
 SCHEMAS: dict[str, dict[str, type]] = {
     "data": {"notebook": NotebookDataConfig, "synthetic": SyntheticDataConfig,
-             "sinusoid": SinusoidDataConfig},
-    "model": {"mlp": MLPConfig},
+             "sinusoid": SinusoidDataConfig, "omniglot": OmniglotDataConfig},
+    "model": {"mlp": MLPConfig, "conv4": Conv4Config},
     "optimizer": {"adam": AdamConfig, "sgd": SGDConfig},
     "algorithm": {
         "scratch": ScratchConfig,
@@ -342,6 +408,7 @@ SCHEMAS: dict[str, dict[str, type]] = {
         "anil": ANILConfig,
         "metasgd": MetaSGDConfig,
         "reptile": ReptileConfig,
+        "protonet": ProtoNetConfig,
     },
     "tracking": {"base": TrackingConfig},
     "paths": {"base": PathsConfig},
@@ -421,6 +488,7 @@ def _check_consistency(cfg: Config) -> None:
     if any(s < 0 for s in cfg.meta_test.eval_steps):
         raise ConfigError(f"meta_test.eval_steps={list(cfg.meta_test.eval_steps)} is not "
                           f"allowed: every entry must be >= 0 inner steps.")
+    _check_omniglot(cfg)
     if isinstance(model, MLPConfig) and any(u < 1 for u in model.hidden_units):
         raise ConfigError(
             f"model.hidden_units={list(model.hidden_units)} is not allowed: every layer width "
@@ -456,6 +524,35 @@ def _check_environment(cfg: Config) -> None:
         if cfg.tracking.artifact_location:
             _check_folder("tracking.artifact_location", cfg.tracking.artifact_location,
                           Path(cfg.tracking.artifact_location))
+
+
+def _check_omniglot(cfg: Config) -> None:
+    images = isinstance(cfg.data, OmniglotDataConfig)
+    if images != isinstance(cfg.model, Conv4Config):
+        raise ConfigError(
+            f"model={cfg.model.name} does not fit data={cfg.data.family}: data=omniglot gives "
+            f"28x28x1 images, which need model=conv4, and model=conv4 needs image data "
+            f"(data=omniglot)."
+        )
+    if not images:
+        return
+    if cfg.model.batch_norm == "running" and cfg.algorithm.name != "protonet":
+        raise ConfigError(
+            f"model.batch_norm='running' is supported with algorithm=protonet only (it keeps "
+            f"running statistics across episodes); algorithm={cfg.algorithm.name} adapts per-task "
+            f"weights with batch statistics: use model.batch_norm=transductive or none."
+        )
+    data = cfg.data
+    if data.train_num_classes not in (None, data.num_classes) and cfg.algorithm.name != "protonet":
+        raise ConfigError(
+            f"data.train_num_classes={data.train_num_classes} differs from data.num_classes="
+            f"{data.num_classes}: only algorithm=protonet (no classifier head) can train and "
+            f"test with different N-way; set data.train_num_classes=null."
+        )
+    if not data.download:  # refuse missing or corrupt zips now, before anything is written
+        from pipeline.data.omniglot import check_sources
+
+        check_sources(dataclasses.asdict(data))
 
 
 def validate(cfg: DictConfig | Config) -> Config:

@@ -16,8 +16,9 @@ def per_task(results: dict[str, np.ndarray], baseline: dict[str, np.ndarray] | N
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(12, 4), width_ratios=[3, 1])
     tasks = np.arange(len(results[f"{metric}_after"]))
     order = np.argsort(results[f"{metric}_after"])
-    series = [(f"{algo_name} before adaptation", results[f"{metric}_before"], "tab:gray"),
-              (f"{algo_name} after adaptation", results[f"{metric}_after"], "tab:blue")]
+    series = [(f"{algo_name} before adaptation", results[f"{metric}_before"], "tab:gray")
+              ] if f"{metric}_before" in results else []
+    series.append((f"{algo_name} after adaptation", results[f"{metric}_after"], "tab:blue"))
     if baseline is not None:
         series.append(("scratch after training", baseline[f"{metric}_after"], "tab:orange"))
     for label, values, color in series:

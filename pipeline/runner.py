@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import provenance, runtime
-from pipeline.algorithms import Algorithm, Context, build_algorithm
+from pipeline.algorithms import Algorithm, Context, build_algorithm, needs_head
 from pipeline.algorithms.scratch import Scratch
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import Config
@@ -78,13 +79,14 @@ def task_loss(cfg: Config, tasks: TaskSet) -> TaskLoss:
 def build(cfg: Config, tasks: TaskSet, algo_cfg=None) -> Algorithm:
     """The configured algorithm (or ``algo_cfg``) on a freshly initialised model."""
     loss = task_loss(cfg, tasks)
-    units = output_units(loss.kind, tasks.num_outputs)
+    algo_cfg = algo_cfg or cfg.algorithm
+    units = output_units(loss.kind, tasks.num_outputs) if needs_head(algo_cfg) else None
     init_seed = derive_seed(cfg.seed, "init")
 
     model = build_model(cfg.model, tasks.input_shape, units, init_seed)
     ctx = Context(model=model, loss=loss, optimizer=build_optimizer(cfg.optimizer),
                   seed=derive_seed(cfg.seed, "scratch"))
-    return build_algorithm(algo_cfg or cfg.algorithm, ctx, cfg.meta_train)
+    return build_algorithm(algo_cfg, ctx, cfg.meta_train)
 
 
 def _summaries(per_task: dict[str, np.ndarray], scope: str) -> dict[str, Summary]:
@@ -132,6 +134,7 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
     tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir)) if track else None
     tags = {"seed": cfg.seed, "algorithm": cfg.algorithm.name, "data_family": cfg.data.family,
             "model": cfg.model.name, "hydra_overrides": json.dumps(overrides or []),
+            **({"batch_norm": cfg.model.batch_norm} if hasattr(cfg.model, "batch_norm") else {}),
             **provenance.git_state(), **provenance.versions(), **(extra_tags or {})}
     if tracker is None:
         return _stages(cfg, None, resume)
@@ -171,7 +174,9 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
         plots.close(fig)
 
     eval_steps = tuple(cfg.meta_test.eval_steps)
+    test_start = time.perf_counter()
     per_task = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)
+    test_seconds = time.perf_counter() - test_start
     summaries = _summaries(per_task, TEST)
     metrics = _per_task_metrics(per_task, TASK)
 
@@ -193,6 +198,7 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
         aggregates[f"{GAIN}query_{main}"] = gain.mean
     step_curve = _step_curve(summaries, algo.loss.metric_names, eval_steps)
     aggregates["time/meta_train_s"] = trained["seconds"]
+    aggregates["time/meta_test_s"] = test_seconds
     if trained["iterations"]:
         aggregates["time/meta_train_ms_per_it"] = 1000 * trained["seconds"] / trained["iterations"]
 
@@ -224,7 +230,8 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
             tracker.log_keras_model(algo.model, tasks.test.query_x[0])
 
     return RunResult(None, per_task, baseline, summaries, gain, after.mean, no_gain,
-                     {"meta_train_s": trained["seconds"]}, algo, tasks)
+                     {"meta_train_s": trained["seconds"], "meta_test_s": test_seconds,
+                      "meta_train_iterations": trained["iterations"]}, algo, tasks)
 
 
 __all__ = ["RunResult", "build", "execute", "flatten"]

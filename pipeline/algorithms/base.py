@@ -28,7 +28,8 @@ from pipeline import checkpoint
 from pipeline.algorithms import functional as F
 from pipeline.checkpoint import Checkpoint, Progress, deferred_interrupts
 from pipeline.config import AlgorithmConfig, ConfigError, MetaTrainConfig
-from pipeline.data import TaskSplit
+from pipeline.data import FIELDS, TaskSplit
+from pipeline.data.episodes import EpisodeSampler
 from pipeline.losses import TaskLoss
 
 
@@ -47,6 +48,9 @@ class Algorithm(ABC):
     name: ClassVar[str]
     #: False for baselines that learn nothing before meta-test.
     meta_learns: ClassVar[bool] = True
+    #: False where "before adaptation" means nothing (ProtoNets: no classifier without a support
+    #: set); the meta-test then evaluates only the adapted state and logs no ``_before`` metrics.
+    has_before: ClassVar[bool] = True
 
     def __init__(self, cfg: AlgorithmConfig, ctx: Context):
         self.cfg = cfg
@@ -60,8 +64,9 @@ class Algorithm(ABC):
 
     # --- meta-training ------------------------------------------------------------------------
 
-    def meta_train(self, train: TaskSplit, cfg: MetaTrainConfig, rng: np.random.Generator,
-                   resume: Checkpoint | None = None) -> Iterator[tuple[int, dict[str, float]]]:
+    def meta_train(self, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig,
+                   rng: np.random.Generator, resume: Checkpoint | None = None
+                   ) -> Iterator[tuple[int, dict[str, float]]]:
         """Episodic meta-training: ``cfg.iterations`` steps on random meta-batches of tasks.
 
         ``cfg.steps_per_call`` meta-iterations run inside one compiled call (a graph loop over
@@ -69,14 +74,19 @@ class Algorithm(ABC):
         iteration. Each iteration still draws its own meta-batch from ``rng``, so results do
         not depend on the chunk size. Metrics of a chunk are yielded iteration by iteration.
         With ``resume``, the saved state is restored and training continues where it stopped.
+        An episode sampler (families too large to enumerate) draws ``meta_batch_size`` fresh
+        episodes per iteration from ``rng`` instead.
         """
         if not self.meta_learns:
+            return
+        self.build_for_training(cfg)
+        start = self.resume_from(resume, rng)
+        if isinstance(train, EpisodeSampler):
+            yield from self._meta_train_episodes(train, cfg, rng, start)
             return
         data = [tf.constant(getattr(train, f)) for f in ("support_x", "support_y", "query_x",
                                                          "query_y")]
         batch = min(cfg.meta_batch_size, train.num_tasks)
-        self.build_for_training(cfg)
-        start = self.resume_from(resume, rng)
         chunk = self._chunk_fn(data)
         for lo in range(start, cfg.iterations, cfg.steps_per_call):
             n = min(cfg.steps_per_call, cfg.iterations - lo)
@@ -87,6 +97,18 @@ class Algorithm(ABC):
                 self.progress = Progress(lo + n, rng.bit_generator.state)
             for i in range(n):
                 yield lo + i, {k: v[i] for k, v in metrics.items()}
+
+    def _meta_train_episodes(self, train: EpisodeSampler, cfg: MetaTrainConfig,
+                             rng: np.random.Generator, start: int):
+        """One compiled step per iteration on ``meta_batch_size`` freshly sampled episodes."""
+        step = tf.function(self.meta_train_step, reduce_retracing=True)
+        for it in range(start, cfg.iterations):
+            with deferred_interrupts():
+                batch = train.sample(rng, cfg.meta_batch_size)
+                metrics = step(*(tf.constant(getattr(batch, f)) for f in FIELDS))
+                metrics = {k: v.numpy() for k, v in metrics.items()}
+                self.progress = Progress(it + 1, rng.bit_generator.state)
+            yield it, metrics
 
     def resume_from(self, resume: Checkpoint | None, rng: np.random.Generator) -> int:
         """Restore a checkpoint (if any) after the training state is built; return the start."""

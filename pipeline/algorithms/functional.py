@@ -32,9 +32,31 @@ class FunctionalModel:
         self._dense = _dense_stack(model) if fast else None
 
     def __call__(self, params: Sequence[tf.Tensor], x: tf.Tensor, training: bool = False):
-        non_trainable = [v.value for v in self.model.non_trainable_variables]
-        out, _ = self.model.stateless_call(list(params), non_trainable, x, training=training)
-        return out
+        return self.call_with_state(params, x, training)[0]
+
+    def call_with_state(self, params: Sequence[tf.Tensor], x: tf.Tensor, training: bool = False,
+                        state: Sequence[tf.Tensor] | None = None) -> tuple[tf.Tensor, Params]:
+        """Output and updated non-trainable variables (batch-norm running statistics).
+
+        ``state`` defaults to the model's current non-trainable values. The update is returned,
+        not applied: callers that keep running statistics average it over the meta-batch and
+        :meth:`assign_state` it once per step (see :mod:`pipeline.algorithms.protonet`).
+        """
+        if state is None:
+            state = [v.value for v in self.model.non_trainable_variables]
+        out, new_state = self.model.stateless_call(list(params), list(state), x,
+                                                   training=training)
+        return out, list(new_state)
+
+    @property
+    def has_state(self) -> bool:
+        """Whether the model keeps non-trainable state (running batch-norm statistics)."""
+        return bool(self.model.non_trainable_variables)
+
+    def assign_state(self, stacked: Sequence[tf.Tensor]) -> None:
+        """Set the non-trainable variables to the task-axis mean of per-task updates."""
+        for var, value in zip(self.model.non_trainable_variables, stacked, strict=True):
+            var.assign(tf.reduce_mean(value, axis=0))
 
     def batched(self, stacked: Sequence[tf.Tensor], x: tf.Tensor, training: bool = False):
         """Outputs [tasks, n, ...] of per-task weights ``stacked`` on per-task inputs ``x``."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import ConfigError
+from pipeline.data.episodes import EpisodeSampler
 from pipeline.errors import DataError
 
 CLASSIFICATION = "classification"
@@ -44,7 +45,8 @@ class TaskSplit:
 
 @dataclass(frozen=True)
 class TaskSet:
-    train: TaskSplit
+    #: Fixed tasks, or (families too large to enumerate) an on-demand episode sampler.
+    train: TaskSplit | EpisodeSampler
     test: TaskSplit
     task_type: str
     #: Number of classes (classification) or output dimension (regression).
@@ -55,16 +57,18 @@ class TaskSet:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.train.support_x.shape[2:])
+        return tuple(self.test.support_x.shape[2:])
 
     @property
     def nbytes(self) -> int:
-        return sum(getattr(s, f).nbytes for s in (self.train, self.test) for f in FIELDS)
+        return sum(a.nbytes for a in _arrays(self.train, self.test).values())
 
 
-def _arrays(train: TaskSplit, test: TaskSplit) -> dict[str, np.ndarray]:
-    return {f"{name}_{f}": getattr(split, f) for name, split in (("train", train), ("test", test))
-            for f in FIELDS}
+def _arrays(train: TaskSplit | EpisodeSampler, test: TaskSplit) -> dict[str, np.ndarray]:
+    out = {f"test_{f}": getattr(test, f) for f in FIELDS}
+    if isinstance(train, EpisodeSampler):
+        return out | {f"train_{k}": v for k, v in train.arrays().items()}
+    return out | {f"train_{f}": getattr(train, f) for f in FIELDS}
 
 
 def fingerprint_arrays(arrays: dict[str, np.ndarray]) -> str:
@@ -108,10 +112,10 @@ def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: 
 
 
 def _generators() -> dict[str, Callable]:
-    from pipeline.data import notebook, sinusoid, synthetic
+    from pipeline.data import notebook, omniglot, sinusoid, synthetic
 
     return {"notebook": notebook.generate, "synthetic": synthetic.generate,
-            "sinusoid": sinusoid.generate}
+            "omniglot": omniglot.generate, "sinusoid": sinusoid.generate}
 
 
 def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
@@ -120,7 +124,7 @@ def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
     return Path(data_dir) / f"{cfg_dict['family']}-{key.hexdigest()[:16]}.npz"
 
 
-def save(path: Path, train: TaskSplit, test: TaskSplit, meta: dict) -> str:
+def save(path: Path, train: TaskSplit | EpisodeSampler, test: TaskSplit, meta: dict) -> str:
     """Write the compressed array file atomically; return its content fingerprint."""
     arrays = _arrays(train, test)
     fp = fingerprint_arrays(arrays)
@@ -151,7 +155,10 @@ def load(path: Path, expected_fingerprint: str | None = None) -> TaskSet:
             raise DataError(f"Data file {path} does not match {what}: content sha256 {fp[:12]}… "
                              f"!= {want[:12]}…. The file was altered; delete it to regenerate it.")
     split = lambda name: TaskSplit(*(arrays[f"{name}_{f}"] for f in FIELDS))  # noqa: E731
-    return TaskSet(split("train"), split("test"), meta["task_type"], int(meta["num_outputs"]),
+    train = (EpisodeSampler.from_arrays({k[6:]: v for k, v in arrays.items()
+                                         if k.startswith("train_")})
+             if "train_pool" in arrays else split("train"))
+    return TaskSet(train, split("test"), meta["task_type"], int(meta["num_outputs"]),
                    fp, path)
 
 

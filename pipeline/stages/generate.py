@@ -7,7 +7,7 @@ import logging
 
 from pipeline import data
 from pipeline.config import Config
-from pipeline.data import TaskSet
+from pipeline.data import TaskSet, TaskSplit
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,8 @@ def run(cfg: Config, tracker: Tracker | None) -> TaskSet:
         small = tasks.path.stat().st_size <= cfg.tracking.log_dataset_max_mb * 2**20
         arrays = None
         if small:  # named views of the arrays already in memory, not a copy
-            splits = {"train": tasks.train, "test": tasks.test}
+            splits = {n: s for n, s in (("train", tasks.train), ("test", tasks.test))
+                      if isinstance(s, TaskSplit)}
             arrays = {
                 "features": {f"{n}_{f}": getattr(s, f"{f}_x") for n, s in splits.items()
                              for f in ("support", "query")},

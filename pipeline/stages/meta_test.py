@@ -26,6 +26,8 @@ def run(algo: Algorithm, test: TaskSplit, task_batch_size: int,
     """Per-task query metrics before and after adaptation: ``{"acc_after": [tasks], ...}``.
 
     For each ``n`` in ``eval_steps`` also after exactly ``n`` inner steps (``acc_after_5steps``).
+    Algorithms without a meaningful pre-adaptation state (``has_before=False``) get no
+    ``_before`` entries.
     """
     start = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {}
@@ -35,7 +37,8 @@ def run(algo: Algorithm, test: TaskSplit, task_batch_size: int,
         sx, sy, qx, qy = (tf.constant(getattr(chunk, f))
                           for f in ("support_x", "support_y", "query_x", "query_y"))
         state = algo.initial_state(ids)
-        states = [(BEFORE, state), (AFTER, algo.adapt(state, sx, sy))]
+        phases = [(BEFORE, state)] if algo.has_before else []
+        states = [*phases, (AFTER, algo.adapt(state, sx, sy))]
         states += [(steps_key(n), algo.adapt_steps(state, sx, sy, n)) for n in eval_steps]
         for when, s in states:
             for name, values in algo.evaluate(s, qx, qy).items():
