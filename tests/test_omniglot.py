@@ -240,20 +240,24 @@ def test_protonet_learns_omniglot_through_the_pipeline(make_cfg, tmp_path):
     assert "task/query_acc_before" not in run.data.metrics
 
 
-def test_maml_runs_vectorised_on_omniglot_with_running_batch_norm(make_cfg):
-    """First-order MAML through the pipeline; running BN statistics come from its query passes."""
+def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg):
+    """First-order MAML through the pipeline, batch statistics of each task's own batch."""
     from pipeline.runner import execute
 
     cfg, _ = make_cfg("experiment=omniglot_5w1s_maml", *SMALL, "model.filters=8",
-                      "model.batch_norm=running", "data.num_test_tasks=6",
+                      "model.batch_norm=transductive", "data.num_test_tasks=6",
                       "meta_train.iterations=2", "meta_train.meta_batch_size=2",
                       "meta_test.task_batch_size=6")
     result = execute(cfg, track=False)
-    fresh = [np.zeros(8), np.ones(8)] * 4  # moving mean / variance as initialised
-    stats = _bn_stats(result.algorithm)
-    assert all(not np.allclose(a, b) for a, b in zip(stats, fresh, strict=True))
     assert result.per_task["acc_before"].shape == result.per_task["acc_after"].shape == (6,)
     assert np.isfinite(result.per_task["loss_after"]).all()
+
+
+def test_maml_with_running_batch_norm_is_refused(make_cfg):
+    """Per-task adapted weights and shared running statistics do not mix: a clear refusal."""
+    with pytest.raises(ConfigError, match=r"model\.batch_norm='running' is supported with "
+                                          r"algorithm=protonet only"):
+        make_cfg("experiment=omniglot_5w1s_maml", *SMALL, "model.batch_norm=running")
 
 
 def test_protonet_on_synthetic_is_deterministic_and_beats_scratch(make_cfg):
