@@ -47,15 +47,28 @@ class Checkpoint:
 
 @contextlib.contextmanager
 def deferred_interrupts() -> Iterator[None]:
-    """Hold Ctrl-C / SIGTERM back until the block ends (main thread only)."""
+    """Hold Ctrl-C / SIGTERM back until the block ends, then act on them (main thread only).
+
+    A thread mask would not do: TensorFlow's own threads can take the signal, and Python then
+    runs the handler at the main thread's next bytecode, inside the block. So the handlers are
+    swapped for one that only records the signal, and the real ones run after the block.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    received: list[int] = []
+    old = {s: signal.signal(s, lambda signum, frame: received.append(signum)) for s in _SIGNALS}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if received:
+            handler = old[received[0]]
+            if callable(handler):
+                handler(received[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(received[0])
 
 
 def capture(variables: list, progress: Progress) -> Checkpoint:
