@@ -16,6 +16,7 @@ from pipeline.config import MAMLConfig, MLPConfig, ScratchConfig
 from pipeline.losses import SIGMOID, SOFTMAX, TaskLoss
 from pipeline.models import build_model, fresh_weights
 from pipeline.optimizers import build_optimizer
+from tests.gradcheck import finite_differences
 
 
 def test_mlp_shapes_and_seeded_init():
@@ -81,20 +82,7 @@ def test_maml_meta_gradient_matches_central_finite_differences(float64):
     variables = algo.model.trainable_variables
     assert all(v.dtype == "float64" for v in variables)
     analytic = np.concatenate([g.numpy().ravel() for g in grads])
-    meta_loss = tf.function(lambda *b: algo.meta_gradients(*b)[0]["loss"])  # traced once
-    numeric, eps = [], 1e-6
-    for v in variables:
-        base = v.numpy()
-        for i in range(base.size):
-            values = []
-            for sign in (1, -1):
-                w = base.copy().ravel()
-                w[i] += sign * eps
-                v.assign(w.reshape(base.shape))
-                values.append(float(meta_loss(*batch)))
-            numeric.append((values[0] - values[1]) / (2 * eps))
-        v.assign(base)
-    numeric = np.array(numeric)
+    numeric = finite_differences(algo, batch)
     rel = np.linalg.norm(analytic - numeric) / np.linalg.norm(numeric)
     assert rel < 1e-6, rel
 

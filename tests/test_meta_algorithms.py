@@ -28,6 +28,7 @@ from pipeline.data import TaskSplit
 from pipeline.losses import MSE, SOFTMAX, TaskLoss
 from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer
+from tests.gradcheck import finite_differences
 from tests.test_algorithms import _batch, float64  # noqa: F401  (fixture)
 
 SECOND_ORDER = {
@@ -50,34 +51,17 @@ def _make(name: str, steps: int = 2, first_order: bool = False, fast: bool = Tru
     return algo
 
 
-def _finite_differences(algo, batch, eps=1e-6) -> np.ndarray:
-    meta_loss = tf.function(lambda *b: algo.meta_gradients(*b)[0]["loss"])  # traced once
-    numeric = []
-    for v in algo.meta_variables:
-        base = v.numpy()
-        for i in range(base.size):
-            values = []
-            for sign in (1, -1):
-                w = base.copy().ravel()
-                w[i] += sign * eps
-                v.assign(w.reshape(base.shape))
-                values.append(float(meta_loss(*batch)))
-            numeric.append((values[0] - values[1]) / (2 * eps))
-        v.assign(base)
-    return np.array(numeric)
-
-
 def _flat(grads) -> np.ndarray:
     return np.concatenate([g.numpy().ravel() for g in grads])
 
 
 @pytest.mark.parametrize("name", ["anil", "metasgd"])
-def test_meta_gradient_matches_central_finite_differences(name, float64):  # noqa: F811
+def test_meta_gradient_matches_centralfinite_differences(name, float64):  # noqa: F811
     algo = _make(name)
     batch = _batch(np.random.default_rng(3))
     _, grads = algo.meta_gradients(*batch)
     assert all(v.dtype == "float64" for v in algo.meta_variables)
-    analytic, numeric = _flat(grads), _finite_differences(algo, batch)
+    analytic, numeric = _flat(grads), finite_differences(algo, batch)
     rel = np.linalg.norm(analytic - numeric) / np.linalg.norm(numeric)
     assert rel < 1e-6, rel
 
