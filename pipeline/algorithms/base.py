@@ -84,16 +84,17 @@ class Algorithm(ABC):
         if isinstance(train, EpisodeSampler):
             yield from self._meta_train_episodes(train, cfg, rng, start)
             return
-        data = [tf.constant(getattr(train, f)) for f in ("support_x", "support_y", "query_x",
-                                                         "query_y")]
         batch = min(cfg.meta_batch_size, train.num_tasks)
-        chunk = self._chunk_fn(data)
+        chunk = self._chunk_fn()
         for lo in range(start, cfg.iterations, cfg.steps_per_call):
             n = min(cfg.steps_per_call, cfg.iterations - lo)
             with deferred_interrupts():  # the variables and self.progress change together
                 idx = np.stack([rng.choice(train.num_tasks, size=batch, replace=False)
                                 for _ in range(n)])
-                metrics = {k: v.numpy() for k, v in chunk(tf.constant(idx, tf.int32)).items()}
+                # Only the chunk's meta-batches go to TensorFlow ([n, batch, ...]), so the whole
+                # training split is never held twice (numpy and a TensorFlow copy).
+                out = chunk(*(tf.constant(getattr(train, f)[idx]) for f in FIELDS))
+                metrics = {k: v.numpy() for k, v in out.items()}
                 self.progress = Progress(lo + n, rng.bit_generator.state)
             for i in range(n):
                 yield lo + i, {k: v[i] for k, v in metrics.items()}
@@ -143,16 +144,16 @@ class Algorithm(ABC):
         """Keys of :meth:`meta_train_step`'s metrics (logged as ``train/<name>``)."""
         return self.loss.metric_names
 
-    def _chunk_fn(self, data: list[tf.Tensor]):
+    def _chunk_fn(self):
         names = self.train_metric_names
 
         @tf.function(reduce_retracing=True)
-        def chunk(idx):
-            n = tf.shape(idx)[0]
+        def chunk(*batches):
+            n = tf.shape(batches[0])[0]
             arrays = {k: tf.TensorArray(tf.float32, size=n) for k in names}
 
             def body(i, arrays):
-                m = self.meta_train_step(*(tf.gather(d, idx[i]) for d in data))
+                m = self.meta_train_step(*(b[i] for b in batches))
                 return i + 1, {k: arrays[k].write(i, tf.cast(m[k], tf.float32)) for k in names}
 
             _, arrays = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), arrays))
