@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from pipeline import tracking
+from pipeline.config import default_tracking_uri
 from pipeline.tracking import RunRecord
 
 #: Params that say where things were written, not what was run.
@@ -205,18 +206,6 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
     return SweepSummary(df, best_id, finished)
 
 
-def _default_uri() -> str:
-    from hydra import compose, initialize_config_dir
-
-    from pipeline import CONFIG_DIR
-    from pipeline.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("config")
-    return str(cfg.tracking.uri)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -229,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", type=Path, default=Path("comparison.csv"), help="CSV output file")
     p.add_argument("--plot", type=Path, default=Path("comparison.png"), help="PNG output file")
     args = p.parse_args(argv)
-    uri = args.tracking_uri or _default_uri()
+    uri = args.tracking_uri or default_tracking_uri()
     try:
         runs = tracking.search_runs(uri, args.experiment, args.filter, args.parent)
     except Exception as e:  # bad filter syntax, unknown experiment or run, unreachable server

@@ -424,6 +424,17 @@ def register_configs() -> None:
             cs.store(group=group, name=f"schema_{option}", node=schema)
 
 
+def default_tracking_uri() -> str:
+    """The tracking store a plain ``python -m pipeline`` writes to (from the composed config)."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline import CONFIG_DIR
+
+    register_configs()
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return str(compose("config").tracking.uri)
+
+
 def _project_root() -> str:
     return str(PROJECT_ROOT)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline import PROJECT_ROOT, provenance, tracking
-from pipeline.config import Config, ConfigError, register_configs, validate
+from pipeline.config import Config, ConfigError, default_tracking_uri, register_configs, validate
 
 RERUN_OF, IDENTICAL = "rerun_of", "rerun_identical"
 #: Compared value by value at every step; other metrics (aggregates) by their value.
@@ -194,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                    "tracking.uri)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from pipeline.compare import _default_uri
-
-    uri = args.tracking_uri or _default_uri()
+    uri = args.tracking_uri or default_tracking_uri()
     try:
         comparison, new_id = rerun(args.run_id, uri)
     except Refused as e:

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 from pipeline import PROJECT_ROOT, checkpoint, tracking
+from pipeline.config import default_tracking_uri
 from pipeline.rerun import Refused, code_differences, recompose
 from pipeline.stages.meta_train import CHECKPOINT_DIR
 
@@ -58,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - "
                         "%(message)s")
-    from pipeline.compare import _default_uri
-
-    uri = args.tracking_uri or _default_uri()
+    uri = args.tracking_uri or default_tracking_uri()
     try:
         status = resume(args.run_id, uri)
     except Refused as e:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import TrackingConfig
+from pipeline.config import TrackingConfig, default_tracking_uri
 from pipeline.errors import TrackingError
 
 log = logging.getLogger(__name__)
@@ -521,15 +521,9 @@ def main(argv: list[str] | None = None) -> None:
     imp.add_argument("--tracking-uri", default=None,
                      help="store to write to (default: MLFLOW_TRACKING_URI or the local store)")
     args = parser.parse_args(argv)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _default_uri()
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     count = import_fallback(args.file, uri)
     print(f"Delivered {count} records from {args.file} to {uri}.")
-
-
-def _default_uri() -> str:
-    from pipeline import PROJECT_ROOT
-
-    return f"sqlite:///{PROJECT_ROOT}/mlruns/mlflow.db"
 
 
 if __name__ == "__main__":

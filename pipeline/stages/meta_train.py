@@ -95,8 +95,6 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None,
                 if len(pending_steps) * max(len(pending), 1) >= 1000:
                     flush()
     except KeyboardInterrupt:
-        bar.close()
-        flush()
         _save_checkpoint(algo, cfg, tracker)
         raise
     finally:
