@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 
 from hydra import compose, initialize_config_dir
@@ -66,12 +67,14 @@ def main() -> None:
     parser.add_argument("names", nargs="+", choices=sorted(RUNS))
     parser.add_argument("--root", default="/work/shared/data/omniglot")
     parser.add_argument("--json", help="append each result as a JSON line to this file")
-    parser.add_argument("overrides", nargs="*", default=[])
-    args, extra = parser.parse_known_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    extra = argv[cut + 1:]  # Hydra overrides, after "--"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     print(f"machine: {machine()}", flush=True)
     for name in args.names:
-        r = run(name, args.root, [*args.overrides, *extra])
+        r = run(name, args.root, extra)
         if args.json:
             with open(args.json, "a") as f:
                 f.write(json.dumps(r) + "\n")

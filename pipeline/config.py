@@ -39,6 +39,7 @@ def choice(default: str, choices: tuple[str, ...]) -> Any:
 ACTIVATIONS = ("relu", "tanh", "gelu", "elu", "sigmoid", "swish", "leaky_relu", "linear")
 HEADS = ("softmax", "sigmoid")
 INNER_OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "step", "cosine")
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -207,6 +208,13 @@ class OptimizerConfig:
     learning_rate: float = num(1e-3, gt=0)
     #: Clip each gradient tensor's norm (null = no clipping).
     clipnorm: float | None = num(None, gt=0)
+    #: Learning rate over meta-training: ``constant``; ``step`` multiplies it by ``decay_rate``
+    #: every ``decay_every`` meta-iterations (ProtoNets: x0.5 every 2,000 episodes); ``cosine``
+    #: anneals it to ``learning_rate * min_lr_fraction`` at ``meta_train.iterations``.
+    schedule: str = choice("constant", LR_SCHEDULES)
+    decay_every: int = num(2000, ge=1)
+    decay_rate: float = num(0.5, gt=0, le=1)
+    min_lr_fraction: float = num(0.0, ge=0, le=1)
 
 
 @dataclass

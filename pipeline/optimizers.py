@@ -6,12 +6,32 @@ import keras
 
 from pipeline.config import AdamConfig, OptimizerConfig, SGDConfig
 
+Schedule = float | keras.optimizers.schedules.LearningRateSchedule
 
-def build_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
+
+def learning_rate(cfg: OptimizerConfig, total_steps: int) -> Schedule:
+    """The outer learning rate, a function of the optimizer's step count when scheduled.
+
+    The schedule reads ``optimizer.iterations``, which checkpoints save, so a resumed run
+    continues the same curve.
+    """
+    if cfg.schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            cfg.learning_rate, decay_steps=cfg.decay_every, decay_rate=cfg.decay_rate,
+            staircase=True)
+    if cfg.schedule == "cosine":
+        return keras.optimizers.schedules.CosineDecay(
+            cfg.learning_rate, decay_steps=max(total_steps, 1), alpha=cfg.min_lr_fraction)
+    return cfg.learning_rate
+
+
+def build_optimizer(cfg: OptimizerConfig, total_steps: int = 1) -> keras.optimizers.Optimizer:
+    """The outer optimizer; ``total_steps`` (meta-iterations) sets a cosine schedule's length."""
+    lr = learning_rate(cfg, total_steps)
     if isinstance(cfg, AdamConfig):
-        return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.beta_1,
+        return keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.beta_1,
                                      beta_2=cfg.beta_2, epsilon=cfg.epsilon, clipnorm=cfg.clipnorm)
     if isinstance(cfg, SGDConfig):
-        return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum,
+        return keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum,
                                     nesterov=cfg.nesterov, clipnorm=cfg.clipnorm)
     raise ValueError(f"optimizer.name={cfg.name!r} is unknown: choose one of adam, sgd.")

@@ -84,7 +84,8 @@ def build(cfg: Config, tasks: TaskSet, algo_cfg=None) -> Algorithm:
     init_seed = derive_seed(cfg.seed, "init")
 
     model = build_model(cfg.model, tasks.input_shape, units, init_seed)
-    ctx = Context(model=model, loss=loss, optimizer=build_optimizer(cfg.optimizer),
+    optimizer = build_optimizer(cfg.optimizer, total_steps=cfg.meta_train.iterations)
+    ctx = Context(model=model, loss=loss, optimizer=optimizer,
                   seed=derive_seed(cfg.seed, "scratch"))
     return build_algorithm(algo_cfg, ctx, cfg.meta_train)
 

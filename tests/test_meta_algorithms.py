@@ -195,13 +195,15 @@ def test_reptile_update_matches_a_plain_loop(inner, float64):  # noqa: F811
         np.testing.assert_allclose(var.numpy(), th - 0.375 * e, rtol=1e-9, atol=1e-12)
 
 
-def test_fused_outer_adam_equals_keras_adam():
+@pytest.mark.parametrize("schedule", ["constant", "step", "cosine"])
+def test_fused_outer_adam_equals_keras_adam(schedule):
+    cfg = AdamConfig(learning_rate=0.01, schedule=schedule, decay_every=2, decay_rate=0.1)
     grads = [tf.constant(np.random.default_rng(s).standard_normal((4, 3)), tf.float32)
-             for s in range(3)]
+             for s in range(5)]
     results = []
     for fused in (True, False):
         var = keras.Variable(np.ones((4, 3), np.float32))
-        opt = keras.optimizers.Adam(learning_rate=0.01)
+        opt = build_optimizer(cfg, total_steps=5)
         opt.build([var])
         assert outer.fusable(opt)
         for g in grads:
@@ -210,9 +212,26 @@ def test_fused_outer_adam_equals_keras_adam():
             else:
                 opt.apply_gradients([(g, var)])
         results.append(var.numpy())
-        assert int(opt.iterations) == 3
+        assert int(opt.iterations) == 5
     np.testing.assert_allclose(results[0], results[1], rtol=1e-6, atol=1e-7)
     assert not outer.fusable(keras.optimizers.Adam(clipnorm=1.0))
+
+
+def test_learning_rate_schedules():
+    def rates(**kw):
+        opt = build_optimizer(AdamConfig(learning_rate=1.0, **kw), total_steps=10)
+        out = []
+        for i in range(11):
+            opt.iterations.assign(i)
+            out.append(float(opt.learning_rate))
+        return out
+
+    assert rates() == [1.0] * 11
+    assert rates(schedule="step", decay_every=4, decay_rate=0.5) == pytest.approx(
+        [1, 1, 1, 1, .5, .5, .5, .5, .25, .25, .25])
+    cosine = rates(schedule="cosine", min_lr_fraction=0.1)
+    assert cosine[0] == 1.0
+    assert cosine[5] == pytest.approx(0.55) and cosine[10] == pytest.approx(0.1)
 
 
 def test_results_do_not_depend_on_the_chunk_size():

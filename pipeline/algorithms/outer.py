@@ -3,8 +3,9 @@
 Keras 3's Adam runs ~15 small ops per variable; in a meta-iteration of a small model that is
 a third of the time. For plain Adam and SGD (no clipping, decay, EMA, AMSGrad or momentum) the
 same update runs as one fused TensorFlow kernel per variable on the optimizer's own slot
-variables, so checkpoints, ``optimizer.iterations`` and the maths (Keras' "epsilon hat" Adam)
-are unchanged. Anything else falls back to ``optimizer.apply_gradients``.
+variables, so checkpoints, ``optimizer.iterations``, learning-rate schedules (evaluated at
+``optimizer.iterations`` before the update, as Keras does) and the maths (Keras' "epsilon hat"
+Adam) are unchanged. Anything else falls back to ``optimizer.apply_gradients``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,7 @@ import tensorflow as tf
 def _plain(opt: keras.optimizers.Optimizer) -> bool:
     return (opt.clipnorm is None and opt.clipvalue is None and opt.global_clipnorm is None
             and not opt.weight_decay and not opt.use_ema and opt.loss_scale_factor is None
-            and opt.gradient_accumulation_steps is None
-            and not isinstance(opt._learning_rate,
-                               keras.optimizers.schedules.LearningRateSchedule))
+            and opt.gradient_accumulation_steps is None)
 
 
 def fusable(opt: keras.optimizers.Optimizer) -> bool:
@@ -41,9 +40,10 @@ def apply(opt: keras.optimizers.Optimizer, grads: Sequence[tf.Tensor],
     if not fusable(opt):
         opt.apply_gradients(zip(grads, variables, strict=True))
         return
+    rate = opt.learning_rate  # a schedule's value at this step, read once for every variable
     for g, var in zip(grads, variables, strict=True):
         dtype = var.dtype
-        lr = tf.cast(opt.learning_rate, dtype)
+        lr = tf.cast(rate, dtype)
         g = tf.cast(g, dtype)
         if isinstance(opt, keras.optimizers.SGD):
             tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=g)
