@@ -35,3 +35,15 @@ def build_optimizer(cfg: OptimizerConfig, total_steps: int = 1) -> keras.optimiz
         return keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum,
                                     nesterov=cfg.nesterov, clipnorm=cfg.clipnorm)
     raise ValueError(f"optimizer.name={cfg.name!r} is unknown: choose one of adam, sgd.")
+
+
+def is_scheduled(opt: keras.optimizers.Optimizer) -> bool:
+    """Whether ``opt``'s learning rate changes over meta-training."""
+    return isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+
+
+def rate_at(opt: keras.optimizers.Optimizer, step: int) -> float:
+    """The learning rate ``opt`` applies at (0-based) meta-iteration ``step``."""
+    if is_scheduled(opt):
+        return float(opt._learning_rate(step))
+    return float(opt.learning_rate)

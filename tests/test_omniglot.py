@@ -253,6 +253,22 @@ def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg)
     assert np.isfinite(result.per_task["loss_after"]).all()
 
 
+@pytest.mark.parametrize("algorithm", ["anil", "metasgd", "reptile"])  # maml: test above
+def test_every_gradient_based_algorithm_runs_on_omniglot(make_cfg, algorithm):
+    """The whole algorithm suite runs on conv4 episodes (batched over tasks), with finite losses."""
+    from pipeline.runner import execute
+
+    cfg, _ = make_cfg(*OMNIGLOT, f"algorithm={algorithm}", "model.filters=8",
+                      "model.batch_norm=transductive", "data.num_classes=5", "data.k_shot=1",
+                      "data.query_per_class=3", "data.num_test_tasks=4",
+                      "meta_train.iterations=3", "meta_train.meta_batch_size=2",
+                      "meta_test.task_batch_size=4", "meta_test.compare_to_scratch=false")
+    result = execute(cfg, track=False)
+    assert result.per_task["acc_after"].shape == (4,)
+    assert np.isfinite(result.per_task["loss_after"]).all()
+    assert result.timings["meta_train_iterations"] == 3
+
+
 def test_maml_with_running_batch_norm_is_refused(make_cfg):
     """Per-task adapted weights and shared running statistics do not mix: a clear refusal."""
     with pytest.raises(ConfigError, match=r"model\.batch_norm='running' is supported with "

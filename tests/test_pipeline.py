@@ -82,6 +82,19 @@ def test_same_seed_gives_identical_per_task_metrics(make_cfg):
         np.testing.assert_array_equal(a.per_task[key], b.per_task[key])
 
 
+def test_learning_rate_schedule_is_followed_and_logged_as_a_curve(make_cfg):
+    cfg, raw = make_cfg(*TINY, "optimizer.schedule=cosine", "optimizer.min_lr_fraction=0.1",
+                        "tracking.log_model=false", "meta_test.compare_to_scratch=false")
+    result = execute(cfg, raw)
+    assert float(result.algorithm.ctx.optimizer.iterations) == 20
+    history = MlflowClient(cfg.tracking.uri).get_metric_history(result.run_id,
+                                                                "train/learning_rate")
+    steps, rates = zip(*sorted((m.step, m.value) for m in history), strict=True)
+    assert steps == (4, 9, 14, 19)
+    lr, expected = 1e-3, [0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / 20)) for s in steps]
+    np.testing.assert_allclose(rates, lr * np.array(expected), rtol=1e-5)
+
+
 def test_failed_run_is_marked_failed_with_reason_and_keeps_what_was_logged(make_cfg):
     cfg, raw = make_cfg(*TINY, "optimizer.learning_rate=1e30", "algorithm.inner_lr=1e30",
                         "tracking.run_name=diverges")

@@ -16,11 +16,14 @@ from pipeline.algorithms import Algorithm
 from pipeline.config import Config
 from pipeline.data import SEED_STREAMS, TaskSplit
 from pipeline.errors import DivergenceError
+from pipeline.optimizers import is_scheduled, rate_at
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
 PREFIX = "train/"
+#: Longest wait before buffered training-curve values go to MLflow.
+FLUSH_SECONDS = 30.0
 
 
 CHECKPOINT_DIR = "checkpoint"
@@ -63,11 +66,16 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None,
     start = time.perf_counter()
     bar.update(first)
 
+    last_flush = start
+    scheduled = is_scheduled(algo.ctx.optimizer)
+
     def flush() -> None:
+        nonlocal last_flush
         if tracker is not None and pending_steps:
             tracker.log_metrics({PREFIX + k: v for k, v in pending.items()}, steps=pending_steps)
         pending.clear()
         pending_steps.clear()
+        last_flush = time.perf_counter()
 
     try:
         for it, metrics in algo.meta_train(train, cfg.meta_train, rng, resume):
@@ -85,6 +93,8 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None,
             if done % every == 0 or done == total:
                 means = {k: float(np.mean(v)) for k, v in window.items()}
                 window.clear()
+                if scheduled:
+                    means["learning_rate"] = rate_at(algo.ctx.optimizer, it)
                 bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()}, refresh=False)
                 pending_steps.append(it)
                 for k, v in means.items():
@@ -92,7 +102,10 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None,
                     steps, values = curves.setdefault(k, ([], []))
                     steps.append(it)
                     values.append(v)
-                if len(pending_steps) * max(len(pending), 1) >= 1000:
+                # One batched write per 1,000 values, or per FLUSH_SECONDS on long runs, so
+                # the MLflow UI shows live curves.
+                if (len(pending_steps) * max(len(pending), 1) >= 1000
+                        or time.perf_counter() - last_flush >= FLUSH_SECONDS):
                     flush()
     except KeyboardInterrupt:
         _save_checkpoint(algo, cfg, tracker)
