@@ -40,6 +40,7 @@ ACTIVATIONS = ("relu", "tanh", "gelu", "elu", "sigmoid", "swish", "leaky_relu", 
 HEADS = ("softmax", "sigmoid")
 INNER_OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "step", "cosine")
+HEAD_INITS = ("glorot_uniform", "zeros")
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -162,6 +163,9 @@ class OmniglotDataConfig(DataConfig):
 @dataclass
 class ModelConfig:
     name: str = MISSING
+    #: Initial weights of the classification/regression head: ``glorot_uniform`` (Keras'
+    #: default) or ``zeros`` (the "zeroing trick" for MAML: every class starts equal).
+    head_init: str = choice("glorot_uniform", HEAD_INITS)
 
 
 @dataclass

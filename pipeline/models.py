@@ -29,7 +29,8 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], output_units: in
     else:
         raise ValueError(f"model.name={cfg.name!r} is unknown: choose one of mlp, conv4.")
     if output_units is not None:
-        layers.append(keras.layers.Dense(output_units, name="head"))
+        layers.append(keras.layers.Dense(output_units, kernel_initializer=cfg.head_init,
+                                         name="head"))
     return keras.Sequential(layers, name=cfg.name)
 
 
