@@ -39,6 +39,19 @@ def test_fresh_weights_are_seeded_draws_from_the_layer_initialisers():
     assert not np.any(w1[1])  # biases start at zero
 
 
+def test_zero_head_init_starts_every_class_equal_and_still_learns():
+    model = build_model(MLPConfig(hidden_units=[8], head_init="zeros"), (3,), 4, seed=0)
+    kernel = model.get_layer("head").kernel
+    assert not np.any(kernel.numpy()) and np.any(model.get_layer("hidden_0").kernel.numpy())
+    assert not np.any(fresh_weights(model, 5)[2])  # the scratch baseline's draws follow it
+    x = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
+    np.testing.assert_allclose(keras.ops.softmax(model(x)).numpy(), 0.25, rtol=1e-6)
+    with tf.GradientTape() as tape:
+        loss = keras.losses.sparse_categorical_crossentropy(np.array([0, 1, 2, 3, 0, 1]), model(x),
+                                                            from_logits=True)
+    assert np.any(tape.gradient(loss, kernel).numpy())
+
+
 @pytest.mark.parametrize("kind, y", [(SOFTMAX, [0, 2]), (SIGMOID, [1, 0])])
 def test_loss_metrics(kind, y):
     out = tf.constant([[3.0, 0.0, 0.0], [0.0, 0.0, 3.0]]) if kind == SOFTMAX else \

@@ -40,6 +40,7 @@ BAD_VALUES = [
     (["optimizer.beta_1=1.0"], "optimizer.beta_1", "< 1"),
     (["optimizer.clipnorm=0"], "optimizer.clipnorm", "> 0"),
     (["optimizer.schedule=linear"], "optimizer.schedule", "cosine"),
+    (["model.head_init=ones"], "model.head_init", "zeros"),
     (["optimizer.decay_rate=0"], "optimizer.decay_rate", "> 0"),
     (["optimizer.min_lr_fraction=2"], "optimizer.min_lr_fraction", "<= 1"),
     (["optimizer=sgd", "optimizer.momentum=1.0"], "optimizer.momentum", "< 1"),
