@@ -37,13 +37,8 @@ def build_optimizer(cfg: OptimizerConfig, total_steps: int = 1) -> keras.optimiz
     raise ValueError(f"optimizer.name={cfg.name!r} is unknown: choose one of adam, sgd.")
 
 
-def is_scheduled(opt: keras.optimizers.Optimizer) -> bool:
-    """Whether ``opt``'s learning rate changes over meta-training."""
-    return isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule)
-
-
-def rate_at(opt: keras.optimizers.Optimizer, step: int) -> float:
-    """The learning rate ``opt`` applies at (0-based) meta-iteration ``step``."""
-    if is_scheduled(opt):
-        return float(opt._learning_rate(step))
-    return float(opt.learning_rate)
+def schedule_of(opt: keras.optimizers.Optimizer
+                ) -> keras.optimizers.schedules.LearningRateSchedule | None:
+    """``opt``'s learning-rate schedule (a function of the 0-based step), or None if constant."""
+    lr = opt._learning_rate
+    return lr if isinstance(lr, keras.optimizers.schedules.LearningRateSchedule) else None

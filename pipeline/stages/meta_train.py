@@ -16,7 +16,7 @@ from pipeline.algorithms import Algorithm
 from pipeline.config import Config
 from pipeline.data import SEED_STREAMS, TaskSplit
 from pipeline.errors import DivergenceError
-from pipeline.optimizers import is_scheduled, rate_at
+from pipeline.optimizers import schedule_of
 from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None,
     bar.update(first)
 
     last_flush = start
-    scheduled = is_scheduled(algo.ctx.optimizer)
+    schedule = schedule_of(algo.ctx.optimizer)
 
     def flush() -> None:
         nonlocal last_flush
@@ -93,8 +93,8 @@ def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None,
             if done % every == 0 or done == total:
                 means = {k: float(np.mean(v)) for k, v in window.items()}
                 window.clear()
-                if scheduled:
-                    means["learning_rate"] = rate_at(algo.ctx.optimizer, it)
+                if schedule is not None:
+                    means["learning_rate"] = float(schedule(it))
                 bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()}, refresh=False)
                 pending_steps.append(it)
                 for k, v in means.items():
