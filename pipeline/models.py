@@ -11,6 +11,9 @@ import numpy as np
 
 from pipeline.config import Conv4Config, MLPConfig, ModelConfig
 
+#: Name of the per-class output layer (what ANIL adapts and ``algorithm.zero_head`` zeroes).
+HEAD = "head"
+
 
 def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], output_units: int | None,
                 seed: int) -> keras.Model:
@@ -30,7 +33,7 @@ def build_model(cfg: ModelConfig, input_shape: tuple[int, ...], output_units: in
         raise ValueError(f"model.name={cfg.name!r} is unknown: choose one of mlp, conv4.")
     if output_units is not None:
         layers.append(keras.layers.Dense(output_units, kernel_initializer=cfg.head_init,
-                                         name="head"))
+                                         name=HEAD))
     return keras.Sequential(layers, name=cfg.name)
 
 

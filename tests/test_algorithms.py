@@ -148,3 +148,30 @@ def test_unknown_algorithm_name_is_refused():
     bogus = dataclasses.replace(ScratchConfig(), name="bogus")
     with pytest.raises(ValueError, match=r"algorithm\.name='bogus'"):
         build_algorithm(bogus, ctx)
+
+
+def test_zero_head_holds_the_head_at_zero_and_meta_learns_the_body():
+    model = build_model(MLPConfig(hidden_units=[6], activation="tanh"), (3,), 3, seed=0)
+    ctx = Context(model, TaskLoss(SOFTMAX), build_optimizer(_adam()), seed=0)
+    algo = MAML(MAMLConfig(inner_lr=0.3, zero_head=True, first_order=True), ctx)
+    head = model.get_layer("head")
+    assert not np.any(head.kernel.numpy())  # glorot-initialised, zeroed by the option
+    assert len(algo.meta_variables) == len(model.trainable_variables) - 2
+    body = model.get_layer("hidden_0").kernel.numpy().copy()
+    algo.build_for_training(None)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        algo.meta_train_step(*(tf.cast(t, tf.float32) if t.dtype.is_floating else t
+                               for t in _batch(rng)))
+    assert not np.any(head.kernel.numpy()) and not np.any(head.bias.numpy())
+    assert not np.allclose(model.get_layer("hidden_0").kernel.numpy(), body)
+    sx, sy, _, _ = _batch(rng)
+    adapted = algo.adapt(algo.initial_state(np.arange(3)), tf.cast(sx, tf.float32), sy)
+    assert np.any(adapted[-2].numpy())  # each task's head is fitted from zero on its support
+
+
+def test_zero_head_on_a_headless_model_is_refused():
+    model = build_model(MLPConfig(hidden_units=[4]), (3,), None, seed=0)
+    ctx = Context(model, TaskLoss(SOFTMAX), build_optimizer(_adam()), seed=0)
+    with pytest.raises(ValueError, match=r"algorithm\.zero_head needs a model with a .head. layer"):
+        MAML(MAMLConfig(zero_head=True), ctx)

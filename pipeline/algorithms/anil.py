@@ -8,7 +8,7 @@ head. Everything else (batched inner loop, compiled meta-batch step) is MAML's.
 from __future__ import annotations
 
 from pipeline.algorithms.base import Context
-from pipeline.algorithms.maml import MAML
+from pipeline.algorithms.maml import MAML, head_variables
 from pipeline.config import ANILConfig
 
 
@@ -17,11 +17,8 @@ class ANIL(MAML):
     cfg: ANILConfig
 
     def __init__(self, cfg: ANILConfig, ctx: Context, jit_compile: bool = False):
-        head = {id(v) for v in ctx.model.layers[-1].trainable_variables}
+        head = {id(v) for v in head_variables(ctx.model, "algorithm=anil")}
         self._mask = [id(v) in head for v in ctx.model.trainable_variables]
-        if not any(self._mask):
-            raise ValueError(f"algorithm=anil needs a last layer with weights to adapt; "
-                             f"{ctx.model.name}'s last layer {ctx.model.layers[-1].name} has none.")
         super().__init__(cfg, ctx, jit_compile)
 
     def inner_mask(self) -> list[bool]:

@@ -15,6 +15,17 @@ from pipeline.algorithms import functional as F
 from pipeline.algorithms import outer
 from pipeline.algorithms.base import Algorithm, Context
 from pipeline.config import MAMLConfig
+from pipeline.models import HEAD
+
+
+def head_variables(model, key: str) -> list:
+    """The weights of the model's ``head`` layer; ``key`` names the option that needs them."""
+    heads = [layer for layer in model.layers if layer.name == HEAD and layer.trainable_variables]
+    if not heads:
+        raise ValueError(f"{key} needs a model with a '{HEAD}' layer (the last, per-class layer); "
+                         f"{model.name} has none: its layers are "
+                         f"{[layer.name for layer in model.layers]}.")
+    return list(heads[0].trainable_variables)
 
 
 class MAML(Algorithm):
@@ -23,11 +34,22 @@ class MAML(Algorithm):
 
     def __init__(self, cfg: MAMLConfig, ctx: Context, jit_compile: bool = False):
         super().__init__(cfg, ctx)
+        self._frozen: set[int] = set()
+        if cfg.zero_head:
+            self._frozen = {id(v) for v in head_variables(ctx.model, "algorithm.zero_head")}
+            for v in ctx.model.trainable_variables:
+                if id(v) in self._frozen:
+                    v.assign(tf.zeros_like(v))
         self.jit_compile = jit_compile
         self._grads = tf.function(self.meta_gradients, jit_compile=jit_compile)
         self._step = tf.function(self._apply_step, jit_compile=jit_compile)
         self.test_steps = cfg.inner_steps if cfg.test_inner_steps is None else cfg.test_inner_steps
         self._adapt = tf.function(self._adapt_loop)
+
+    @property
+    def meta_variables(self) -> list:
+        """The model's weights, less the head when it is held at zero (``zero_head``)."""
+        return [v for v in self.model.trainable_variables if id(v) not in self._frozen]
 
     # --- the inner update: overridden by ANIL (mask) and Meta-SGD (learned rates) -------------
 

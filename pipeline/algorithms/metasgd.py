@@ -32,7 +32,7 @@ class MetaSGD(MAML):
 
     @property
     def meta_variables(self) -> list:
-        return [*self.model.trainable_variables, *self.alphas]
+        return [*super().meta_variables, *self.alphas]
 
     @property
     def train_metric_names(self) -> tuple[str, ...]:
