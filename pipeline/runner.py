@@ -20,7 +20,7 @@ from pipeline.config import Config
 from pipeline.data import REGRESSION, TaskSet, derive_seed
 from pipeline.errors import DataError
 from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
-from pipeline.models import build_model
+from pipeline.models import build_model, portable
 from pipeline.optimizers import build_optimizer
 from pipeline.stages import generate, meta_test, meta_train
 from pipeline.stats import Summary, paired_gain, summarize
@@ -228,7 +228,7 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
             tracker.log_figure(fig, "plots/regression_fits.png")
             plots.close(fig)
         if cfg.tracking.log_model:
-            tracker.log_keras_model(algo.model, tasks.test.query_x[0])
+            tracker.log_keras_model(portable(algo.model), tasks.test.query_x[0])
 
     return RunResult(None, per_task, baseline, summaries, gain, after.mean, no_gain,
                      {"meta_train_s": trained["seconds"], "meta_test_s": test_seconds,

@@ -286,3 +286,28 @@ def test_protonet_on_synthetic_is_deterministic_and_beats_scratch(make_cfg):
     for k in a.per_task:
         assert np.array_equal(a.per_task[k], b.per_task[k])
     assert "acc_before" not in a.per_task and a.gain is not None and a.gain.mean > 0
+
+
+def test_logged_conv4_loads_without_the_project(tmp_path):
+    """The transductive conv4 is logged as stock Keras layers: a fresh Python that never imports
+    ``pipeline`` loads it and gives the same logits as the training model."""
+    import subprocess
+    import sys
+
+    from pipeline.config import Conv4Config
+    from pipeline.models import BatchStatsNorm, build_model, portable
+
+    model = build_model(Conv4Config(filters=8, batch_norm="transductive"), (28, 28, 1), 5, 0)
+    rng = np.random.default_rng(0)
+    model.set_weights([w + 0.1 * rng.standard_normal(w.shape).astype(w.dtype)
+                       for w in model.get_weights()])  # gamma, beta away from 1, 0
+    assert any(isinstance(layer, BatchStatsNorm) for layer in model.layers)
+    x = rng.random((7, 28, 28, 1), dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    portable(model).save(tmp_path / "model.keras")
+    code = ("import sys, numpy as np, keras; "
+            "m = keras.saving.load_model('model.keras'); "
+            "np.save('y.npy', np.asarray(m(np.load('x.npy')))); "
+            "assert not any(k.startswith('pipeline') for k in sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True)
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(x).numpy(), rtol=1e-4, atol=1e-4)
