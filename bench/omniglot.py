@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from bench.common import machine
 from pipeline import CONFIG_DIR
 from pipeline.config import validate
+from pipeline.errors import stop_on_sigterm
 from pipeline.runner import execute
 
 #: name -> (preset, published accuracy %)
@@ -73,6 +74,7 @@ def main() -> None:
     extra = argv[cut + 1:]  # Hydra overrides, after "--"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     print(f"machine: {machine()}", flush=True)
+    stop_on_sigterm()  # a killed benchmark's run is marked KILLED, not left RUNNING
     for name in args.names:
         r = run(name, args.root, extra)
         if args.json:

@@ -6,10 +6,8 @@ TensorFlow or MLflow load and before anything is written.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -19,16 +17,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from pipeline.config import register_configs, validate
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, stop_on_sigterm
 
 log = logging.getLogger("pipeline")
 
 register_configs()
-
-
-def _sigterm_as_interrupt(signum, frame) -> None:
-    """SIGTERM (a scheduler's stop) ends the run like Ctrl-C: KILLED, with a checkpoint."""
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _fail(e: PipelineError, what: str) -> None:
@@ -51,8 +44,7 @@ def main(cfg: DictConfig) -> float:
 
     hc = HydraConfig.get()
     job = sweep.job_context(config.tracking, config.tracking.run_name or config.algorithm.name)
-    with contextlib.suppress(ValueError):  # only possible in the main thread
-        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    stop_on_sigterm()
     try:
         result = execute(config, cfg, list(hc.overrides.task),
                          Path(hc.runtime.output_dir) / ".hydra",

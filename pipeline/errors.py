@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+
 
 class PipelineError(Exception):
     """Base of the errors whose message tells the user what to change."""
@@ -22,3 +25,14 @@ class DivergenceError(PipelineError, RuntimeError):
 
 class TrackingError(PipelineError, RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+def _sigterm_as_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (a scheduler's or a user's stop) end a run like Ctrl-C: marked KILLED in
+    MLflow, with a checkpoint if meta-training had started. Main thread only; else a no-op."""
+    with contextlib.suppress(ValueError):
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
