@@ -70,10 +70,11 @@ def float64():
     keras.config.set_dtype_policy("float32")
 
 
-def _maml(first_order: bool, steps: int = 2):
+def _maml(first_order: bool, steps: int = 2, zero_head: bool = False):
     model = build_model(MLPConfig(hidden_units=[6], activation="tanh"), (3,), 3, seed=0)
     ctx = Context(model, TaskLoss(SOFTMAX), build_optimizer(_adam()), seed=0)
-    return MAML(MAMLConfig(inner_lr=0.3, inner_steps=steps, first_order=first_order), ctx)
+    return MAML(MAMLConfig(inner_lr=0.3, inner_steps=steps, first_order=first_order,
+                           zero_head=zero_head), ctx)
 
 
 def _adam():
@@ -88,11 +89,15 @@ def _batch(rng, tasks=3, n=6, classes=3):
     return x(), y(), x(), y()
 
 
-def test_maml_meta_gradient_matches_central_finite_differences(float64):
-    algo = _maml(first_order=False)
+@pytest.mark.parametrize("zero_head", [False, True])
+def test_maml_meta_gradient_matches_central_finite_differences(float64, zero_head):
+    """With ``zero_head`` the body's gradient also flows through the head that the inner step
+    builds from the support features, which first-order MAML drops."""
+    algo = _maml(first_order=False, zero_head=zero_head)
     batch = _batch(np.random.default_rng(0))
     _metrics, grads = algo.meta_gradients(*batch)
-    variables = algo.model.trainable_variables
+    variables = algo.meta_variables
+    assert len(variables) == len(algo.model.trainable_variables) - 2 * zero_head
     assert all(v.dtype == "float64" for v in variables)
     analytic = np.concatenate([g.numpy().ravel() for g in grads])
     numeric = finite_differences(algo, batch)
