@@ -241,7 +241,8 @@ def test_protonet_learns_omniglot_through_the_pipeline(make_cfg, tmp_path):
 
 
 def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg):
-    """First-order MAML through the pipeline, batch statistics of each task's own batch."""
+    """The MAML preset (second order, zero head) through the pipeline, batch statistics of
+    each task's own batch; the head stays at zero, the body is meta-learned."""
     from pipeline.runner import execute
 
     cfg, _ = make_cfg("experiment=omniglot_5w1s_maml", *SMALL, "model.filters=8",
@@ -251,6 +252,9 @@ def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg)
     result = execute(cfg, track=False)
     assert result.per_task["acc_before"].shape == result.per_task["acc_after"].shape == (6,)
     assert np.isfinite(result.per_task["loss_after"]).all()
+    assert not cfg.algorithm.first_order and cfg.algorithm.zero_head
+    np.testing.assert_allclose(result.per_task["acc_before"], 1 / 5)  # all logits equal
+    assert not np.any(result.algorithm.model.get_layer("head").kernel.numpy())
 
 
 @pytest.mark.parametrize("algorithm", ["anil", "metasgd", "reptile"])  # maml: test above
