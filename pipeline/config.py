@@ -166,6 +166,11 @@ class ModelConfig:
     #: Initial weights of the classification/regression head: ``glorot_uniform`` (Keras'
     #: default) or ``zeros`` (the "zeroing trick" for MAML: every class starts equal).
     head_init: str = choice("glorot_uniform", HEAD_INITS)
+    #: Start from a logged model's weights instead of the seeded draw: an MLflow model URI
+    #: (``runs:/<run_id>/model``, ``models:/<name>/<version>``) or a local model folder. With
+    #: ``meta_train.iterations=0`` the run only meta-tests that model (e.g. other meta_test
+    #: settings on the same episodes).
+    init_from: str | None = None
 
 
 @dataclass

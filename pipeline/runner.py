@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import provenance, runtime
+from pipeline import provenance, runtime, tracking
 from pipeline.algorithms import Algorithm, Context, build_algorithm, needs_head
 from pipeline.algorithms.scratch import Scratch
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import Config
 from pipeline.data import REGRESSION, TaskSet, derive_seed
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
 from pipeline.models import build_model, portable
 from pipeline.optimizers import build_optimizer
@@ -84,10 +84,29 @@ def build(cfg: Config, tasks: TaskSet, algo_cfg=None) -> Algorithm:
     init_seed = derive_seed(cfg.seed, "init")
 
     model = build_model(cfg.model, tasks.input_shape, units, init_seed)
+    if cfg.model.init_from:
+        _load_weights(model, cfg.model.init_from, cfg.tracking.uri)
     optimizer = build_optimizer(cfg.optimizer, total_steps=cfg.meta_train.iterations)
     ctx = Context(model=model, loss=loss, optimizer=optimizer,
                   seed=derive_seed(cfg.seed, "scratch"))
     return build_algorithm(algo_cfg, ctx, cfg.meta_train)
+
+
+def _load_weights(model, model_uri: str, tracking_uri: str) -> None:
+    """``model.init_from``: the logged model's weights, which must fit the configured model."""
+    try:
+        weights = tracking.model_weights(model_uri, tracking_uri)
+    except Exception as e:
+        raise ConfigError(f"model.init_from={model_uri!r} could not be loaded from the tracking "
+                          f"store {tracking_uri} ({type(e).__name__}: {e}). Give an MLflow model "
+                          f"URI such as runs:/<run_id>/model, or a local model folder.") from e
+    want = [tuple(w.shape) for w in model.get_weights()]
+    got = [tuple(w.shape) for w in weights]
+    if want != got:
+        raise ConfigError(f"model.init_from={model_uri!r} has weights of shapes {got}; the "
+                          f"configured model ({model.name}, for this data) needs {want}. "
+                          f"Use the model and data settings of the run that logged it.")
+    model.set_weights(weights)
 
 
 def _summaries(per_task: dict[str, np.ndarray], scope: str) -> dict[str, Summary]:

@@ -481,6 +481,15 @@ def download_artifacts(uri: str, run_id: str, path: str, dst: Path) -> Path | No
         return None
 
 
+def model_weights(model_uri: str, tracking_uri: str) -> list:
+    """The weights of a logged Keras model (``runs:/<id>/model``, ``models:/...`` or a folder)."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri)
+    return mlflow.keras.load_model(local).get_weights()
+
+
 def log_comparison(uri: str, run_id: str, table: Any, files: Mapping[str, Path],
                    figure: Any | None) -> None:
     """Attach a comparison to a run: a table (``mlflow.log_table``), files, and a figure."""

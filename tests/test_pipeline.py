@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.errors import ConfigError
 from pipeline.runner import NO_GAIN_TAG, execute
 from tests.conftest import TINY, run_cli, store_overrides
 
@@ -72,6 +73,29 @@ def test_logged_model_loads_and_predicts_like_the_trained_one(tiny_run):
     np.testing.assert_allclose(loaded.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-6)
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     np.testing.assert_allclose(np.asarray(pyfunc.predict(x)), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_init_from_a_logged_model_meta_tests_it_again(tiny_run, make_cfg):
+    """``model.init_from`` + 0 iterations: the logged model scores the same episodes exactly as
+    the run that trained it; a model that does not fit is a clear error, the run FAILED."""
+    _cfg, result, client, run = tiny_run
+    uri = f"runs:/{run.info.run_id}/model"
+    cfg, raw = make_cfg(*TINY, f"model.init_from={uri}", "meta_train.iterations=0",
+                        "meta_test.compare_to_scratch=false", "tracking.log_model=false")
+    again = execute(cfg, raw)
+    for key in ("acc_before", "acc_after", "loss_after"):
+        np.testing.assert_allclose(again.per_task[key], result.per_task[key], rtol=1e-5,
+                                   atol=1e-6)
+    assert client.get_run(again.run_id).data.params["model.init_from"] == uri
+    cfg, raw = make_cfg(*TINY, f"model.init_from={uri}", "model.hidden_units=[8]",
+                        "tracking.run_name=misfit")
+    with pytest.raises(ConfigError, match=r"model\.init_from='runs:/.*' has weights of shapes"):
+        execute(cfg, raw)
+    [failed] = client.search_runs([run.info.experiment_id], "attributes.run_name = 'misfit'")
+    assert failed.info.status == "FAILED" and "model.init_from" in failed.data.tags["error"]
+    cfg, raw = make_cfg(*TINY, "model.init_from=runs:/0123456789abcdef/model")
+    with pytest.raises(ConfigError, match=r"model\.init_from=.* could not be loaded"):
+        execute(cfg, raw)
 
 
 def test_same_seed_gives_identical_per_task_metrics(make_cfg):
