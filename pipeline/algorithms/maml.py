@@ -15,6 +15,7 @@ from pipeline.algorithms import functional as F
 from pipeline.algorithms import outer
 from pipeline.algorithms.base import Algorithm, Context
 from pipeline.config import MAMLConfig
+from pipeline.errors import ConfigError
 from pipeline.models import HEAD
 
 
@@ -22,7 +23,7 @@ def head_variables(model, key: str) -> list:
     """The weights of the model's ``head`` layer; ``key`` names the option that needs them."""
     heads = [layer for layer in model.layers if layer.name == HEAD and layer.trainable_variables]
     if not heads:
-        raise ValueError(f"{key} needs a model with a '{HEAD}' layer (the last, per-class layer); "
+        raise ConfigError(f"{key} needs a model with a '{HEAD}' layer (the last, per-class layer); "
                          f"{model.name} has none: its layers are "
                          f"{[layer.name for layer in model.layers]}.")
     return list(heads[0].trainable_variables)
