@@ -35,12 +35,10 @@ class MAML(Algorithm):
 
     def __init__(self, cfg: MAMLConfig, ctx: Context, jit_compile: bool = False):
         super().__init__(cfg, ctx)
-        self._frozen: set[int] = set()
-        if cfg.zero_head:
-            self._frozen = {id(v) for v in head_variables(ctx.model, "algorithm.zero_head")}
-            for v in ctx.model.trainable_variables:
-                if id(v) in self._frozen:
-                    v.assign(tf.zeros_like(v))
+        head = head_variables(ctx.model, "algorithm.zero_head") if cfg.zero_head else []
+        for v in head:
+            v.assign(tf.zeros_like(v))
+        self._frozen = {id(v) for v in head}  # held at zero: not meta-learned
         self.jit_compile = jit_compile
         self._grads = tf.function(self.meta_gradients, jit_compile=jit_compile)
         self._step = tf.function(self._apply_step, jit_compile=jit_compile)
