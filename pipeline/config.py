@@ -283,7 +283,7 @@ class MAMLConfig(AlgorithmConfig):
     #: Inner steps at meta-test time (null = same as ``inner_steps``).
     test_inner_steps: int | None = num(None, ge=0)
     first_order: bool = False
-    #: The zeroing trick of Kao et al. (2022): the head (last layer) starts every task at zero
+    #: The zeroing trick of Kao et al. (2022): the ``head`` layer starts every task at zero
     #: and is not meta-learned, so no class is favoured before the support set is seen.
     zero_head: bool = False
 

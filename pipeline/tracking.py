@@ -19,6 +19,7 @@ import fcntl
 import json
 import logging
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -486,8 +487,10 @@ def model_weights(model_uri: str, tracking_uri: str) -> list:
     import mlflow
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, tracking_uri=tracking_uri)
-    return mlflow.keras.load_model(local).get_weights()
+    with tempfile.TemporaryDirectory() as tmp:  # the download is not kept: only the weights
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
+                                                    tracking_uri=tracking_uri)
+        return mlflow.keras.load_model(local).get_weights()
 
 
 def log_comparison(uri: str, run_id: str, table: Any, files: Mapping[str, Path],
