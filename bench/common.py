@@ -9,19 +9,32 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+from omegaconf import DictConfig
 
-from hydra import compose, initialize_config_dir
+from pipeline import PROJECT_ROOT, runtime_env
+from pipeline.config import Config, compose, validate
+from pipeline.data import TaskSet
 
-from pipeline import CONFIG_DIR
-from pipeline.config import Config, register_configs, validate
+runtime_env.import_tensorflow()
 
-register_configs()
+#: The Omniglot zips as this workplace has them: ``../shared/data/omniglot`` beside the project
+#: (a user puts the official zips anywhere and passes ``--root``).
+OMNIGLOT_ROOT = os.path.relpath(PROJECT_ROOT.parent / "shared" / "data" / "omniglot")
+
+
+def raw_config(*overrides: str) -> DictConfig:
+    return compose(["paths.output_dir=/tmp/bench", *overrides])
 
 
 def config(*overrides: str) -> Config:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return validate(compose("config", overrides=["paths.output_dir=/tmp/bench", *overrides]))
+    return validate(raw_config(*overrides))
+
+
+def tasks_of(cfg: Config) -> TaskSet:
+    """The generate stage alone (no tracking)."""
+    from pipeline.stages import generate
+
+    return generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, None)
 
 
 @contextmanager

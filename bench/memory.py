@@ -9,7 +9,6 @@ includes TensorFlow itself (~0.5-0.7 GiB once imported).
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ def peak_rss(overrides: list[str]) -> tuple[float, float]:
                 f"paths.mlruns_dir={tmp}/mlruns", f"hydra.run.dir={tmp}/out"]
         start = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", _WRAPPER, *args], capture_output=True,
-                             text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                             text=True)
         if out.returncode:
             raise RuntimeError(f"run failed: {out.stderr}")
         return int(out.stdout.split()[-1]) / 2**20, time.perf_counter() - start

@@ -5,8 +5,8 @@ so its MLflow run holds every test episode's metrics (step = episode index), the
 model. Prints one Markdown table row per run: mean accuracy over the test episodes with its 95%
 CI, meta-training wall time, and episodes/s for meta-training and meta-testing.
 
-    PYTHONPATH=$PWD .venv/bin/python -m bench.omniglot protonet_5w1s [more names] \\
-        [--root /work/shared/data/omniglot] [-- extra Hydra overrides]
+    .venv/bin/python -m bench.omniglot protonet_5w1s [more names] \\
+        [--root ../shared/data/omniglot] [-- extra Hydra overrides]
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ import logging
 import sys
 import time
 
-from hydra import compose, initialize_config_dir
-
-from bench.common import machine
-from pipeline import CONFIG_DIR
+from bench.common import OMNIGLOT_ROOT, machine, raw_config
 from pipeline.config import validate
 from pipeline.errors import stop_on_sigterm
 from pipeline.runner import execute
@@ -37,8 +34,7 @@ RUNS = {
 def run(name: str, root: str, extra: list[str]) -> dict:
     preset, published = RUNS[name]
     overrides = [f"experiment={preset}", f"data.root={root}", *extra]
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        raw = compose("config", overrides=["paths.output_dir=/tmp/bench", *overrides])
+    raw = raw_config(*overrides)
     cfg = validate(raw)
     start, cpu = time.perf_counter(), time.process_time()
     result = execute(cfg, raw, overrides)  # raw: the resolved config is logged as params
@@ -66,7 +62,8 @@ def row(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="+", choices=sorted(RUNS))
-    parser.add_argument("--root", default="/work/shared/data/omniglot")
+    parser.add_argument("--root", default=OMNIGLOT_ROOT,
+                        help="folder of the official zips (default: %(default)s)")
     parser.add_argument("--json", help="append each result as a JSON line to this file")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)

@@ -20,11 +20,11 @@ import time
 
 import numpy as np
 
-from bench.common import config, machine, peak_rss_mib
+from bench.common import config, machine, peak_rss_mib, tasks_of
 from pipeline import runtime
 from pipeline.data import SEED_STREAMS
 from pipeline.runner import build
-from pipeline.stages import generate, meta_test
+from pipeline.stages import meta_test
 from pipeline.stats import summarize
 
 ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile")
@@ -39,11 +39,10 @@ def speed(name: str, iterations: int, common: bool = True) -> float:
              (["algorithm.inner_optimizer=sgd"] if name == "reptile" else [])) if common else []
     cfg = config(f"experiment=sinusoid_{name}", *COMMON, *inner,
                  f"meta_train.iterations={iterations + 100}", "meta_train.steps_per_call=100")
-    tasks = generate.run(cfg, None)
+    tasks = tasks_of(cfg)
     algo = build(cfg, tasks)
     it = algo.meta_train(tasks.train, cfg.meta_train, np.random.default_rng(0))
-    for _ in range(100):  # trace, compile and warm up
-        next(it)
+    next(it)  # the first chunk of 100: trace, compile and warm up
     start = time.perf_counter()
     for _ in it:
         pass
@@ -58,28 +57,30 @@ def quality(name: str, k: int, budget_s: float, eval_every: int) -> dict:
     cfg = config(f"experiment=sinusoid_{name}", *COMMON, f"data.k_shot={k}",
                  f"meta_train.iterations={iterations}", f"meta_train.steps_per_call={100}")
     runtime.setup(cfg.runtime, cfg.seed)
-    tasks = generate.run(cfg, None)
+    tasks = tasks_of(cfg)
     algo = build(cfg, tasks)
     rng = np.random.default_rng(np.random.SeedSequence(cfg.seed,
                                                        spawn_key=(SEED_STREAMS["sampling"],)))
     probe_tasks = tasks.test.take(slice(0, 200))
     trained, reached, done = 0.0, None, 0
     start = time.perf_counter()
-    for it, _ in algo.meta_train(tasks.train, cfg.meta_train, rng):
-        done = it + 1
+    for lo, metrics in algo.meta_train(tasks.train, cfg.meta_train, rng):
+        done = lo + len(next(iter(metrics.values())))
         if done % eval_every == 0:
             trained += time.perf_counter() - start
             if reached is None:
-                mse = meta_test.run(algo, probe_tasks, 200, (1,))["mse_after_1step"].mean()
-                reached = done if mse <= 0.5 else None
+                probe = meta_test.run(algo, probe_tasks, 200, (1,))
+                reached = done if np.nanmean(probe.per_task["mse_after_1step"]) <= 0.5 else None
             if trained >= budget_s:
                 break
             start = time.perf_counter()
     else:
         trained += time.perf_counter() - start
     res = meta_test.run(algo, tasks.test, 600, (1, 10))
+    finite = {n: v[np.isfinite(v)] for n, v in res.per_task.items()}
     return {"name": name, "k": k, "seconds": trained, "iterations": done, "reached": reached,
-            "1": summarize(res["mse_after_1step"]), "10": summarize(res["mse_after_10steps"])}
+            "1": summarize(finite["mse_after_1step"]), "10": summarize(finite["mse_after_10steps"]),
+            "diverged": {p: int(bad.sum()) for p, bad in res.diverged.items() if bad.any()}}
 
 
 def main() -> None:
@@ -107,13 +108,13 @@ def main() -> None:
     for n, ms in rates.items():
         print(f"| {n} | {ms:.3f} |")
     print("\n| algorithm | K | budget (s) | meta-iterations | iterations to MSE 0.5 (1 step) "
-          "| MSE after 1 step | MSE after 10 steps | published MAML (1 step) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+          "| MSE after 1 step | MSE after 10 steps | diverged tasks | published MAML (1 step) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         pub = PUBLISHED.get(r["k"], "") if r["name"] == "maml" else ""
         reached = r["reached"] if r["reached"] is not None else "not reached"
         print(f"| {r['name']} | {r['k']} | {r['seconds']:.0f} | {r['iterations']} | {reached} "
-              f"| {r['1']} | {r['10']} | {pub} |")
+              f"| {r['1']} | {r['10']} | {r['diverged'] or 'none'} | {pub} |")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from bench.common import machine
 from pipeline import PROJECT_ROOT
+from pipeline.tracking import keys
 
 JOB = ["data.num_train_tasks=200", "data.num_test_tasks=100", "meta_train.iterations=60",
        "meta_train.meta_batch_size=10", "meta_test.scratch.steps=20", "tracking.log_model=false"]
@@ -38,22 +39,22 @@ def sweep(root: Path, *launcher: str) -> tuple[float, dict]:
     args = [sys.executable, "-m", "pipeline", "-m", *JOB, *GRID, f"paths.data_dir={root}/data",
             f"paths.mlruns_dir={root}/mlruns", f"hydra.sweep.dir={root}/multirun", *launcher]
     start = time.perf_counter()
-    out = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True,
-                         env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     if out.returncode != 0:
         raise SystemExit(f"sweep failed:\n{out.stderr[-3000:]}")
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("meta-learning").experiment_id])
-    parents = [r for r in runs if r.data.tags.get("sweep_role") == "parent"]
-    children = [r for r in runs if r.data.tags.get("sweep_role") == "child"]
-    jobs = sorted(int(r.data.tags["sweep_job"]) for r in children)
-    files = {a.path for p in parents for a in client.list_artifacts(p.info.run_id, "comparison")}
+    parents = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == keys.ROLE_PARENT]
+    children = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == keys.ROLE_CHILD]
+    jobs = sorted(int(r.data.tags[keys.SWEEP_JOB]) for r in children)
+    files = {a.path for p in parents
+             for a in client.list_artifacts(p.info.run_id, keys.COMPARISON_DIR)}
     return wall, {
         "parents": len(parents), "children": len(children),
-        "finished": sum(r.info.status == "FINISHED" for r in children),
+        "finished": sum(r.info.status == keys.FINISHED for r in children),
         "jobs_once": jobs == list(range(16)),
-        "linked": all(r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id
+        "linked": all(r.data.tags.get(keys.PARENT_RUN) == parents[0].info.run_id
                       for r in children) if parents else False,
         "comparison": "comparison/comparison.csv" in files,
     }
@@ -71,6 +72,7 @@ def overhead(root: Path, *extra: str) -> tuple[float, float]:
 
 
 def reruns(root: Path) -> list[tuple[str, str]]:
+    from bench.common import raw_config
     from pipeline import rerun
     from pipeline.config import validate
     from pipeline.runner import execute
@@ -85,7 +87,7 @@ def reruns(root: Path) -> list[tuple[str, str]]:
     for name, extra in presets.items():
         overrides = [f"paths.data_dir={root}/data", f"paths.mlruns_dir={root}/mlruns",
                      "tracking.log_model=false", *extra]
-        raw = rerun.compose([*overrides, "paths.output_dir=/tmp/bench"])
+        raw = raw_config(*overrides)
         cfg = validate(raw)
         result = execute(cfg, raw, overrides)
         buf = io.StringIO()

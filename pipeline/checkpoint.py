@@ -1,10 +1,12 @@
 """Meta-training checkpoints: enough state to continue a run bit for bit.
 
 A checkpoint holds every variable the algorithm updates (meta-parameters, the meta-optimizer's
-slots and step counter, batch-norm statistics, algorithm counters), the task-sampling RNG state
-and the number of meta-iterations done. It is taken at a chunk boundary: signals are held back
-while a compiled chunk runs and its progress is recorded, so the variables and the recorded
-iteration always agree.
+slots and step counter, batch-norm statistics, algorithm counters), the task-sampling RNG state,
+the number of meta-iterations done and what the meta-train stage had not logged yet (the open
+window of its curves). It is taken at a chunk boundary: signals are held back while a compiled
+chunk runs and its metrics are recorded, so the variables, the recorded iteration and the
+logged curves always agree. One is also written when meta-training ends, so a run stopped
+during meta-test resumes straight at meta-test.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import json
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,8 @@ class Checkpoint:
     progress: Progress
     values: list[np.ndarray]
     names: list[str]
+    #: The meta-train stage's own state (JSON): values of the curves' open window.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -71,16 +75,18 @@ def deferred_interrupts() -> Iterator[None]:
                 signal.raise_signal(received[0])
 
 
-def capture(variables: list, progress: Progress) -> Checkpoint:
+def capture(variables: list, progress: Progress, extra: dict[str, Any] | None = None
+            ) -> Checkpoint:
     return Checkpoint(progress, [np.array(v.numpy()) for v in variables],
-                      [getattr(v, "path", getattr(v, "name", "?")) for v in variables])
+                      [getattr(v, "path", getattr(v, "name", "?")) for v in variables],
+                      dict(extra or {}))
 
 
 def save(ckpt: Checkpoint, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     np.savez(directory / STATE_FILE, *ckpt.values)
     meta = {"iteration": ckpt.progress.iteration, "rng_state": ckpt.progress.rng_state,
-            "names": ckpt.names}
+            "names": ckpt.names, "extra": ckpt.extra}
     (directory / META_FILE).write_text(json.dumps(meta, indent=1))
     return directory
 
@@ -92,7 +98,8 @@ def load(directory: Path) -> Checkpoint:
             values = [f[f"arr_{i}"] for i in range(len(f.files))]
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"Checkpoint in {directory} is missing or unreadable ({e}).") from e
-    return Checkpoint(Progress(int(meta["iteration"]), meta["rng_state"]), values, meta["names"])
+    return Checkpoint(Progress(int(meta["iteration"]), meta["rng_state"]), values, meta["names"],
+                      meta.get("extra", {}))
 
 
 def restore(ckpt: Checkpoint, variables: list, rng: np.random.Generator) -> int:

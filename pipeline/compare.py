@@ -24,16 +24,14 @@ from typing import Any
 
 import pandas as pd
 
-from pipeline import tracking
 from pipeline.config import default_tracking_uri
-from pipeline.tracking import RunRecord
+from pipeline.tracking import keys, store
+from pipeline.tracking.store import RunRecord
 
-#: Params that say where things were written, not what was run.
-_LOCATION = re.compile(r"^(paths\.|tracking\.(uri|artifact_location|run_name|http_))")
 #: Key metrics, in column order: (regex on the name, whether to pair it with its ``_ci95``).
 _KEY_METRICS = (r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
                 r"^scratch/query_(acc|mse)_after_mean$", r"^test/query_(acc|mse)_before_mean$",
-                r"^time/meta_train_s$")
+                r"^test/diverged_tasks$", r"^time/meta_train_s$")
 _FIXED = ["run_name", "run_id", "status"]
 
 
@@ -47,10 +45,10 @@ def objective_metric(metrics: set[str]) -> tuple[str | None, bool]:
 
 
 def _differing(runs: list[RunRecord], first: list[str]) -> list[str]:
-    keys = sorted({k for r in runs for k in r.params if not _LOCATION.match(k)})
-    varying = [k for k in keys if len({r.params.get(k) for r in runs}) > 1]
-    return [k for k in first if k in varying or k in keys] + [k for k in varying
-                                                              if k not in first]
+    names = sorted({k for r in runs for k in r.params if not keys.is_location(k)})
+    varying = [k for k in names if len({r.params.get(k) for r in runs}) > 1]
+    return [k for k in first if k in varying or k in names] + [k for k in varying
+                                                               if k not in first]
 
 
 def _metric_columns(runs: list[RunRecord]) -> list[str]:
@@ -93,27 +91,36 @@ def best_row(df: pd.DataFrame, direction: str | None = None) -> int | None:
         return None
     if direction is not None:
         higher = direction.rsplit(".", 1)[-1].lower() == "maximize"
-    values = df[name].where(df["status"] == "FINISHED")
+    values = df[name].where(df["status"] == keys.FINISHED)
     if values.isna().all():
         return None
     return int(values.idxmax() if higher else values.idxmin())
 
 
 def display(df: pd.DataFrame) -> str:
-    """The table for a terminal: ``mean ± ci95`` cells, short run ids."""
+    """The table for a terminal: ``mean ± ci95`` cells, short run ids, ``-`` where a run has
+    no value."""
     out = df.copy()
     for col in [c for c in df.columns if c.endswith("_ci95")]:
         base = col.removesuffix("_ci95")
         target = f"{base}_mean" if f"{base}_mean" in out.columns else base
         if target in out.columns:
-            out[target] = [f"{m:.4f} ± {c:.4f}" if not (math.isnan(m) or math.isnan(c))
-                           else f"{m:.4f}" for m, c in zip(df[target], df[col], strict=True)]
+            out[target] = [_cell(m) if math.isnan(m) or math.isnan(c) else f"{m:.4f} ± {c:.4f}"
+                           for m, c in zip(df[target], df[col], strict=True)]
             out = out.drop(columns=col)
+    for col in out.columns:
+        counts = col.endswith("diverged_tasks")
+        out[col] = [(_cell(v, 0 if counts else 4)) if v is None or isinstance(v, float) else v
+                    for v in out[col]]
     out["run_id"] = out["run_id"].str[:8]
     out.columns = [c.removesuffix("_mean") for c in out.columns]
     with pd.option_context("display.max_columns", None, "display.width", 250,
-                           "display.max_colwidth", 40, "display.float_format", "{:.4f}".format):
+                           "display.max_colwidth", 40):
         return out.to_string(index=False)
+
+
+def _cell(value: float | None, decimals: int = 4) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.{decimals}f}"
 
 
 def _numeric(values: pd.Series) -> pd.Series | None:
@@ -131,7 +138,7 @@ def plot(df: pd.DataFrame, swept: list[str]) -> Any:
         [c for c in df.columns if c not in _FIXED and "/" not in c][:2]
     fig, axes = plt.subplots(1, max(len(params), 1), figsize=(5.5 * max(len(params), 1), 4),
                              squeeze=False)
-    done = df[df["status"] == "FINISHED"] if name else df.iloc[0:0]
+    done = df[df["status"] == keys.FINISHED] if name else df.iloc[0:0]
     ci = f"{name.removesuffix('_mean')}_ci95" if name else None
     for ax, param in zip(axes[0], params or [None], strict=False):
         if param is None or done.empty:
@@ -169,40 +176,39 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
                     direction: str | None = None) -> SweepSummary:
     """Log the children's comparison on the parent run and tag the best child (and trial)."""
     from pipeline import plots
-    from pipeline.sweep import BEST_PARAMS, BEST_RUN, BEST_VALUE, JOB, SWEEP_PARAMS
 
-    parent = tracking.get_run(uri, parent_run_id)
-    swept = json.loads(parent.tags.get(SWEEP_PARAMS, "[]"))
-    children = sorted(tracking.search_runs(uri, parent_run_id=parent_run_id),
-                      key=lambda r: int(r.tags.get(JOB, 0)))
+    parent = store.get_run(uri, parent_run_id)
+    swept = json.loads(parent.tags.get(keys.SWEEP_PARAMS, "[]"))
+    children = sorted(store.search_runs(uri, parent_run_id=parent_run_id),
+                      key=lambda r: int(r.tags.get(keys.SWEEP_JOB, 0)))
     df = table(children, swept)
     best = best_row(df, direction) if len(df) else None
     best_id = str(df.loc[best, "run_id"]) if best is not None else None
-    tags: dict[str, Any] = {"sweep_children": len(children),
-                            "sweep_children_finished": int((df["status"] == "FINISHED").sum())
+    tags: dict[str, Any] = {keys.SWEEP_CHILDREN: len(children),
+                            keys.SWEEP_CHILDREN_FINISHED: int((df["status"] == keys.FINISHED).sum())
                             if len(df) else 0}
     if best_id is not None:
         name, _ = objective_metric(set(df.columns))
-        tags |= {BEST_RUN: best_id, BEST_VALUE: df.loc[best, name],
-                 "best_run_name": df.loc[best, "run_name"]}
-        tracking.set_tags(uri, best_id, {"best_in_sweep": "true"})
+        tags |= {keys.BEST_RUN: best_id, keys.BEST_VALUE: df.loc[best, name],
+                 keys.BEST_RUN_NAME: df.loc[best, "run_name"]}
+        store.set_tags(uri, best_id, {keys.BEST_IN_SWEEP: "true"})
     results = sweep_dir / "optimization_results.yaml" if sweep_dir else None
     if results is not None and results.is_file():  # the Optuna sweeper's verdict
         from omegaconf import OmegaConf
 
         found = OmegaConf.to_container(OmegaConf.load(results))
         if "best_params" in found:
-            tags |= {BEST_PARAMS: json.dumps(found["best_params"]),
-                     "optuna_best_value": found["best_value"]}
+            tags |= {keys.BEST_PARAMS: json.dumps(found["best_params"]),
+                     keys.OPTUNA_BEST_VALUE: found["best_value"]}
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / "comparison.csv"
         df.to_csv(csv, index=False)
         fig = plot(df, swept) if len(df) else None
-        tracking.log_comparison(uri, parent_run_id, df, {"comparison": csv}, fig)
+        store.log_comparison(uri, parent_run_id, df, {keys.COMPARISON_DIR: csv}, fig)
         if fig is not None:
             plots.close(fig)
-    tracking.set_tags(uri, parent_run_id, tags)
-    finished = bool(len(df)) and bool((df["status"] == "FINISHED").all())
+    store.set_tags(uri, parent_run_id, tags)
+    finished = bool(len(df)) and bool((df["status"] == keys.FINISHED).all())
     return SweepSummary(df, best_id, finished)
 
 
@@ -215,12 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parent", help="a sweep's parent run id: compare its children")
     p.add_argument("--filter", default="", help="MLflow search syntax, e.g. "
                    "\"params.algorithm.name = 'maml'\"")
-    p.add_argument("--csv", type=Path, default=Path("comparison.csv"), help="CSV output file")
-    p.add_argument("--plot", type=Path, default=Path("comparison.png"), help="PNG output file")
+    p.add_argument("--csv", type=Path, help="also write the table to this CSV file")
+    p.add_argument("--plot", type=Path, help="also draw the objective against the swept "
+                   "values into this PNG file")
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
     try:
-        runs = tracking.search_runs(uri, args.experiment, args.filter, args.parent)
+        runs = store.search_runs(uri, args.experiment, args.filter, args.parent)
     except Exception as e:  # bad filter syntax, unknown experiment or run, unreachable server
         print(f"Cannot search runs in {uri}: {e}", file=sys.stderr)
         return 2
@@ -229,20 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     swept: list[str] = []
     if args.parent:
-        from pipeline.sweep import SWEEP_PARAMS
-
-        swept = json.loads(tracking.get_run(uri, args.parent).tags.get(SWEEP_PARAMS, "[]"))
+        swept = json.loads(store.get_run(uri, args.parent).tags.get(keys.SWEEP_PARAMS, "[]"))
     df = table(runs, swept)
     print(display(df))
-    args.csv.parent.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.csv, index=False)
-    from pipeline import plots
+    written = []
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(args.csv, index=False)
+        written.append(f"table: {args.csv}")
+    if args.plot:
+        from pipeline import plots
 
-    fig = plot(df, swept)
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.plot, dpi=100)
-    plots.close(fig)
-    print(f"\n{len(df)} runs; table: {args.csv}, plot: {args.plot}")
+        fig = plot(df, swept)
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.plot, dpi=100)
+        plots.close(fig)
+        written.append(f"plot: {args.plot}")
+    print(f"\n{len(df)} runs" + (f"; {', '.join(written)}" if written else ""))
     return 0
 
 

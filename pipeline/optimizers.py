@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import keras
 
+from pipeline import registry
 from pipeline.config import AdamConfig, OptimizerConfig, SGDConfig
 
 Schedule = float | keras.optimizers.schedules.LearningRateSchedule
@@ -25,16 +26,20 @@ def learning_rate(cfg: OptimizerConfig, total_steps: int) -> Schedule:
     return cfg.learning_rate
 
 
+def adam(cfg: AdamConfig, total_steps: int) -> keras.optimizers.Adam:
+    return keras.optimizers.Adam(learning_rate=learning_rate(cfg, total_steps), beta_1=cfg.beta_1,
+                                 beta_2=cfg.beta_2, epsilon=cfg.epsilon, clipnorm=cfg.clipnorm)
+
+
+def sgd(cfg: SGDConfig, total_steps: int) -> keras.optimizers.SGD:
+    return keras.optimizers.SGD(learning_rate=learning_rate(cfg, total_steps),
+                                momentum=cfg.momentum, nesterov=cfg.nesterov,
+                                clipnorm=cfg.clipnorm)
+
+
 def build_optimizer(cfg: OptimizerConfig, total_steps: int = 1) -> keras.optimizers.Optimizer:
     """The outer optimizer; ``total_steps`` (meta-iterations) sets a cosine schedule's length."""
-    lr = learning_rate(cfg, total_steps)
-    if isinstance(cfg, AdamConfig):
-        return keras.optimizers.Adam(learning_rate=lr, beta_1=cfg.beta_1,
-                                     beta_2=cfg.beta_2, epsilon=cfg.epsilon, clipnorm=cfg.clipnorm)
-    if isinstance(cfg, SGDConfig):
-        return keras.optimizers.SGD(learning_rate=lr, momentum=cfg.momentum,
-                                    nesterov=cfg.nesterov, clipnorm=cfg.clipnorm)
-    raise ValueError(f"optimizer.name={cfg.name!r} is unknown: choose one of adam, sgd.")
+    return registry.build("optimizer", cfg.name, cfg, total_steps)
 
 
 def schedule_of(opt: keras.optimizers.Optimizer

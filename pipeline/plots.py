@@ -12,19 +12,29 @@ from matplotlib.figure import Figure
 
 def per_task(results: dict[str, np.ndarray], baseline: dict[str, np.ndarray] | None,
              metric: str, algo_name: str) -> Figure:
-    """Each test task's query metric before and after adaptation (and the scratch baseline)."""
+    """Each test task's query metric before and after adaptation (and the scratch baseline).
+
+    Tasks with a non-finite value (diverged) are left out and counted in the legend.
+    """
     fig, (ax, hist) = plt.subplots(1, 2, figsize=(12, 4), width_ratios=[3, 1])
-    tasks = np.arange(len(results[f"{metric}_after"]))
-    order = np.argsort(results[f"{metric}_after"])
+    after = results[f"{metric}_after"]
+    tasks = np.arange(len(after))
+    order = np.argsort(np.where(np.isfinite(after), after, np.inf))
     series = [(f"{algo_name} before adaptation", results[f"{metric}_before"], "tab:gray")
               ] if f"{metric}_before" in results else []
-    series.append((f"{algo_name} after adaptation", results[f"{metric}_after"], "tab:blue"))
+    series.append((f"{algo_name} after adaptation", after, "tab:blue"))
     if baseline is not None:
         series.append(("scratch after training", baseline[f"{metric}_after"], "tab:orange"))
     for label, values, color in series:
-        ax.plot(tasks, values[order], ".", ms=3, color=color, label=label)
-        hist.hist(values, bins=20, alpha=0.5, color=color, orientation="horizontal")
-        ax.axhline(values.mean(), color=color, lw=1)
+        finite = np.isfinite(values)
+        if not finite.all():
+            label += f" ({int((~finite).sum())} diverged, not shown)"
+        shown = values[order]
+        ax.plot(tasks[np.isfinite(shown)], shown[np.isfinite(shown)], ".", ms=3, color=color,
+                label=label)
+        if finite.any():
+            hist.hist(values[finite], bins=20, alpha=0.5, color=color, orientation="horizontal")
+            ax.axhline(values[finite].mean(), color=color, lw=1)
     ax.set_xlabel("test task (sorted by post-adaptation value)")
     ax.set_ylabel(f"query {metric}")
     ax.legend(loc="best", fontsize=8)
@@ -47,8 +57,9 @@ def curves(curves: dict[str, tuple[list[int], list[float]]]) -> Figure:
 
 def regression_fits(fits: dict[str, np.ndarray], algo_name: str) -> Figure:
     """A few test tasks: the true curve, the support points, and the model's curve before and
-    after adapting on them (inputs of one feature)."""
+    after adapting on them (inputs of one feature); a diverged prediction is left out."""
     n = len(fits["query_x"])
+    fits = {k: np.where(np.isfinite(v), v, np.nan) for k, v in fits.items()}  # diverged: gaps
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 3.2), squeeze=False)
     for t, ax in enumerate(axes[0]):
         x = fits["query_x"][t, :, 0]

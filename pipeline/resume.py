@@ -1,10 +1,12 @@
 """Continue an interrupted run: ``python -m pipeline.resume RUN_ID [--tracking-uri URI]``.
 
-A run stopped by Ctrl-C or SIGTERM during meta-training is marked KILLED and logs a
-``checkpoint/`` artifact (model, optimizer, RNG state, iteration). This command recomposes the
-run's config from its logged overrides (refusing if the config files changed since), checks the
-data against the run's fingerprint, restores the checkpoint and finishes the run in place: the
-same MLflow run ends FINISHED, with per-task metrics bit-identical to an uninterrupted run.
+A run stopped by Ctrl-C or SIGTERM is marked KILLED and logs a ``checkpoint/`` artifact (model,
+optimizer, RNG state, iteration, the curves' open window): the state at its last finished chunk
+of meta-training, or at the end of meta-training if it was stopped during meta-test. This
+command recomposes the run's config from its logged overrides (refusing if the config files
+changed since), checks the data against the run's fingerprint, restores the checkpoint and
+finishes the run in place: the same MLflow run ends FINISHED, with curves and per-task metrics
+bit-identical to an uninterrupted run.
 Exit status: 0 finished, 2 refused (not resumable), 3 the resumed run failed.
 """
 
@@ -17,17 +19,17 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from pipeline import PROJECT_ROOT, checkpoint, tracking
+from pipeline import PROJECT_ROOT, checkpoint, runtime_env
 from pipeline.config import default_tracking_uri
-from pipeline.rerun import Refused, code_differences, recompose
-from pipeline.stages.meta_train import CHECKPOINT_DIR
+from pipeline.replay import Refused, code_differences, recompose
+from pipeline.tracking import keys, store
 
-RESUMABLE = (tracking.STATUS_KILLED, tracking.STATUS_FAILED)
+RESUMABLE = (keys.KILLED, keys.FAILED)
 
 
 def resume(run_id: str, uri: str, out=print) -> str:
     """Finish run ``run_id`` from its checkpoint; return its final status."""
-    original = tracking.get_run(uri, run_id)
+    original = store.get_run(uri, run_id)
     if original.status not in RESUMABLE:
         raise Refused(f"run {run_id} is {original.status}: only KILLED or FAILED runs with a "
                       f"checkpoint can be resumed.")
@@ -36,18 +38,20 @@ def resume(run_id: str, uri: str, out=print) -> str:
     for warning in code_differences(original.tags):
         out(f"warning: {warning}")
     with tempfile.TemporaryDirectory() as tmp:
-        directory = tracking.download_artifacts(uri, run_id, CHECKPOINT_DIR, Path(tmp))
+        directory = store.download_artifacts(uri, run_id, keys.CHECKPOINT_DIR, Path(tmp))
         if directory is None:
-            raise Refused(f"run {run_id} has no {CHECKPOINT_DIR}/ artifact: it was not "
-                          f"interrupted during meta-training, so there is nothing to continue.")
+            raise Refused(f"run {run_id} has no {keys.CHECKPOINT_DIR}/ artifact: it was not "
+                          f"interrupted after meta-training started, so there is nothing to "
+                          f"continue.")
         ckpt = checkpoint.load(directory)
     out(f"resuming run {run_id} at meta-iteration {ckpt.progress.iteration}")
 
+    runtime_env.import_tensorflow()
     from pipeline.runner import Resume, execute
 
-    execute(cfg, raw, overrides, resume=Resume(run_id, ckpt,
-                                               original.tags.get("data_fingerprint", "")))
-    return tracking.get_run(uri, run_id).status
+    execute(cfg, raw, overrides,
+            resume=Resume(run_id, ckpt, original.tags.get(keys.DATA_FINGERPRINT, "")))
+    return store.get_run(uri, run_id).status
 
 
 def main(argv: list[str] | None = None) -> int:

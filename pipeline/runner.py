@@ -1,39 +1,36 @@
-"""One pipeline run: generate -> meta-train -> meta-test, recorded as one MLflow run."""
+"""One pipeline run, recorded as one MLflow run: the stages in order,
+
+    generate -> meta_train -> meta_test -> report
+
+each taking only what it needs. The runner owns the run's lifecycle: TensorFlow set-up, the
+MLflow run (params, tags, config files; FAILED or KILLED with the reason if a stage raises),
+building the algorithm, and keeping the end-of-training checkpoint when a run is stopped later.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import provenance, runtime, tracking
-from pipeline.algorithms import Algorithm, Context, build_algorithm, needs_head
-from pipeline.algorithms.scratch import Scratch
+from pipeline import provenance, runtime
+from pipeline.algorithms import Algorithm, Context, build_algorithm
 from pipeline.checkpoint import Checkpoint
-from pipeline.config import Config
+from pipeline.config import AlgorithmConfig, ClassificationDataConfig, Config, OmniglotDataConfig
 from pipeline.data import REGRESSION, TaskSet, derive_seed
 from pipeline.errors import ConfigError, DataError
 from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
-from pipeline.models import build_model, portable
+from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer
-from pipeline.stages import generate, meta_test, meta_train
-from pipeline.stats import Summary, paired_gain, summarize
-from pipeline.tracking import Tracker
+from pipeline.stages import generate, meta_test, meta_train, report
+from pipeline.stages.report import Report
+from pipeline.tracking import Tracker, keys, store
 
 log = logging.getLogger(__name__)
-
-# Metric name scheme (documented in the README): <scope>/query_<metric>_<before|after>[_<stat>]
-TASK, TEST, SCRATCH_TASK, SCRATCH, GAIN = "task/", "test/", "scratch_task/", "scratch/", "gain/"
-NO_GAIN_TAG = "meta_learning_gain"
-
-
-RESUMED_TAG = "resumed_at_iteration"
 
 
 @dataclass(frozen=True)
@@ -46,56 +43,46 @@ class Resume:
 
 
 @dataclass
-class RunResult:
-    run_id: str | None
-    per_task: dict[str, np.ndarray]
-    baseline: dict[str, np.ndarray] | None
-    summaries: dict[str, Summary]
-    gain: Summary | None
-    #: Main post-adaptation metric (accuracy, or MSE for regression): a sweep's objective.
-    objective: float
-    no_gain: bool
-    timings: dict[str, float] = field(default_factory=dict)
+class RunResult(Report):
+    run_id: str | None = None
     algorithm: Algorithm | None = None
     tasks: TaskSet | None = None
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
-    return out
+def default_run_name(cfg: Config) -> str:
+    """What a run is, at a glance: ``maml synthetic 3-way 5-shot seed 0``."""
+    data = cfg.data
+    if isinstance(data, ClassificationDataConfig | OmniglotDataConfig):
+        shape = f"{data.num_classes}-way {data.k_shot}-shot"
+    else:
+        shape = f"{getattr(data, 'k_shot', '?')}-shot"
+    return f"{cfg.algorithm.name} {data.family} {shape} seed {cfg.seed}"
 
 
 def task_loss(cfg: Config, tasks: TaskSet) -> TaskLoss:
-    if tasks.task_type == "regression":
+    if tasks.task_type == REGRESSION:
         return TaskLoss(MSE)
     return TaskLoss(getattr(cfg.model, "head", SOFTMAX))
 
 
-def build(cfg: Config, tasks: TaskSet, algo_cfg=None) -> Algorithm:
+def build(cfg: Config, tasks: TaskSet, algo_cfg: AlgorithmConfig | None = None) -> Algorithm:
     """The configured algorithm (or ``algo_cfg``) on a freshly initialised model."""
     loss = task_loss(cfg, tasks)
     algo_cfg = algo_cfg or cfg.algorithm
-    units = output_units(loss.kind, tasks.num_outputs) if needs_head(algo_cfg) else None
-    init_seed = derive_seed(cfg.seed, "init")
-
-    model = build_model(cfg.model, tasks.input_shape, units, init_seed)
+    units = output_units(loss.kind, tasks.num_outputs) if algo_cfg.needs_head else None
+    model = build_model(cfg.model, tasks.input_shape, units, derive_seed(cfg.seed, "init"))
     if cfg.model.init_from:
         _load_weights(model, cfg.model.init_from, cfg.tracking.uri)
     optimizer = build_optimizer(cfg.optimizer, total_steps=cfg.meta_train.iterations)
     ctx = Context(model=model, loss=loss, optimizer=optimizer,
-                  seed=derive_seed(cfg.seed, "scratch"))
-    return build_algorithm(algo_cfg, ctx, cfg.meta_train)
+                  seed=derive_seed(cfg.seed, "scratch"), jit_compile=cfg.meta_train.jit_compile)
+    return build_algorithm(algo_cfg, ctx)
 
 
 def _load_weights(model, model_uri: str, tracking_uri: str) -> None:
     """``model.init_from``: the logged model's weights, which must fit the configured model."""
     try:
-        weights = tracking.model_weights(model_uri, tracking_uri)
+        weights = store.model_weights(model_uri, tracking_uri)
     except Exception as e:
         raise ConfigError(f"model.init_from={model_uri!r} could not be loaded from the tracking "
                           f"store {tracking_uri} ({type(e).__name__}: {e}). Give an MLflow model "
@@ -109,35 +96,14 @@ def _load_weights(model, model_uri: str, tracking_uri: str) -> None:
     model.set_weights(weights)
 
 
-def _summaries(per_task: dict[str, np.ndarray], scope: str) -> dict[str, Summary]:
-    return {f"{scope}query_{k}": summarize(v) for k, v in per_task.items()}
-
-
-def _aggregate_metrics(summaries: dict[str, Summary]) -> dict[str, float]:
-    out = {}
-    for name, s in summaries.items():
-        out |= {f"{name}_mean": s.mean, f"{name}_std": s.std, f"{name}_ci95": s.ci95}
-    return out
-
-
-def _per_task_metrics(per_task: dict[str, np.ndarray], scope: str) -> dict[str, np.ndarray]:
-    return {f"{scope}query_{k}": v for k, v in per_task.items()}
-
-
-def _step_curve(summaries: dict[str, Summary], metrics: tuple[str, ...],
-                eval_steps: tuple[int, ...]) -> dict[str, tuple[list[int], list[float]]]:
-    """``test/query_<m>_after_steps_{mean,ci95}`` with the inner-step count as step (0 = before)."""
-    if not eval_steps:
-        return {}
-    steps = sorted({0, *eval_steps})
-    out = {}
-    for m in metrics:
-        keys = [f"{TEST}query_{m}_" + ("before" if n == 0 else meta_test.steps_key(n))
-                for n in steps]
-        for stat in ("mean", "ci95"):
-            out[f"{TEST}query_{m}_after_steps_{stat}"] = (
-                steps, [getattr(summaries[k], stat) for k in keys])
-    return out
+def run_tags(cfg: Config, overrides: list[str] | None) -> dict[str, Any]:
+    """What a run is and what it needs to be rerun (code and package versions, overrides)."""
+    return {keys.SEED: cfg.seed, keys.ALGORITHM: cfg.algorithm.name,
+            keys.DATA_FAMILY: cfg.data.family, keys.MODEL: cfg.model.name,
+            keys.HYDRA_OVERRIDES: json.dumps(overrides or []),
+            **({keys.BATCH_NORM: cfg.model.batch_norm} if hasattr(cfg.model, "batch_norm")
+               else {}),
+            **provenance.git_state(), **provenance.versions()}
 
 
 def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | None = None,
@@ -146,29 +112,27 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
             resume: Resume | None = None) -> RunResult:
     """Run every stage; log ``raw`` (the composed config) as params, ``hydra_dir`` as files.
 
-    ``run_name`` replaces ``tracking.run_name``; ``extra_tags`` (a sweep's parent run, a rerun's
-    origin) are set when the run starts. ``resume`` continues an interrupted run in place from
-    its checkpoint (its params and config files are already logged).
+    ``run_name`` replaces ``tracking.run_name`` (default: :func:`default_run_name`);
+    ``extra_tags`` (a sweep's parent run, a rerun's origin) are set when the run starts.
+    ``resume`` continues an interrupted run in place from its checkpoint (its params and config
+    files are already logged).
     """
     runtime.setup(cfg.runtime, cfg.seed)
-    tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir)) if track else None
-    tags = {"seed": cfg.seed, "algorithm": cfg.algorithm.name, "data_family": cfg.data.family,
-            "model": cfg.model.name, "hydra_overrides": json.dumps(overrides or []),
-            **({"batch_norm": cfg.model.batch_norm} if hasattr(cfg.model, "batch_norm") else {}),
-            **provenance.git_state(), **provenance.versions(), **(extra_tags or {})}
-    if tracker is None:
+    if not track:
         return _stages(cfg, None, resume)
+    tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir))
+    tags = {**run_tags(cfg, overrides), **(extra_tags or {})}
     if resume is not None:
-        tags = {RESUMED_TAG: resume.checkpoint.progress.iteration}
-    with tracker.run(run_name or cfg.tracking.run_name, tags,
-                     run_id=resume.run_id if resume else None):
+        tags = {keys.RESUMED_AT: resume.checkpoint.progress.iteration}
+    name = run_name or cfg.tracking.run_name or default_run_name(cfg)
+    with tracker.run(name, tags, run_id=resume.run_id if resume else None):
         if resume is None:
             container = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
-            tracker.log_params(flatten(container))
+            tracker.log_params(keys.params(container))
             if container:
-                tracker.log_dict(container, "config/resolved_config.json")
+                tracker.log_dict(container, keys.CONFIG_FILE)
             if hydra_dir is not None and Path(hydra_dir).is_dir():
-                tracker.log_artifacts(Path(hydra_dir), "hydra")
+                tracker.log_artifacts(Path(hydra_dir), keys.HYDRA_DIR)
         result = _stages(cfg, tracker, resume)
         result.run_id = tracker.run_id
         result.timings["tracking_s"] = tracker.seconds
@@ -177,81 +141,32 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
 
 
 def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) -> RunResult:
-    from pipeline import plots
-
-    tasks = generate.run(cfg, tracker)
-    algo = build(cfg, tasks)
+    tasks = generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, tracker,
+                         cfg.tracking.log_dataset_max_mb)
     if resume is not None and tasks.fingerprint != resume.data_fingerprint:
         raise DataError(f"Cannot resume run {resume.run_id}: its data had fingerprint "
                         f"{resume.data_fingerprint[:12]}…, the data now has "
                         f"{tasks.fingerprint[:12]}… ({tasks.path}). The data file or its config "
                         f"changed.")
-    trained = meta_train.run(algo, tasks.train, cfg, tracker,
+    algo = build(cfg, tasks)
+    trained = meta_train.run(algo, tasks.train, cfg.meta_train, cfg.seed,
+                             Path(cfg.paths.output_dir), tracker,
                              resume.checkpoint if resume else None)
-    if tracker is not None and trained["curves"]:
-        fig = plots.curves(trained["curves"])
-        tracker.log_figure(fig, "plots/meta_train_curves.png")
-        plots.close(fig)
-
     eval_steps = tuple(cfg.meta_test.eval_steps)
-    test_start = time.perf_counter()
-    per_task = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)
-    test_seconds = time.perf_counter() - test_start
-    summaries = _summaries(per_task, TEST)
-    metrics = _per_task_metrics(per_task, TASK)
-
-    baseline, gain = None, None
-    main = algo.loss.main_metric
-    if cfg.meta_test.compare_to_scratch and not isinstance(algo, Scratch):
-        scratch = build(cfg, tasks, cfg.meta_test.scratch)
-        baseline = meta_test.run(scratch, tasks.test, cfg.meta_test.task_batch_size)
-        summaries |= _summaries(baseline, SCRATCH)
-        metrics |= _per_task_metrics(baseline, SCRATCH_TASK)
-        gain = paired_gain(per_task[f"{main}_after"], baseline[f"{main}_after"])
-        if not algo.loss.higher_is_better:
-            gain = Summary(-gain.mean, gain.std, gain.ci95, gain.n)
-        summaries[f"{GAIN}query_{main}"] = gain
-
-    no_gain = gain is not None and gain.low <= 0
-    aggregates = _aggregate_metrics(summaries)
-    if gain is not None:  # the headline columns: gain/query_acc and its interval
-        aggregates[f"{GAIN}query_{main}"] = gain.mean
-    step_curve = _step_curve(summaries, algo.loss.metric_names, eval_steps)
-    aggregates["time/meta_train_s"] = trained["seconds"]
-    aggregates["time/meta_test_s"] = test_seconds
-    if trained["iterations"]:
-        aggregates["time/meta_train_ms_per_it"] = 1000 * trained["seconds"] / trained["iterations"]
-
-    after = summaries[f"{TEST}query_{main}_after"]
-    log.info("%s query %s after adaptation: %s (95%% CI, %d tasks)", algo.name, main, after,
-             after.n)
-    if baseline is not None:
-        log.info("scratch query %s: %s; gain %s", main,
-                 summaries[f"{SCRATCH}query_{main}_after"], gain)
-    if no_gain:
-        log.warning("Meta-learning shows no gain: %s's gain over scratch on the same test tasks "
-                    "is %s (95%% CI includes or is below 0).", algo.name, gain)
-
-    if tracker is not None:
-        tracker.log_metrics(metrics)
-        tracker.log_metrics(aggregates)
-        if step_curve:  # one series per statistic, all at the same inner-step counts
-            steps = next(iter(step_curve.values()))[0]
-            tracker.log_metrics({k: v for k, (_, v) in step_curve.items()}, steps=steps)
-        tracker.set_tags({NO_GAIN_TAG: "none" if no_gain else ("positive" if gain else "n/a")})
-        fig = plots.per_task(per_task, baseline, main, algo.name)
-        tracker.log_figure(fig, f"plots/per_task_{main}.png")
-        plots.close(fig)
-        if tasks.task_type == REGRESSION:
-            fig = plots.regression_fits(meta_test.regression_fits(algo, tasks.test), algo.name)
-            tracker.log_figure(fig, "plots/regression_fits.png")
-            plots.close(fig)
-        if cfg.tracking.log_model:
-            tracker.log_keras_model(portable(algo.model), tasks.test.query_x[0])
-
-    return RunResult(None, per_task, baseline, summaries, gain, after.mean, no_gain,
-                     {"meta_train_s": trained["seconds"], "meta_test_s": test_seconds,
-                      "meta_train_iterations": trained["iterations"]}, algo, tasks)
+    try:
+        tested = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)
+        baseline = None
+        if cfg.meta_test.compare_to_scratch and algo.meta_learns:
+            scratch = build(cfg, tasks, cfg.meta_test.scratch)
+            baseline = meta_test.run(scratch, tasks.test, cfg.meta_test.task_batch_size)
+        summary = report.run(algo, tasks, tested, baseline, trained, eval_steps, tracker,
+                             cfg.tracking.log_model)
+    except KeyboardInterrupt:
+        if trained.checkpoint is not None:  # training is done: resume goes to meta-test
+            where = meta_train.log_checkpoint(tracker, trained.checkpoint, trained.total)
+            log.warning("Interrupted after meta-training: its checkpoint is in %s", where)
+        raise
+    return RunResult(**vars(summary), algorithm=algo, tasks=tasks)
 
 
-__all__ = ["RunResult", "build", "execute", "flatten"]
+__all__ = ["RunResult", "build", "default_run_name", "execute"]

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import keras
 import tensorflow as tf
 
+from pipeline import runtime_env  # noqa: F401  (before TensorFlow is imported)
 from pipeline.config import RuntimeConfig
 
 

@@ -27,17 +27,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import tracking
 from pipeline.config import TrackingConfig
+from pipeline.tracking import keys, store
 
 log = logging.getLogger(__name__)
 
 PARENT_FILE = "mlflow_parent.json"
-#: Tags of a sweep's parent run (children carry ``sweep_id`` and ``sweep_job`` too).
-SWEEP_ID, SWEEP_DIR, SWEEP_OVERRIDES, SWEEP_PARAMS = ("sweep_id", "sweep_dir", "sweep_overrides",
-                                                      "sweep_params")
-ROLE, JOB = "sweep_role", "sweep_job"
-BEST_RUN, BEST_VALUE, BEST_PARAMS = "best_run_id", "best_value", "best_params"
 
 
 def swept_keys(overrides: list[str], sweeper_params: dict[str, Any] | None = None) -> list[str]:
@@ -81,13 +76,14 @@ class SweepCallback(Callback):
         swept = swept_keys(overrides, OmegaConf.to_container(sweeper_params)
                            if sweeper_params is not None else None)
         sweep_id = f"{sweep_dir.parent.name}/{sweep_dir.name}"
-        tags = {ROLE: "parent", SWEEP_ID: sweep_id, SWEEP_DIR: str(sweep_dir),
-                SWEEP_OVERRIDES: json.dumps(overrides), SWEEP_PARAMS: json.dumps(swept),
-                "hydra_launcher": config.hydra.launcher._target_.rsplit(".", 1)[-1],
-                "hydra_sweeper": config.hydra.sweeper._target_.rsplit(".", 1)[-1]}
+        tags = {keys.SWEEP_ROLE: keys.ROLE_PARENT, keys.SWEEP_ID: sweep_id,
+                keys.SWEEP_DIR: str(sweep_dir), keys.SWEEP_OVERRIDES: json.dumps(overrides),
+                keys.SWEEP_PARAMS: json.dumps(swept),
+                keys.SWEEP_LAUNCHER: config.hydra.launcher._target_.rsplit(".", 1)[-1],
+                keys.SWEEP_SWEEPER: config.hydra.sweeper._target_.rsplit(".", 1)[-1]}
         name = " ".join(["sweep", sweep_id, *([cfg.run_name] if cfg.run_name else [])])
         self.uri = cfg.uri
-        self.parent_run_id = tracking.start_parent_run(cfg, name, tags)
+        self.parent_run_id = store.start_parent_run(cfg, name, tags)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(json.dumps(
             {"run_id": self.parent_run_id, "tracking_uri": cfg.uri, "swept": swept}))
@@ -108,11 +104,10 @@ class SweepCallback(Callback):
                                               str(direction) if direction is not None else None)
         except Exception as e:  # the jobs' runs stand; say why the parent lacks its comparison
             log.exception("Could not log the sweep's comparison on parent run %s", run_id)
-            tracking.set_tags(self.uri, run_id, {tracking.ERROR_TAG: f"comparison failed: {e}"})
-            tracking.end_run(self.uri, run_id, tracking.STATUS_FAILED)
+            store.set_tags(self.uri, run_id, {keys.ERROR: f"comparison failed: {e}"})
+            store.end_run(self.uri, run_id, keys.FAILED)
             return
-        status = tracking.STATUS_FINISHED if summary.finished else tracking.STATUS_FAILED
-        tracking.end_run(self.uri, run_id, status)
+        store.end_run(self.uri, run_id, keys.FINISHED if summary.finished else keys.FAILED)
         log.info("Sweep parent run %s: %d child runs, best %s", run_id, len(summary.table),
                  summary.best_run_id)
 
@@ -120,9 +115,9 @@ class SweepCallback(Callback):
         """The sweep raised before ``on_multirun_end``: mark the parent FAILED, not RUNNING."""
         if self.parent_run_id is not None and self.uri is not None:
             with contextlib.suppress(Exception):
-                tracking.set_tags(self.uri, self.parent_run_id,
-                                  {tracking.ERROR_TAG: "the sweep stopped before its end"})
-                tracking.end_run(self.uri, self.parent_run_id, tracking.STATUS_FAILED)
+                store.set_tags(self.uri, self.parent_run_id,
+                               {keys.ERROR: "the sweep stopped before its end"})
+                store.end_run(self.uri, self.parent_run_id, keys.FAILED)
 
 
 def _warn_oversubscription(config: DictConfig) -> None:
@@ -144,12 +139,13 @@ class JobContext:
 
 
 def _parent_from_store(cfg: TrackingConfig, sweep_dir: Path) -> dict[str, Any] | None:
-    runs = tracking.search_runs(cfg.uri, [cfg.experiment_name],
-                                f"tags.{SWEEP_DIR} = '{sweep_dir}'", include_parents=True)
-    parents = [r for r in runs if r.tags.get(ROLE) == "parent"]
+    runs = store.search_runs(cfg.uri, [cfg.experiment_name],
+                             f"tags.{keys.SWEEP_DIR} = '{sweep_dir}'", include_parents=True)
+    parents = [r for r in runs if r.tags.get(keys.SWEEP_ROLE) == keys.ROLE_PARENT]
     if not parents:
         return None
-    return {"run_id": parents[-1].run_id, "swept": json.loads(parents[-1].tags[SWEEP_PARAMS])}
+    return {"run_id": parents[-1].run_id,
+            "swept": json.loads(parents[-1].tags[keys.SWEEP_PARAMS])}
 
 
 def job_context(cfg: TrackingConfig, base_name: str) -> JobContext | None:
@@ -166,10 +162,10 @@ def job_context(cfg: TrackingConfig, base_name: str) -> JobContext | None:
         parent = _parent_from_store(cfg, sweep_dir)
     overrides = list(hc.overrides.task)
     swept = parent["swept"] if parent else swept_keys(overrides)
-    tags = {SWEEP_ID: f"{sweep_dir.parent.name}/{sweep_dir.name}", JOB: str(hc.job.num),
-            ROLE: "child"}
+    tags = {keys.SWEEP_ID: f"{sweep_dir.parent.name}/{sweep_dir.name}",
+            keys.SWEEP_JOB: str(hc.job.num), keys.SWEEP_ROLE: keys.ROLE_CHILD}
     if parent:
-        tags[tracking.PARENT_TAG] = parent["run_id"]
+        tags[keys.PARENT_RUN] = parent["run_id"]
     else:
         log.warning("No parent run found for sweep %s: this job is logged on its own.", sweep_dir)
     return JobContext(run_name(base_name, overrides, swept or overrides), tags)
@@ -188,7 +184,7 @@ def objective(value: float, higher_is_better: bool) -> float:
         return value
     want = "maximize" if higher_is_better else "minimize"
     if str(direction).rsplit(".", 1)[-1].lower() != want:
-        from pipeline.config import ConfigError
+        from pipeline.errors import ConfigError
 
         raise ConfigError(
             f"hydra.sweeper.direction={direction} does not fit the objective, which is better "

@@ -10,14 +10,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
-from pipeline import CONFIG_DIR, PROJECT_ROOT
-from pipeline.config import Config, register_configs, validate
+from pipeline import PROJECT_ROOT, runtime_env
+from pipeline.config import Config, compose, validate
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-register_configs()
+runtime_env.import_tensorflow()
 
 #: Overrides that make any run tiny: few tasks, few iterations.
 TINY = [
@@ -33,8 +31,7 @@ def store_overrides(root: Path) -> list[str]:
 
 
 def compose_raw(*overrides: str) -> DictConfig:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(overrides)
 
 
 @pytest.fixture
@@ -53,7 +50,7 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300,
     """``python -m pipeline ARGS`` in a real subprocess."""
     return subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=cwd or PROJECT_ROOT,
                           capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})})
+                          env={**os.environ, **(env or {})})
 
 
 def free_port() -> int:

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 def finite_differences(algo, batch, eps: float = 1e-6) -> np.ndarray:
     """d(meta-loss)/d(each meta-variable entry), flattened in ``algo.meta_variables`` order."""
-    meta_loss = tf.function(lambda *b: algo.meta_gradients(*b)[0]["loss"])  # traced once
+    meta_loss = tf.function(lambda *b: algo.meta_gradients(b)[0]["loss"])  # traced once
     numeric = []
     for v in algo.meta_variables:
         base = v.numpy()

@@ -73,8 +73,8 @@ def float64():
 def _maml(first_order: bool, steps: int = 2, zero_head: bool = False):
     model = build_model(MLPConfig(hidden_units=[6], activation="tanh"), (3,), 3, seed=0)
     ctx = Context(model, TaskLoss(SOFTMAX), build_optimizer(_adam()), seed=0)
-    return MAML(MAMLConfig(inner_lr=0.3, inner_steps=steps, first_order=first_order,
-                           zero_head=zero_head), ctx)
+    return MAML(MAMLConfig(inner_lr=0.3, inner_steps=steps, test_inner_steps=steps,
+                           first_order=first_order, zero_head=zero_head), ctx)
 
 
 def _adam():
@@ -95,7 +95,7 @@ def test_maml_meta_gradient_matches_central_finite_differences(float64, zero_hea
     builds from the support features, which first-order MAML drops."""
     algo = _maml(first_order=False, zero_head=zero_head)
     batch = _batch(np.random.default_rng(0))
-    _metrics, grads = algo.meta_gradients(*batch)
+    _metrics, grads = algo.meta_gradients(batch)
     variables = algo.meta_variables
     assert len(variables) == len(algo.model.trainable_variables) - 2 * zero_head
     assert all(v.dtype == "float64" for v in variables)
@@ -107,8 +107,8 @@ def test_maml_meta_gradient_matches_central_finite_differences(float64, zero_hea
 
 def test_first_order_drops_second_order_terms(float64):
     batch = _batch(np.random.default_rng(1))
-    _, second = _maml(first_order=False).meta_gradients(*batch)
-    _, first = _maml(first_order=True).meta_gradients(*batch)
+    _, second = _maml(first_order=False).meta_gradients(batch)
+    _, first = _maml(first_order=True).meta_gradients(batch)
     diff = max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(second, first, strict=True))
     assert diff > 1e-4
     # First-order MAML's gradient is the query-loss gradient at the adapted weights, averaged.
@@ -166,8 +166,8 @@ def test_zero_head_holds_the_head_at_zero_and_meta_learns_the_body():
     algo.build_for_training(None)
     rng = np.random.default_rng(3)
     for _ in range(3):
-        algo.meta_train_step(*(tf.cast(t, tf.float32) if t.dtype.is_floating else t
-                               for t in _batch(rng)))
+        algo.meta_train_step(tuple(tf.cast(t, tf.float32) if t.dtype.is_floating else t
+                                   for t in _batch(rng)))
     assert not np.any(head.kernel.numpy()) and not np.any(head.bias.numpy())
     assert not np.allclose(model.get_layer("hidden_0").kernel.numpy(), body)
     sx, sy, _, _ = _batch(rng)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
+from pipeline import registry
 from pipeline.config import validate
 from tests.conftest import compose_raw, run_cli, store_overrides
 
@@ -42,3 +44,31 @@ def test_cli_cfg_job_and_info():
     assert "algorithm:" in out.stdout and "name: maml" in out.stdout
     info = run_cli("--info", "defaults", timeout=60)
     assert info.returncode == 0 and "data/synthetic" in info.stdout
+
+
+#: (group, option) -> keys a YAML option sets on purpose, over its dataclass defaults. Empty:
+#: every option's defaults live in its schema alone.
+ON_PURPOSE: dict[tuple[str, str], set[str]] = {}
+
+
+@pytest.mark.parametrize("group", registry.GROUPS)
+def test_every_yaml_option_composes_to_its_dataclass_defaults(group):
+    """One source of truth: ``conf/<group>/<option>.yaml`` selects its schema and adds no second
+    copy of its defaults; every registered option has a YAML file and vice versa."""
+    from pipeline import CONFIG_DIR
+
+    files = {p.stem: p for p in (CONFIG_DIR / group).glob("*.yaml")}
+    options = registry.options(group)
+    assert set(files) == set(options), group
+    for name, opt in options.items():
+        values = set(OmegaConf.load(files[name])) - {"defaults"}
+        assert values == ON_PURPOSE.get((group, name), set()), (group, name, values)
+        composed = OmegaConf.to_container(compose_raw(f"{group}={name}")[group], resolve=False)
+        defaults = OmegaConf.to_container(OmegaConf.structured(opt.schema), resolve=False)
+        assert composed == defaults, (group, name)
+
+
+def test_options_name_what_they_build():
+    for group in ("data", "model", "algorithm", "optimizer"):
+        for name, opt in registry.options(group).items():
+            assert callable(opt.target()), (group, name)

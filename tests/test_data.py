@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 import pytest
@@ -52,6 +53,26 @@ def test_synthetic_shapes_balance_and_split(make_cfg, tmp_path):
             assert not rows & {r.tobytes() for r in split.query_x[t]}
 
 
+@pytest.mark.parametrize("num_features", [1, 20])
+@pytest.mark.parametrize("num_classes", [2, 5, 10])
+def test_synthetic_always_generates_balanced_tasks(num_features, num_classes):
+    """Every (features, classes, shots, latent size, diversity) at the other defaults generates,
+    with exactly balanced classes (the 5-way README example used to be refused)."""
+    from pipeline.data import synthetic
+
+    for k_shot, latent_dim, diversity in itertools.product([1, 5], [1, 8], [0.0, 1.0, 3.0]):
+        cfg = {"samples_per_task": 60, "num_features": num_features, "num_classes": num_classes,
+               "k_shot": k_shot, "latent_dim": latent_dim, "task_diversity": diversity,
+               "map_scale": 1.5, "label_noise": 0.0, "num_train_tasks": 12, "num_test_tasks": 6}
+        train, test, _, _ = synthetic.generate(cfg, np.random.default_rng(k_shot))
+        for split in (train, test):
+            labels = np.concatenate([split.support_y, split.query_y], axis=1)
+            counts = np.stack([np.bincount(row, minlength=num_classes) for row in labels])
+            assert (counts.max(axis=1) - counts.min(axis=1) <= 1).all(), counts
+            assert (np.stack([np.bincount(r, minlength=num_classes) for r in split.support_y])
+                    == k_shot).all()
+
+
 def test_synthetic_tasks_differ_but_share_structure(make_cfg, tmp_path):
     ts, _ = _generate(make_cfg, tmp_path, "data.num_train_tasks=5", "data.num_test_tasks=5")
     # Same inputs get different labels in different tasks (diverse rules) ...
@@ -85,6 +106,22 @@ def test_cache_reuses_file(make_cfg, tmp_path):
     b, _ = _generate(make_cfg, tmp_path, "data.num_train_tasks=10")
     assert b.path == a.path and b.path.stat().st_mtime_ns == mtime
     assert b.fingerprint == a.fingerprint
+
+
+def test_a_valid_file_of_another_config_is_refused_not_used(make_cfg, tmp_path):
+    """The issue's recipe: a 2-class file copied over the 3-class one is a one-line refusal
+    naming what differs, and the file is left as it was."""
+    small = ("data.num_train_tasks=50", "data.num_test_tasks=20")
+    two, _ = _generate(make_cfg, tmp_path, *small, "data.num_classes=2", "data.k_shot=1")
+    three, _ = _generate(make_cfg, tmp_path, *small)
+    three.path.write_bytes(two.path.read_bytes())
+    with pytest.raises(data.DataError) as e:
+        _generate(make_cfg, tmp_path, *small)
+    message = str(e.value)
+    assert "data.num_classes=2 (this run: 3)" in message
+    assert "data.k_shot=1 (this run: 5)" in message
+    assert "\n" not in message and str(three.path) in message
+    assert three.path.read_bytes() == two.path.read_bytes()
 
 
 def test_tampered_or_truncated_file_is_detected(make_cfg, tmp_path):

@@ -59,7 +59,7 @@ def _flat(grads) -> np.ndarray:
 def test_meta_gradient_matches_centralfinite_differences(name, float64):  # noqa: F811
     algo = _make(name)
     batch = _batch(np.random.default_rng(3))
-    _, grads = algo.meta_gradients(*batch)
+    _, grads = algo.meta_gradients(batch)
     assert all(v.dtype == "float64" for v in algo.meta_variables)
     analytic, numeric = _flat(grads), finite_differences(algo, batch)
     rel = np.linalg.norm(analytic - numeric) / np.linalg.norm(numeric)
@@ -72,7 +72,7 @@ def test_batched_meta_gradient_matches_a_loop_over_tasks(name, first_order, floa
     """The batched step against a plain reference: one task at a time, nested tapes."""
     algo = _make(name, first_order=first_order)
     sx, sy, qx, qy = _batch(np.random.default_rng(4))
-    _, grads = algo.meta_gradients(sx, sy, qx, qy)
+    _, grads = algo.meta_gradients((sx, sy, qx, qy))
     variables = algo.meta_variables
     mask = algo.inner_mask() or [True] * len(algo.model.trainable_variables)
     reference = [np.zeros(v.shape) for v in variables]
@@ -100,8 +100,8 @@ def test_batched_meta_gradient_matches_a_loop_over_tasks(name, first_order, floa
 @pytest.mark.parametrize("name", sorted(SECOND_ORDER))
 def test_first_order_differs_from_second_order(name, float64):  # noqa: F811
     batch = _batch(np.random.default_rng(5))
-    _, second = _make(name).meta_gradients(*batch)
-    _, first = _make(name, first_order=True).meta_gradients(*batch)
+    _, second = _make(name).meta_gradients(batch)
+    _, first = _make(name, first_order=True).meta_gradients(batch)
     diff = max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(second, first, strict=True))
     assert diff > 1e-4
 
@@ -115,7 +115,7 @@ def test_anil_adapts_only_the_head_but_meta_learns_the_body(float64):  # noqa: F
     assert head == [False, False, True, True]
     for p0, p1, adapted in zip(before, after, head, strict=True):
         assert np.array_equal(p0, p1) != adapted
-    _, grads = algo.meta_gradients(sx, sy, qx, qy)
+    _, grads = algo.meta_gradients((sx, sy, qx, qy))
     assert all(float(tf.reduce_max(tf.abs(g))) > 0 for g in grads)
 
 
@@ -126,17 +126,17 @@ def test_metasgd_learns_its_inner_rates():
     start = algo.learned_lrs()
     assert all(np.all(a == np.float32(0.3)) for a in start)
     algo.build_for_training(MetaTrainConfig())
-    metrics = algo.meta_train_step(sx, sy, qx, qy)
+    metrics = algo.meta_train_step((sx, sy, qx, qy))
     assert set(metrics) == {"loss", "acc", "inner_lr_mean", "inner_lr_abs_mean"}
     assert any(not np.array_equal(a, b) for a, b in zip(start, algo.learned_lrs(), strict=True))
 
 
 def test_fomaml_preset_is_first_order_maml(float64):  # noqa: F811
     algo = build_algorithm(FOMAMLConfig(inner_lr=0.3, inner_steps=2), _ctx())
-    assert isinstance(algo, MAML) and algo.cfg.first_order and algo.cfg.name == "fomaml"
+    assert isinstance(algo, MAML) and algo.cfg.first_order and algo.name == "fomaml"
     batch = _batch(np.random.default_rng(8))
-    _, a = algo.meta_gradients(*batch)
-    _, b = _make("maml", first_order=True).meta_gradients(*batch)
+    _, a = algo.meta_gradients(batch)
+    _, b = _make("maml", first_order=True).meta_gradients(batch)
     for x, y in zip(a, b, strict=True):
         np.testing.assert_array_equal(x, y)
 
@@ -146,7 +146,7 @@ def test_fast_dense_path_equals_the_generic_vectorized_map_path(name, float64): 
     batch = _batch(np.random.default_rng(9))
     fast, generic = _make(name), _make(name, fast=False)
     assert fast.f._dense is not None and generic.f._dense is None
-    (mf, gf), (mg, gg) = fast.meta_gradients(*batch), generic.meta_gradients(*batch)
+    (mf, gf), (mg, gg) = fast.meta_gradients(batch), generic.meta_gradients(batch)
     np.testing.assert_allclose(float(mf["loss"]), float(mg["loss"]), rtol=1e-12)
     np.testing.assert_allclose(_flat(gf), _flat(gg), rtol=1e-9, atol=1e-12)
 
@@ -183,13 +183,13 @@ def test_reptile_update_matches_a_plain_loop(inner, float64):  # noqa: F811
             params = [tf.constant(p) for p in new]
         phis.append([p.numpy() for p in params])
     expected = [th - np.mean([phi[i] for phi in phis], axis=0) for i, th in enumerate(theta)]
-    _, deltas = algo.meta_gradients(sx, sy, qx, qy)
+    _, deltas = algo.meta_gradients((sx, sy, qx, qy))
     for e, d in zip(expected, deltas, strict=True):
         np.testing.assert_allclose(d.numpy(), e, rtol=1e-9, atol=1e-12)
     # The outer step: theta <- theta - epsilon_t * delta, epsilon annealed linearly to 0.
     algo.build_for_training(MetaTrainConfig(iterations=4))
     algo.iteration.assign(1)
-    metrics = algo.meta_train_step(sx, sy, qx, qy)
+    metrics = algo.meta_train_step((sx, sy, qx, qy))
     assert float(metrics["epsilon"]) == pytest.approx(0.5 * 0.75)
     for th, e, var in zip(theta, expected, algo.model.trainable_variables, strict=True):
         np.testing.assert_allclose(var.numpy(), th - 0.375 * e, rtol=1e-9, atol=1e-12)
@@ -244,8 +244,8 @@ def test_results_do_not_depend_on_the_chunk_size():
     for chunk in (1, 7, 100):
         algo = _make("maml", steps=1)
         cfg = MetaTrainConfig(iterations=15, meta_batch_size=4, steps_per_call=chunk)
-        curves.append([float(m["loss"]) for _, m in algo.meta_train(split, cfg,
-                                                                     np.random.default_rng(0))])
+        chunks = algo.meta_train(split, cfg, np.random.default_rng(0))
+        curves.append(np.concatenate([m["loss"] for _, m in chunks]))
         weights.append([v.numpy() for v in algo.model.trainable_variables])
     assert len(curves[0]) == 15
     for other in (1, 2):

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import data
+from pipeline import data, preflight
 from pipeline.config import ConfigError
 from pipeline.data import omniglot
 from pipeline.data.episodes import sample_episodes
@@ -110,8 +110,10 @@ def test_episode_sampling_is_deterministic(make_cfg, tmp_path):
 def test_missing_zip_is_a_clear_error_and_writes_nothing(make_cfg, tmp_path):
     root = tmp_path / "zips"
     root.mkdir()
-    with pytest.raises(ConfigError) as e:
-        make_cfg(*[o if not o.startswith("data.root=") else f"data.root={root}" for o in OMNIGLOT])
+    cfg, _ = make_cfg(*[o if not o.startswith("data.root=") else f"data.root={root}"
+                        for o in OMNIGLOT])
+    with pytest.raises(ConfigError) as e:  # checked before a run starts
+        preflight.check(cfg)
     msg = str(e.value)
     assert f"{root}/{SMALL1}" in msg and "github.com/brendenlake/omniglot" in msg
     assert "python/" in msg and "data.download=true" in msg

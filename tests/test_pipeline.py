@@ -10,7 +10,8 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.errors import ConfigError
-from pipeline.runner import NO_GAIN_TAG, execute
+from pipeline.runner import execute
+from pipeline.tracking.keys import NO_GAIN as NO_GAIN_TAG
 from tests.conftest import TINY, run_cli, store_overrides
 
 
@@ -28,6 +29,7 @@ def tiny_run(make_cfg, tmp_path):
 def test_store_holds_per_task_metrics_aggregates_params_tags_artifacts(tiny_run):
     cfg, result, client, run = tiny_run
     assert run.info.status == "FINISHED"
+    assert run.info.run_name == "maml synthetic 3-way 5-shot seed 0"  # what it is, at a glance
     n = cfg.data.num_test_tasks
     for name in ("task/query_acc_after", "task/query_loss_before", "scratch_task/query_acc_after"):
         history = client.get_metric_history(run.info.run_id, name)
@@ -75,14 +77,16 @@ def test_logged_model_loads_and_predicts_like_the_trained_one(tiny_run):
     np.testing.assert_allclose(np.asarray(pyfunc.predict(x)), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_init_from_a_logged_model_meta_tests_it_again(tiny_run, make_cfg):
+def test_init_from_a_logged_model_meta_tests_it_again(tiny_run, make_cfg, caplog):
     """``model.init_from`` + 0 iterations: the logged model scores the same episodes exactly as
     the run that trained it; a model that does not fit is a clear error, the run FAILED."""
     _cfg, result, client, run = tiny_run
     uri = f"runs:/{run.info.run_id}/model"
     cfg, raw = make_cfg(*TINY, f"model.init_from={uri}", "meta_train.iterations=0",
                         "meta_test.compare_to_scratch=false", "tracking.log_model=false")
-    again = execute(cfg, raw)
+    with caplog.at_level(logging.INFO):
+        again = execute(cfg, raw)
+    assert "meta-training of maml skipped" in caplog.text and "0 iterations in" not in caplog.text
     for key in ("acc_before", "acc_after", "loss_after"):
         np.testing.assert_allclose(again.per_task[key], result.per_task[key], rtol=1e-5,
                                    atol=1e-6)

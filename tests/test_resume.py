@@ -1,9 +1,9 @@
-"""Interruption and resume: a real subprocess is stopped mid-meta-training and continued; the
-final per-task metrics are bit-identical to an uninterrupted run of the same config."""
+"""Interruption and resume on real subprocesses: a run stopped during meta-training or during
+meta-test is continued in place, and ends with every training curve and every per-task metric
+bit-identical to an uninterrupted twin of the same config run alongside."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,79 +11,106 @@ import sys
 from mlflow import MlflowClient
 
 from pipeline import PROJECT_ROOT
-from pipeline.config import TrackingConfig
-from pipeline.tracking import prepare_store
+from pipeline.config import LocalTrackingConfig
+from pipeline.tracking.store import prepare_store
 from tests.conftest import store_overrides
 
-LONG = ["data.num_train_tasks=40", "data.num_test_tasks=12", "model.hidden_units=[8]",
-        "meta_train.iterations=20000", "meta_train.meta_batch_size=4",
-        "meta_train.steps_per_call=20", "meta_train.log_every=50", "meta_test.scratch.steps=5",
-        "tracking.log_model=false"]
+COMMON = ["data.num_train_tasks=40", "data.num_test_tasks=12", "model.hidden_units=[8]",
+          "meta_train.meta_batch_size=4", "meta_train.log_every=50", "tracking.log_model=false"]
+#: Chunks of 20 iterations against curve points every 50: the curves' open window at the
+#: checkpoint must be restored for the resumed curves to match.
+IN_TRAINING = [*COMMON, "meta_train.iterations=20000", "meta_train.steps_per_call=20",
+               "meta_test.scratch.steps=5"]
+#: A short training, then a long scratch baseline to interrupt.
+IN_TEST = [*COMMON, "meta_train.iterations=300", "meta_test.scratch.steps=4000"]
 
 
-def _start(tmp_path, name: str) -> subprocess.Popen:
+def _store(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    prepare_store(LocalTrackingConfig(uri=uri, artifact_location=str(tmp_path / "mlruns/art")))
+    client = MlflowClient(uri)
+    return uri, client, client.get_experiment_by_name("meta-learning").experiment_id
+
+
+def _start(tmp_path, name: str, overrides: list[str]) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *LONG, *store_overrides(tmp_path)[:3],
+        [sys.executable, "-m", "pipeline", *overrides, *store_overrides(tmp_path)[:3],
          f"hydra.run.dir={tmp_path}/out-{name}", f"tracking.run_name={name}"],
-        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(proc: subprocess.Popen, text: str) -> None:
+    lines: list[str] = []
+    for line in proc.stdout:  # Hydra logs to stdout
+        lines.append(line)
+        if text in line:
+            return
+    raise AssertionError("".join(lines[-30:]))
 
 
 def _run(client, exp_id, name):
-    runs = client.search_runs([exp_id], f"attributes.run_name = '{name}'")
-    return runs[0] if runs else None
+    [run] = client.search_runs([exp_id], f"attributes.run_name = '{name}'")
+    return run
 
 
-def _per_task(client, run_id):
-    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-            for key in ("task/query_acc_after", "task/query_loss_after",
-                        "scratch_task/query_acc_after")}
+def _record(client, run_id) -> dict[str, list]:
+    """Every curve and per-task metric of a run, value by value at every step."""
+    names = [k for k in client.get_run(run_id).data.metrics
+             if k.startswith(("train/", "task/", "scratch_task/"))]
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k))
+            for k in names}
 
 
-def test_sigterm_checkpoints_and_resume_is_bit_identical(tmp_path):
-    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    prepare_store(TrackingConfig(uri=uri, artifact_location=str(tmp_path / "mlruns/artifacts")))
-    client = MlflowClient(uri)
-    exp_id = client.get_experiment_by_name("meta-learning").experiment_id
+def _resume(uri: str, run_id: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline.resume", run_id, "--tracking-uri", uri],
+                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
 
-    interrupted = _start(tmp_path, "interrupted")
-    lines: list[str] = []
-    for line in interrupted.stdout:  # Hydra logs to stdout; wait until 10% is trained
-        lines.append(line)
-        if "iteration 2000/20000" in line:
-            break
-    else:
-        raise AssertionError("".join(lines[-30:]))
-    reference = _start(tmp_path, "reference")  # the uninterrupted twin runs meanwhile
-    interrupted.send_signal(signal.SIGTERM)
+
+def _check_killed_and_resume(client, exp_id, uri, interrupted, name) -> int:
     err, _ = interrupted.communicate(timeout=120)
     assert interrupted.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "resume" in err
-
-    run = _run(client, exp_id, "interrupted")
-    assert run.info.status == "KILLED"
-    assert "KeyboardInterrupt" in run.data.tags["error"]
+    run = _run(client, exp_id, name)
+    assert run.info.status == "KILLED" and "KeyboardInterrupt" in run.data.tags["error"]
     stopped_at = int(run.data.tags["checkpoint_iteration"])
-    assert 0 < stopped_at < 20000, "interrupt the run during meta-training"
     assert {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")} == {
         "checkpoint/checkpoint.json", "checkpoint/state.npz"}
-    curve = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert curve and max(curve) < stopped_at, stopped_at  # logged before the stop: kept
-
-    out = subprocess.run([sys.executable, "-m", "pipeline.resume", run.info.run_id,
-                          "--tracking-uri", uri], cwd=PROJECT_ROOT, capture_output=True,
-                         text=True, timeout=600, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = _resume(uri, run.info.run_id)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"at meta-iteration {stopped_at}" in out.stdout
-
-    err, _ = reference.communicate(timeout=600)
-    assert reference.returncode == 0, err[-3000:]
     resumed = client.get_run(run.info.run_id)
     assert resumed.info.status == "FINISHED" and "error" not in resumed.data.tags
     assert resumed.data.tags["resumed_at_iteration"] == str(stopped_at)
-    ref = _run(client, exp_id, "reference")
-    a, b = _per_task(client, resumed.info.run_id), _per_task(client, ref.info.run_id)
-    assert len(a["task/query_acc_after"]) == 12
-    assert a == b  # bit-identical, task by task
-    curve = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert max(curve) == 19999
+    return stopped_at
+
+
+def test_sigterm_during_meta_training_then_resume_is_bit_identical(tmp_path):
+    uri, client, exp_id = _store(tmp_path)
+    interrupted = _start(tmp_path, "interrupted", IN_TRAINING)
+    _wait_for(interrupted, "iteration 2000/20000")
+    reference = _start(tmp_path, "reference", IN_TRAINING)  # the uninterrupted twin
+    interrupted.send_signal(signal.SIGTERM)
+    stopped_at = _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted")
+    assert 0 < stopped_at < 20000, "interrupt the run during meta-training"
+    err, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-3000:]
+    a = _record(client, _run(client, exp_id, "interrupted").info.run_id)
+    b = _record(client, _run(client, exp_id, "reference").info.run_id)
+    assert len(a["train/loss"]) == 400 and len(a["task/query_acc_after"]) == 12
+    assert a.keys() == b.keys() and a == b  # every curve point and per-task value, bit for bit
+
+
+def test_sigint_during_meta_test_resumes_straight_at_meta_test(tmp_path):
+    uri, client, exp_id = _store(tmp_path)
+    interrupted = _start(tmp_path, "interrupted", IN_TEST)
+    reference = _start(tmp_path, "reference", IN_TEST)
+    _wait_for(interrupted, "meta-tested maml on 12 tasks")  # the scratch baseline runs now
+    interrupted.send_signal(signal.SIGINT)
+    stopped_at = _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted")
+    assert stopped_at == 300  # training was done: nothing is trained again
+    err, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, err[-3000:]
+    a = _record(client, _run(client, exp_id, "interrupted").info.run_id)
+    b = _record(client, _run(client, exp_id, "reference").info.run_id)
+    assert len(a["train/loss"]) == 6 and len(a["scratch_task/query_acc_after"]) == 12
+    assert a.keys() == b.keys() and a == b

@@ -18,9 +18,11 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import compare, data, rerun, sweep
+from pipeline import compare, data, replay, rerun, sweep
 from pipeline.config import ConfigError
 from pipeline.runner import execute
+from pipeline.tracking import keys
+from pipeline.tracking.store import get_run
 from tests.conftest import TINY, run_cli, store_overrides
 
 #: Smaller still than TINY: a multirun job is a whole pipeline run.
@@ -43,7 +45,7 @@ def store(tmp: Path) -> tuple[str, MlflowClient]:
 def sweep_runs(client: MlflowClient) -> tuple[object, list]:
     exp = client.get_experiment_by_name("meta-learning")
     runs = client.search_runs([exp.experiment_id])
-    [parent] = [r for r in runs if r.data.tags.get(sweep.ROLE) == "parent"]
+    [parent] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == "parent"]
     children = [r for r in runs if r is not parent]
     return parent, children
 
@@ -61,15 +63,15 @@ def test_multirun_is_one_parent_with_one_named_child_per_job(grid):
     parent, children = sweep_runs(client)
     pt = parent.data.tags
     assert parent.info.status == "FINISHED"
-    assert json.loads(pt[sweep.SWEEP_PARAMS]) == ["seed"]
-    assert "seed=0,1" in json.loads(pt[sweep.SWEEP_OVERRIDES])
-    assert pt[sweep.SWEEP_DIR] == str(tmp / "multirun") and pt[sweep.SWEEP_ID]
+    assert json.loads(pt[keys.SWEEP_PARAMS]) == ["seed"]
+    assert "seed=0,1" in json.loads(pt[keys.SWEEP_OVERRIDES])
+    assert pt[keys.SWEEP_DIR] == str(tmp / "multirun") and pt[keys.SWEEP_ID]
     assert sorted(r.info.run_name for r in children) == ["maml seed=0", "maml seed=1"]
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert child.data.tags[sweep.SWEEP_ID] == pt[sweep.SWEEP_ID]
-    assert sorted(r.data.tags[sweep.JOB] for r in children) == ["0", "1"]
+        assert child.data.tags[keys.SWEEP_ID] == pt[keys.SWEEP_ID]
+    assert sorted(r.data.tags[keys.SWEEP_JOB] for r in children) == ["0", "1"]
     # the comparison on the parent: CSV, MLflow table, plot, and the best child tagged
     files = {a.path for a in client.list_artifacts(parent.info.run_id, "comparison")}
     assert {"comparison/comparison.csv", "comparison/comparison_table.json",
@@ -79,8 +81,8 @@ def test_multirun_is_one_parent_with_one_named_child_per_job(grid):
     assert sorted(csv["run_id"]) == sorted(r.info.run_id for r in children)
     assert list(csv.columns[:4]) == ["run_name", "run_id", "status", "seed"]
     best = max(children, key=lambda r: r.data.metrics["test/query_acc_after_mean"])
-    assert pt[sweep.BEST_RUN] == best.info.run_id
-    assert float(pt[sweep.BEST_VALUE]) == best.data.metrics["test/query_acc_after_mean"]
+    assert pt[keys.BEST_RUN] == best.info.run_id
+    assert float(pt[keys.BEST_VALUE]) == best.data.metrics["test/query_acc_after_mean"]
     assert json.loads(pt["mlflow.loggedArtifacts"])[0]["type"] == "table"
 
 
@@ -111,6 +113,20 @@ def test_compare_command_table_matches_the_store(grid, tmp_path, capsys):
     assert compare.main(["--tracking-uri", uri, "--filter", "params.nope = = 1"]) == 2
 
 
+def test_compare_writes_files_only_when_asked_and_shows_missing_values_alike(grid, tmp_path,
+                                                                          monkeypatch, capsys):
+    _tmp, uri, client = grid
+    parent, children = sweep_runs(client)
+    monkeypatch.chdir(tmp_path)
+    assert compare.main(["--tracking-uri", uri, "--parent", parent.info.run_id]) == 0
+    assert list(tmp_path.iterdir()) == []  # nothing written unasked
+    df = compare.table([get_run(uri, r.info.run_id) for r in children])
+    df.loc[0, "scratch/query_acc_after_mean"] = float("nan")
+    df.loc[1, "time/meta_train_s"] = float("nan")
+    shown = compare.display(df)
+    assert "nan" not in shown.lower() and " - " in f" {shown} "
+
+
 def test_rerun_from_local_store_is_bit_identical(grid, capsys):
     _tmp, uri, client = grid
     _parent, children = sweep_runs(client)
@@ -119,7 +135,7 @@ def test_rerun_from_local_store_is_bit_identical(grid, capsys):
     assert "IDENTICAL" in capsys.readouterr().out
     [new] = client.search_runs([original.info.experiment_id],
                                f"tags.rerun_of = '{original.info.run_id}'")
-    assert new.data.tags[rerun.IDENTICAL] == "true"
+    assert new.data.tags[keys.RERUN_IDENTICAL] == "true"
     assert "mlflow.parentRunId" not in new.data.tags
     a = client.get_metric_history(original.info.run_id, "task/query_acc_after")
     b = client.get_metric_history(new.info.run_id, "task/query_acc_after")
@@ -146,7 +162,7 @@ def test_rerun_refuses_a_tampered_data_file(grid, capsys):
 
 def test_rerun_reports_differences():
     """The comparison itself: one changed per-task value is found and named."""
-    from pipeline.tracking import RunRecord
+    from pipeline.tracking.store import RunRecord
 
     a = RunRecord("a", "a", "FINISHED", "0", 0, {}, {"test/x_mean": 0.5, "time/s": 1.0},
                   {"data_fingerprint": "f"})
@@ -159,7 +175,7 @@ def test_rerun_reports_differences():
 def test_config_drift_is_detected_paths_ignored():
     logged = {"seed": 0, "algorithm": {"inner_lr": 0.1}, "paths": {"data_dir": "/a"}}
     now = {"seed": 0, "algorithm": {"inner_lr": 0.2}, "paths": {"data_dir": "/b"}}
-    assert rerun.config_drift(logged, now) == ["algorithm.inner_lr: logged 0.1, now 0.2"]
+    assert replay.config_drift(logged, now) == ["algorithm.inner_lr: logged 0.1, now 0.2"]
 
 
 def test_swept_keys_and_child_names():
@@ -251,7 +267,7 @@ def test_joblib_multirun_with_2_workers_loses_no_run(tmp_path):
     parent, children = sweep_runs(client)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["hydra_launcher"] == "JoblibLauncher"
-    assert sorted(int(r.data.tags[sweep.JOB]) for r in children) == [0, 1, 2, 3]
+    assert sorted(int(r.data.tags[keys.SWEEP_JOB]) for r in children) == [0, 1, 2, 3]
     assert len({r.info.run_name for r in children}) == 4
     assert all(r.info.status == "FINISHED" and
                r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
@@ -268,12 +284,12 @@ def test_optuna_search_returns_the_objective_and_tags_the_best(tmp_path):
     objectives = [r.data.metrics["test/query_acc_after_mean"] for r in children]
     best_value = float(parent.data.tags["optuna_best_value"])
     assert best_value == max(objectives) and str(best_value)[:6] in results
-    best = {k: float(v) for k, v in json.loads(parent.data.tags[sweep.BEST_PARAMS]).items()}
-    [best_child] = [r for r in children if r.info.run_id == parent.data.tags[sweep.BEST_RUN]]
+    best = {k: float(v) for k, v in json.loads(parent.data.tags[keys.BEST_PARAMS]).items()}
+    [best_child] = [r for r in children if r.info.run_id == parent.data.tags[keys.BEST_RUN]]
     assert float(best_child.data.params["algorithm.inner_lr"]) == pytest.approx(
         best["algorithm.inner_lr"])
     assert best_child.data.tags["best_in_sweep"] == "true"
-    assert json.loads(parent.data.tags[sweep.SWEEP_PARAMS]) == [
+    assert json.loads(parent.data.tags[keys.SWEEP_PARAMS]) == [
         "algorithm.inner_lr", "optimizer.learning_rate", "algorithm.inner_steps"]
     assert "Best value" in out.stderr + out.stdout
 
@@ -326,7 +342,7 @@ def test_two_parallel_sweeps_on_one_fresh_store_lose_nothing(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-m", "pipeline", *args,
                                f"hydra.sweep.dir={tmp_path}/multirun{i}"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+                              env=dict(os.environ))
              for i in range(2)]
     for p in procs:
         out, _ = p.communicate(timeout=900)
@@ -334,13 +350,13 @@ def test_two_parallel_sweeps_on_one_fresh_store_lose_nothing(tmp_path):
     _uri, client = store(tmp_path)
     exp = client.get_experiment_by_name("meta-learning")
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get(sweep.ROLE) == "parent"]
-    children = [r for r in runs if r.data.tags.get(sweep.ROLE) != "parent"]
+    parents = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == "parent"]
+    children = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) != "parent"]
     assert len(parents) == 2 and len(children) == 8
     assert all(r.info.status == "FINISHED" for r in runs)
     for parent in parents:
         mine = [r for r in children if r.data.tags["mlflow.parentRunId"] == parent.info.run_id]
-        assert sorted(int(r.data.tags[sweep.JOB]) for r in mine) == [0, 1, 2, 3]
+        assert sorted(int(r.data.tags[keys.SWEEP_JOB]) for r in mine) == [0, 1, 2, 3]
     for child in children:  # every per-task metric of every job arrived
         history = client.get_metric_history(child.info.run_id, "task/query_acc_after")
         assert sorted(m.step for m in history) == list(range(12))

@@ -12,7 +12,9 @@ from mlflow import MlflowClient
 
 from pipeline.errors import TrackingError
 from pipeline.runner import execute
-from pipeline.tracking import FALLBACK_FILE, Tracker, check_reachable
+from pipeline.tracking import Tracker
+from pipeline.tracking.keys import FALLBACK_FILE
+from pipeline.tracking.store import check_reachable
 from tests.conftest import TINY, free_port, run_cli, store_overrides
 
 
@@ -28,9 +30,11 @@ def test_cli_with_dead_server_fails_before_training(tmp_path):
     uri = f"http://127.0.0.1:{free_port()}"
     start = time.monotonic()
     out = run_cli(*TINY, *store_overrides(tmp_path), f"tracking.uri={uri}", timeout=120)
-    assert out.returncode == 1
-    assert "Cannot reach the MLflow tracking server" in out.stderr and uri in out.stderr
-    assert "Traceback" not in out.stderr and "meta-train" not in out.stderr
+    assert out.returncode == 2  # refused before anything started
+    [line] = [line for line in out.stderr.splitlines() if line.strip()]
+    assert line.startswith("Cannot start: Cannot reach the MLflow tracking server"), line
+    assert uri in line and line.endswith("Nothing was run.")
+    assert "Traceback" not in out.stderr and "FAILED" not in out.stderr
     assert not (tmp_path / "data").exists()  # stopped before the generate stage
     assert time.monotonic() - start < 60  # includes ~10 s of Python/TF start-up
 

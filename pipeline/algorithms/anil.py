@@ -13,13 +13,12 @@ from pipeline.config import ANILConfig
 
 
 class ANIL(MAML):
-    name = "anil"
     cfg: ANILConfig
 
-    def __init__(self, cfg: ANILConfig, ctx: Context, jit_compile: bool = False):
+    def __init__(self, cfg: ANILConfig, ctx: Context):
         head = {id(v) for v in head_variables(ctx.model, "algorithm=anil")}
         self._mask = [id(v) in head for v in ctx.model.trainable_variables]
-        super().__init__(cfg, ctx, jit_compile)
+        super().__init__(cfg, ctx)
 
     def inner_mask(self) -> list[bool]:
         return self._mask

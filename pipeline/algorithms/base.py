@@ -2,23 +2,24 @@
 
 An algorithm owns a Keras model (its meta-learned weights) and exposes:
 
-* :meth:`Algorithm.meta_train` - an iterator of ``(iteration, metrics)`` over meta-training;
-  episodic learners get it for free by implementing :meth:`Algorithm.meta_train_step` (one
-  compiled step on a meta-batch of tasks);
+* :meth:`Algorithm.meta_train` - an iterator of ``(first iteration, metrics per iteration)``,
+  one item per compiled chunk; episodic learners get it for free by implementing
+  :meth:`Algorithm.meta_train_step` (one compiled step on a meta-batch of tasks);
 * :meth:`Algorithm.initial_state` - the per-task state before adaptation (stacked weights);
 * :meth:`Algorithm.adapt` - the per-task state after learning from the support sets;
 * :meth:`Algorithm.evaluate` - per-task query metrics of a state.
 
 States are opaque nests of tensors with a leading task axis; every call handles a whole batch
-of tasks at once.
+of tasks at once. What generic code must know about an algorithm (it needs a head, it has an
+inner loop, ...) is a class attribute of its config schema (:mod:`pipeline.config.algorithm`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import keras
 import numpy as np
@@ -26,11 +27,32 @@ import tensorflow as tf
 
 from pipeline import checkpoint
 from pipeline.algorithms import functional as F
-from pipeline.checkpoint import Checkpoint, Progress, deferred_interrupts
-from pipeline.config import AlgorithmConfig, ConfigError, MetaTrainConfig
+from pipeline.checkpoint import Checkpoint, Progress
+from pipeline.config import AlgorithmConfig, MetaTrainConfig
 from pipeline.data import FIELDS, TaskSplit
 from pipeline.data.episodes import EpisodeSampler
+from pipeline.errors import ConfigError
 from pipeline.losses import TaskLoss
+
+#: What :meth:`Algorithm.meta_train` yields: the chunk's first iteration and each metric's
+#: values, one per iteration of the chunk.
+Chunk = tuple[int, dict[str, np.ndarray]]
+
+
+class Batch(NamedTuple):
+    """A meta-batch of tasks as tensors with a leading task axis (a ``tf.nest`` structure)."""
+
+    support_x: tf.Tensor
+    support_y: tf.Tensor
+    query_x: tf.Tensor
+    query_y: tf.Tensor
+
+    @classmethod
+    def of(cls, tasks: TaskSplit | Sequence[Any]) -> Batch:
+        """Tensors of a task split (numpy) or of any 4-sequence in :data:`FIELDS` order."""
+        if isinstance(tasks, TaskSplit):
+            tasks = [getattr(tasks, f) for f in FIELDS]
+        return cls(*(tf.convert_to_tensor(t) for t in tasks))
 
 
 @dataclass
@@ -42,12 +64,11 @@ class Context:
     optimizer: keras.optimizers.Optimizer
     #: Seed for anything the algorithm draws itself (e.g. fresh per-task weights).
     seed: int
+    #: XLA-compile the meta-training step (``meta_train.jit_compile``).
+    jit_compile: bool = False
 
 
 class Algorithm(ABC):
-    name: ClassVar[str]
-    #: False for baselines that learn nothing before meta-test.
-    meta_learns: ClassVar[bool] = True
     #: False where "before adaptation" means nothing (ProtoNets: no classifier without a support
     #: set); the meta-test then evaluates only the adapted state and logs no ``_before`` metrics.
     has_before: ClassVar[bool] = True
@@ -62,20 +83,35 @@ class Algorithm(ABC):
         self.progress: Progress | None = None
         self._eval = tf.function(lambda params, x, y: F.evaluate(self.f, self.loss, params, x, y))
 
+    @property
+    def name(self) -> str:
+        """The configured option (``fomaml`` is :class:`~pipeline.algorithms.maml.MAML`)."""
+        return self.cfg.name
+
+    @property
+    def meta_learns(self) -> bool:
+        return self.cfg.meta_learns
+
+    def total_iterations(self, cfg: MetaTrainConfig) -> int:
+        """How many meta-iterations :meth:`meta_train` runs."""
+        return cfg.iterations
+
     # --- meta-training ------------------------------------------------------------------------
 
     def meta_train(self, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig,
                    rng: np.random.Generator, resume: Checkpoint | None = None
-                   ) -> Iterator[tuple[int, dict[str, float]]]:
+                   ) -> Iterator[Chunk]:
         """Episodic meta-training: ``cfg.iterations`` steps on random meta-batches of tasks.
 
         ``cfg.steps_per_call`` meta-iterations run inside one compiled call (a graph loop over
         pre-sampled task indices), so Python and the host sync once per chunk, not per
         iteration. Each iteration still draws its own meta-batch from ``rng``, so results do
-        not depend on the chunk size. Metrics of a chunk are yielded iteration by iteration.
-        With ``resume``, the saved state is restored and training continues where it stopped.
-        An episode sampler (families too large to enumerate) draws ``meta_batch_size`` fresh
-        episodes per iteration from ``rng`` instead.
+        not depend on the chunk size. With ``resume``, the saved state is restored and training
+        continues where it stopped. An episode sampler (families too large to enumerate) draws
+        ``meta_batch_size`` fresh episodes per iteration from ``rng`` instead.
+
+        :attr:`progress` is updated before each chunk is yielded: a caller that stops after
+        consuming a chunk (and holds signals back meanwhile) checkpoints a consistent state.
         """
         if not self.meta_learns:
             return
@@ -88,28 +124,23 @@ class Algorithm(ABC):
         chunk = self._chunk_fn()
         for lo in range(start, cfg.iterations, cfg.steps_per_call):
             n = min(cfg.steps_per_call, cfg.iterations - lo)
-            with deferred_interrupts():  # the variables and self.progress change together
-                idx = np.stack([rng.choice(train.num_tasks, size=batch, replace=False)
-                                for _ in range(n)])
-                # Only the chunk's meta-batches go to TensorFlow ([n, batch, ...]), so the whole
-                # training split is never held twice (numpy and a TensorFlow copy).
-                out = chunk(*(tf.constant(getattr(train, f)[idx]) for f in FIELDS))
-                metrics = {k: v.numpy() for k, v in out.items()}
-                self.progress = Progress(lo + n, rng.bit_generator.state)
-            for i in range(n):
-                yield lo + i, {k: v[i] for k, v in metrics.items()}
+            idx = np.stack([rng.choice(train.num_tasks, size=batch, replace=False)
+                            for _ in range(n)])
+            # Only the chunk's meta-batches go to TensorFlow ([n, batch, ...]), so the whole
+            # training split is never held twice (numpy and a TensorFlow copy).
+            out = chunk(Batch.of([getattr(train, f)[idx] for f in FIELDS]))
+            metrics = {k: v.numpy() for k, v in out.items()}
+            self.progress = Progress(lo + n, rng.bit_generator.state)
+            yield lo, metrics
 
     def _meta_train_episodes(self, train: EpisodeSampler, cfg: MetaTrainConfig,
-                             rng: np.random.Generator, start: int):
+                             rng: np.random.Generator, start: int) -> Iterator[Chunk]:
         """One compiled step per iteration on ``meta_batch_size`` freshly sampled episodes."""
         step = tf.function(self.meta_train_step, reduce_retracing=True)
         for it in range(start, cfg.iterations):
-            with deferred_interrupts():
-                batch = train.sample(rng, cfg.meta_batch_size)
-                metrics = step(*(tf.constant(getattr(batch, f)) for f in FIELDS))
-                metrics = {k: v.numpy() for k, v in metrics.items()}
-                self.progress = Progress(it + 1, rng.bit_generator.state)
-            yield it, metrics
+            metrics = step(Batch.of(train.sample(rng, cfg.meta_batch_size)))
+            self.progress = Progress(it + 1, rng.bit_generator.state)
+            yield it, {k: np.atleast_1d(v.numpy()) for k, v in metrics.items()}
 
     def resume_from(self, resume: Checkpoint | None, rng: np.random.Generator) -> int:
         """Restore a checkpoint (if any) after the training state is built; return the start."""
@@ -129,7 +160,7 @@ class Algorithm(ABC):
         """Algorithm-specific variables (counters, schedules) that a checkpoint must keep."""
         return []
 
-    def build_for_training(self, cfg: MetaTrainConfig) -> None:
+    def build_for_training(self, cfg: MetaTrainConfig | None) -> None:
         """Create any state the step needs before it is traced (variables cannot be created
         inside a graph loop): by default, the meta-optimizer's slots."""
         self.ctx.optimizer.build(self.meta_variables)
@@ -148,12 +179,12 @@ class Algorithm(ABC):
         names = self.train_metric_names
 
         @tf.function(reduce_retracing=True)
-        def chunk(*batches):
-            n = tf.shape(batches[0])[0]
+        def chunk(batches: Batch):
+            n = tf.shape(batches.support_x)[0]
             arrays = {k: tf.TensorArray(tf.float32, size=n) for k in names}
 
             def body(i, arrays):
-                m = self.meta_train_step(*(b[i] for b in batches))
+                m = self.meta_train_step(Batch(*(b[i] for b in batches)))
                 return i + 1, {k: arrays[k].write(i, tf.cast(m[k], tf.float32)) for k in names}
 
             _, arrays = tf.while_loop(lambda i, _: i < n, body, (tf.constant(0), arrays))
@@ -161,7 +192,7 @@ class Algorithm(ABC):
 
         return chunk
 
-    def meta_train_step(self, sx, sy, qx, qy) -> dict[str, tf.Tensor]:
+    def meta_train_step(self, batch: Batch) -> dict[str, tf.Tensor]:
         """One meta-update on a meta-batch of tasks; returns scalar training metrics."""
         raise NotImplementedError(f"{self.name} has no episodic meta-training step")
 

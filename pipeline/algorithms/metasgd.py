@@ -13,22 +13,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.algorithms.base import Context
+from pipeline.algorithms.base import Batch, Context
 from pipeline.algorithms.maml import MAML
 from pipeline.config import MetaSGDConfig
 
 
 class MetaSGD(MAML):
-    name = "metasgd"
     cfg: MetaSGDConfig
 
-    def __init__(self, cfg: MetaSGDConfig, ctx: Context, jit_compile: bool = False):
+    def __init__(self, cfg: MetaSGDConfig, ctx: Context):
         self.alphas = [
             keras.Variable(np.full(v.shape, cfg.inner_lr), dtype=v.dtype, trainable=True,
                            name=f"inner_lr_{v.name}")
             for v in ctx.model.trainable_variables
         ]
-        super().__init__(cfg, ctx, jit_compile)
+        super().__init__(cfg, ctx)
 
     @property
     def meta_variables(self) -> list:
@@ -38,18 +37,18 @@ class MetaSGD(MAML):
     def train_metric_names(self) -> tuple[str, ...]:
         return (*self.loss.metric_names, "inner_lr_mean", "inner_lr_abs_mean")
 
-    def inner_lrs(self) -> list[tf.Tensor]:
-        return [tf.convert_to_tensor(a) for a in self.alphas]
+    def split(self, params):
+        n = len(params) - len(self.alphas)
+        weights, _ = super().split(params[:n])
+        return weights, list(params[n:])
 
     def learned_lrs(self) -> list[np.ndarray]:
         """The current per-parameter inner learning rates."""
         return [np.asarray(a) for a in self.alphas]
 
-    def meta_gradients(self, sx, sy, qx, qy):
-        metrics, grads = super().meta_gradients(sx, sy, qx, qy)
-        flat = tf.concat([tf.reshape(a, [-1]) for a in self.inner_lrs()], 0)
+    def meta_loss(self, params, batch: Batch):
+        value, metrics = super().meta_loss(params, batch)
+        flat = tf.concat([tf.reshape(a, [-1]) for a in self.split(params)[1]], 0)
         metrics["inner_lr_mean"] = tf.reduce_mean(flat)
         metrics["inner_lr_abs_mean"] = tf.reduce_mean(tf.abs(flat))
-        return metrics, grads
-
-
+        return value, metrics

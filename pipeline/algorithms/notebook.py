@@ -13,13 +13,12 @@ import tensorflow as tf
 
 from pipeline.algorithms import functional as F
 from pipeline.algorithms.base import Algorithm, Context
-from pipeline.checkpoint import Checkpoint, Progress, deferred_interrupts
+from pipeline.checkpoint import Checkpoint, Progress
 from pipeline.config import MetaTrainConfig, NotebookAlgorithmConfig
 from pipeline.data import TaskSplit
 
 
 class Notebook(Algorithm):
-    name = "notebook"
     cfg: NotebookAlgorithmConfig
 
     def __init__(self, cfg: NotebookAlgorithmConfig, ctx: Context):
@@ -51,6 +50,9 @@ class Notebook(Algorithm):
 
         return epoch
 
+    def total_iterations(self, cfg: MetaTrainConfig) -> int:
+        return self.cfg.epochs
+
     def meta_train(self, train: TaskSplit, cfg: MetaTrainConfig, rng: np.random.Generator,
                    resume: Checkpoint | None = None):
         """Yields once per epoch; ``meta_train.iterations`` does not apply (``epochs`` does)."""
@@ -59,10 +61,9 @@ class Notebook(Algorithm):
         epoch = self._epoch_fn(x, y)
         self.ctx.optimizer.build(self.model.trainable_variables)
         for e in range(self.resume_from(resume, rng), self.cfg.epochs):
-            with deferred_interrupts():
-                metrics = epoch(tf.constant(int(rng.integers(2**31)), dtype=tf.int32))
-                self.progress = Progress(e + 1, rng.bit_generator.state)
-            yield e, metrics
+            metrics = epoch(tf.constant(int(rng.integers(2**31)), dtype=tf.int32))
+            self.progress = Progress(e + 1, rng.bit_generator.state)
+            yield e, {k: np.atleast_1d(v.numpy()) for k, v in metrics.items()}
 
     def adapt(self, state, support_x, support_y):
         return self._adapt(state, support_x, support_y)

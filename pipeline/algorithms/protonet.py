@@ -16,12 +16,14 @@ embedded with them at meta-test.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import tensorflow as tf
 
-from pipeline.algorithms.base import Algorithm, Context
-from pipeline.config import ConfigError, ProtoNetConfig
+from pipeline.algorithms.base import Algorithm, Batch, Context
+from pipeline.config import ProtoNetConfig
+from pipeline.errors import ConfigError
 from pipeline.losses import MSE, SOFTMAX, TaskLoss
 
 
@@ -39,19 +41,18 @@ def logits(protos: tf.Tensor, emb: tf.Tensor) -> tf.Tensor:
 
 
 class ProtoNet(Algorithm):
-    name = "protonet"
     has_before = False
     cfg: ProtoNetConfig
 
-    def __init__(self, cfg: ProtoNetConfig, ctx: Context, jit_compile: bool = False):
+    def __init__(self, cfg: ProtoNetConfig, ctx: Context):
         if ctx.loss.kind == MSE:
             raise ConfigError("algorithm=protonet classifies by nearest class prototype and needs "
                               "classification data; this data family is regression. Choose "
                               "another algorithm (e.g. maml) or a classification family.")
         # The loss is always softmax over prototype distances, whatever head the config names.
-        ctx = Context(ctx.model, TaskLoss(SOFTMAX), ctx.optimizer, ctx.seed)
+        ctx = dataclasses.replace(ctx, loss=TaskLoss(SOFTMAX))
         super().__init__(cfg, ctx)
-        self._step = tf.function(self._apply_step, jit_compile=jit_compile)
+        self._step = tf.function(self._apply_step, jit_compile=ctx.jit_compile)
         self._adapt = tf.function(lambda sx, sy: prototypes(
             self._embed(self.f.params(), sx, False)[0], sy, self._ways(sy)))
         self._score = tf.function(self._metrics)
@@ -85,7 +86,8 @@ class ProtoNet(Algorithm):
         return tf.vectorized_map(lambda a: self.loss.metrics(a[0], a[1]),
                                  (logits(protos, emb), y))
 
-    def _apply_step(self, sx, sy, qx, qy):
+    def _apply_step(self, batch: Batch):
+        sx, sy, qx, qy = batch
         variables = self.model.trainable_variables
         with tf.GradientTape() as tape:
             params = self.f.params()
@@ -99,8 +101,8 @@ class ProtoNet(Algorithm):
             self.f.assign_state(state)
         return {k: tf.reduce_mean(v) for k, v in per_task.items()}
 
-    def meta_train_step(self, sx, sy, qx, qy):
-        return self._step(sx, sy, qx, qy)
+    def meta_train_step(self, batch: Batch):
+        return self._step(Batch.of(batch))
 
     def initial_state(self, task_ids) -> None:
         return None

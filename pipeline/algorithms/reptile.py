@@ -13,23 +13,21 @@ from __future__ import annotations
 import tensorflow as tf
 
 from pipeline.algorithms import functional as F
-from pipeline.algorithms.base import Algorithm, Context
+from pipeline.algorithms.base import Batch, Context
+from pipeline.algorithms.inner_loop import InnerLoop
 from pipeline.config import MetaTrainConfig, ReptileConfig
 
 
-class Reptile(Algorithm):
-    name = "reptile"
+class Reptile(InnerLoop):
     cfg: ReptileConfig
 
     def __init__(self, cfg: ReptileConfig, ctx: Context):
         super().__init__(cfg, ctx)
-        self.test_steps = cfg.inner_steps if cfg.test_inner_steps is None else cfg.test_inner_steps
-        self.total_iterations = 1
+        self.anneal_over = 1
         self.iteration = tf.Variable(0, dtype=tf.int64, trainable=False, name="reptile_iteration")
-        self._adapt = tf.function(self._adapt_fn)
 
-    def _inner(self, stacked, x, y, steps):
-        return F.finetune(self.f, self.loss, stacked, x, y, steps, self.cfg.inner_lr,
+    def inner_loop(self, stacked, x, y, steps):
+        return F.finetune(self.f, self.loss, list(stacked), x, y, steps, self.cfg.inner_lr,
                           self.cfg.inner_optimizer)
 
     @property
@@ -40,38 +38,30 @@ class Reptile(Algorithm):
     def extra_state(self) -> list:
         return [self.iteration]
 
-    def build_for_training(self, cfg: MetaTrainConfig) -> None:
-        self.total_iterations = max(cfg.iterations, 1)
+    def build_for_training(self, cfg: MetaTrainConfig | None) -> None:
+        self.anneal_over = max(cfg.iterations, 1) if cfg is not None else 1
 
     def epsilon(self) -> tf.Tensor:
         """The outer step size at the current iteration (linearly annealed if configured)."""
         eps = tf.constant(self.cfg.epsilon, tf.float64)
         if self.cfg.anneal:
-            done = tf.cast(self.iteration, tf.float64) / self.total_iterations
+            done = tf.cast(self.iteration, tf.float64) / self.anneal_over
             eps = eps * tf.maximum(1.0 - done, 0.0)
         return eps
 
-    def meta_gradients(self, sx, sy, qx, qy):
+    def meta_gradients(self, batch):
         """Query metrics after adaptation, and ``theta - mean_t phi_t`` per weight."""
+        sx, sy, qx, qy = Batch.of(batch)
         params = self.f.params()
-        adapted = self._inner(F.tile(params, F.num_tasks(sx)), sx, sy, self.cfg.inner_steps)
+        adapted = self.inner_loop(F.tile(params, F.num_tasks(sx)), sx, sy, self.cfg.inner_steps)
         per_task = self.loss.batch_metrics(self.f.batched(adapted, qx), qy)
         deltas = [p - tf.reduce_mean(a, axis=0) for p, a in zip(params, adapted, strict=True)]
         return {k: tf.reduce_mean(v) for k, v in per_task.items()}, deltas
 
-    def meta_train_step(self, sx, sy, qx, qy):
-        metrics, deltas = self.meta_gradients(sx, sy, qx, qy)
+    def _apply_step(self, batch):
+        metrics, deltas = self.meta_gradients(batch)
         eps = self.epsilon()
         for v, d in zip(self.model.trainable_variables, deltas, strict=True):
             v.assign_sub(tf.cast(eps, d.dtype) * d)
         self.iteration.assign_add(1)
         return {**metrics, "epsilon": tf.cast(eps, tf.float32)}
-
-    def _adapt_fn(self, state, x, y, steps):
-        return self._inner(list(state), x, y, steps)
-
-    def adapt(self, state, support_x, support_y):
-        return self.adapt_steps(state, support_x, support_y, self.test_steps)
-
-    def adapt_steps(self, state, support_x, support_y, steps: int):
-        return self._adapt(state, support_x, support_y, tf.constant(steps))

@@ -16,8 +16,6 @@ from pipeline.models import fresh_weights
 
 
 class Scratch(Algorithm):
-    name = "scratch"
-    meta_learns = False
     cfg: ScratchConfig
 
     def __init__(self, cfg: ScratchConfig, ctx: Context):

@@ -1,8 +1,9 @@
 """Task data: every family produces a :class:`TaskSet` of fixed-shape support/query arrays.
 
-A task family is one module here with a ``generate(cfg, rng) -> (train, test)`` function,
-registered in :data:`GENERATORS`. Sizes are fixed per family config, so a whole split is one
-stacked array per field, ready to be sliced into vectorised meta-batches.
+A task family is one module here with a ``generate(cfg, rng) -> (train, test, ...)``
+function, named by its schema in :mod:`pipeline.config.data`. Sizes are fixed per family config,
+so a whole split is one stacked array per field, ready to be sliced into vectorised
+meta-batches.
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ConfigError
+from pipeline import registry
+from pipeline.config.fields import CLASSIFICATION as CLASSIFICATION
+from pipeline.config.fields import REGRESSION as REGRESSION
 from pipeline.data.episodes import EpisodeSampler
-from pipeline.errors import DataError
+from pipeline.errors import ConfigError, DataError
 
-CLASSIFICATION = "classification"
-REGRESSION = "regression"
 FIELDS = ("support_x", "support_y", "query_x", "query_y")
 
 
@@ -111,13 +111,6 @@ def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: 
     return take(x, sup_idx), take(y, sup_idx), take(x, qry_idx), take(y, qry_idx)
 
 
-def _generators() -> dict[str, Callable]:
-    from pipeline.data import notebook, omniglot, sinusoid, synthetic
-
-    return {"notebook": notebook.generate, "synthetic": synthetic.generate,
-            "omniglot": omniglot.generate, "sinusoid": sinusoid.generate}
-
-
 def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
     """Cache path keyed by the family config and the seed: same inputs, same file."""
     key = hashlib.sha256(json.dumps({"data": cfg_dict, "seed": seed}, sort_keys=True).encode())
@@ -136,8 +129,21 @@ def save(path: Path, train: TaskSplit | EpisodeSampler, test: TaskSplit, meta: d
     return fp
 
 
-def load(path: Path, expected_fingerprint: str | None = None) -> TaskSet:
-    """Read a data file and verify its contents against the fingerprint stored with it."""
+def _origin_differences(stored: dict, expected: dict) -> list[str]:
+    """``key=stored (this run: expected)`` for each generating setting that differs."""
+    flat = lambda d: {f"data.{k}": v for k, v in d["config"].items()} | {"seed": d["seed"]}  # noqa: E731
+    a, b = flat(stored), flat(json.loads(json.dumps(expected)))
+    return [f"{k}={a.get(k, '<absent>')!r} (this run: {b.get(k, '<absent>')!r})"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def load(path: Path, expected_fingerprint: str | None = None,
+         expected_origin: dict | None = None) -> TaskSet:
+    """Read a data file and verify its contents against the fingerprint stored with it.
+
+    ``expected_origin`` (``{"config": ..., "seed": ...}``) must match the config and seed the
+    file says it was generated from: a valid file of another config is refused, not used.
+    """
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -148,6 +154,13 @@ def load(path: Path, expected_fingerprint: str | None = None) -> TaskSet:
     except Exception as e:  # zip/zlib/json errors all mean the same thing to the user
         raise DataError(f"Data file {path} is unreadable or corrupt ({e}). Delete it to "
                          f"regenerate it from the config.") from e
+    if expected_origin is not None:
+        differences = _origin_differences({"config": meta.get("config", {}),
+                                           "seed": meta.get("seed")}, expected_origin)
+        if differences:
+            raise DataError(f"Data file {path} was generated from another config or seed: "
+                            f"{'; '.join(differences)}. It is not used; delete it to "
+                            f"regenerate it from this run's config.")
     fp = fingerprint_arrays(arrays)
     for want, what in ((meta.get("fingerprint"), "the fingerprint stored in it"),
                        (expected_fingerprint, "the expected fingerprint")):
@@ -165,15 +178,11 @@ def load(path: Path, expected_fingerprint: str | None = None) -> TaskSet:
 def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = True) -> TaskSet:
     """The ``generate`` stage: build the family's tasks from the seed, or reuse the cached file."""
     family = cfg_dict["family"]
-    generators = _generators()
-    if family not in generators:
-        raise ConfigError(f"data.family={family!r} is unknown: choose one of "
-                          f"{', '.join(sorted(generators))}.")
     path = data_file(cfg_dict, seed, data_dir)
     if cache and path.exists():
-        return load(path)
+        return load(path, expected_origin={"config": cfg_dict, "seed": seed})
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAMS["data"],)))
-    train, test, task_type, num_outputs = generators[family](cfg_dict, rng)
+    train, test, task_type, num_outputs = registry.build("data", family, cfg_dict, rng)
     meta = {"family": family, "seed": seed, "config": cfg_dict, "task_type": task_type,
             "num_outputs": num_outputs}
     fp = save(path, train, test, meta)

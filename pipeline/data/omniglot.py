@@ -40,9 +40,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import ConfigError
 from pipeline.data import CLASSIFICATION, TaskSplit
 from pipeline.data.episodes import EpisodeSampler, sample_episodes
+from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,11 @@ Generative process (all randomness from the data seed):
    and ``latent_dim`` outputs.
 2. A shared prior over task rules: ``W0 ~ N(0, 1)`` of shape [latent_dim, num_classes].
 3. Each task t draws its own rule ``W_t = W0 + task_diversity * E_t`` with ``E_t ~ N(0, 1)``.
-4. Inputs ``x ~ N(0, I_F)``; logits ``z = phi(x) W_t + b_t`` where ``b_t`` centres each class's
-   logit over the task's pool of inputs; label ``y = argmax_c z_c``. Each task keeps
-   ``samples_per_task`` points with classes as balanced as possible.
+4. Inputs ``x ~ N(0, I_F)``; logits ``z = phi(x) W_t - b_t``; label ``y = argmax_c z_c``. The
+   per-class offsets ``b_t`` start at each class's mean logit over the task's pool of candidate
+   inputs and move (Sinkhorn steps, :func:`labels`) until every class wins enough of them,
+   so every task keeps ``samples_per_task`` points with balanced classes, for any number of
+   classes, features and latent dimensions.
 5. Label noise: each label is replaced by a uniformly random class with probability
    ``label_noise``.
 
@@ -25,11 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import ConfigError
 from pipeline.data import CLASSIFICATION, TaskSplit, split_support_query
 
 _POOL_FACTOR = 20  # candidate inputs drawn per kept sample, so every class can be filled
-_MAX_TRIES = 20
+_SOFTNESS = 0.1  # Sinkhorn temperature, relative to the logits' spread
+_MAX_STEPS = 5000
 
 
 def _feature_map(rng: np.random.Generator, f: int, latent: int, scale: float):
@@ -43,22 +45,40 @@ def _feature_map(rng: np.random.Generator, f: int, latent: int, scale: float):
     return phi
 
 
+def labels(z: np.ndarray, need: np.ndarray) -> np.ndarray:
+    """``argmax_c (z - b)_c`` for class offsets ``b`` under which class ``c`` wins at least
+    ``need[c]`` of the rows of ``z`` (a pool of candidate logits, [pool, classes]).
+
+    ``b`` starts at the class means (centred logits). While a class is short, ``b`` takes a
+    Sinkhorn step toward offsets that give every class an equal share of the pool's softmax
+    mass at temperature ``tau``: ``b_c += tau * log(C * mean_i softmax((z_i - b) / tau)_c)``.
+    Once the soft shares are equal but some class still wins too few rows by argmax, ``tau`` is
+    halved, so the soft balance approaches the hard one. Each class needs only
+    ``1 / _POOL_FACTOR`` of an equal share: tasks need no steps at all or a few dozen.
+    """
+    b = z.mean(axis=0)
+    tau = _SOFTNESS * float(z.std()) + 1e-12
+    for _ in range(_MAX_STEPS):
+        y = (z - b).argmax(axis=1)
+        if (np.bincount(y, minlength=len(b)) >= need).all():
+            return y
+        scaled = (z - b) / tau
+        p = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+        step = np.log(len(b) * (p / p.sum(axis=1, keepdims=True)).mean(axis=0))
+        b += tau * step
+        if np.abs(step).max() < 0.01:
+            tau /= 2
+    raise AssertionError("class offsets did not converge")  # never seen (tests/test_data.py)
+
+
 def _balanced_task(rng, phi, w, n, f, c):
     """One task's inputs and labels with per-class counts n // c (+1 for the first n % c)."""
     counts = np.full(c, n // c) + (np.arange(c) < n % c)
-    for _ in range(_MAX_TRIES):
-        x = rng.standard_normal((_POOL_FACTOR * n, f))
-        z = phi(x) @ w
-        y = np.argmax(z - z.mean(axis=0), axis=1)
-        picks = [np.flatnonzero(y == k)[: counts[k]] for k in range(c)]
-        if all(len(p) == counts[k] for k, p in enumerate(picks)):
-            idx = rng.permutation(np.concatenate(picks))
-            return x[idx], y[idx]
-    raise ConfigError(
-        f"data.num_classes={c} cannot be balanced with data.latent_dim and data.task_diversity "
-        f"as set: a task's rule leaves some class nearly empty. Lower data.num_classes or raise "
-        f"data.latent_dim."
-    )
+    x = rng.standard_normal((_POOL_FACTOR * n, f))
+    y = labels(phi(x) @ w, counts)
+    picks = [np.flatnonzero(y == k)[: counts[k]] for k in range(c)]
+    idx = rng.permutation(np.concatenate(picks))
+    return x[idx], y[idx]
 
 
 def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit, str, int]:

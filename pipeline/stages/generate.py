@@ -4,24 +4,29 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from pathlib import Path
 
 from pipeline import data
-from pipeline.config import Config
+from pipeline.config import DataConfig
 from pipeline.data import TaskSet, TaskSplit
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, keys
 
 log = logging.getLogger(__name__)
 
 
-def run(cfg: Config, tracker: Tracker | None) -> TaskSet:
-    data_cfg = dataclasses.asdict(cfg.data)
+def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | None,
+        log_dataset_max_mb: float = 0.0) -> TaskSet:
+    """The family's tasks from ``seed`` (cached in ``data_dir``); with a ``tracker``, their
+    fingerprint as tags and the data as the run's input (the file itself if it is at most
+    ``log_dataset_max_mb``)."""
+    data_cfg = dataclasses.asdict(cfg)
     data_cfg.pop("cache")
-    tasks = data.generate_or_load(data_cfg, cfg.seed, cfg.paths.data_dir, cfg.data.cache)
-    log.info("data %s: %d train / %d test tasks, fingerprint %s (%s)", cfg.data.family,
+    tasks = data.generate_or_load(data_cfg, seed, Path(data_dir), cfg.cache)
+    log.info("data %s: %d train / %d test tasks, fingerprint %s (%s)", cfg.family,
              tasks.train.num_tasks, tasks.test.num_tasks, tasks.fingerprint[:12], tasks.path)
     if tracker is not None:
-        tracker.set_tags({"data_fingerprint": tasks.fingerprint, "data_file": tasks.path})
-        small = tasks.path.stat().st_size <= cfg.tracking.log_dataset_max_mb * 2**20
+        tracker.set_tags({keys.DATA_FINGERPRINT: tasks.fingerprint, keys.DATA_FILE: tasks.path})
+        small = tasks.path.stat().st_size <= log_dataset_max_mb * 2**20
         arrays = None
         if small:  # named views of the arrays already in memory, not a copy
             splits = {n: s for n, s in (("train", tasks.train), ("test", tasks.test))
@@ -32,6 +37,6 @@ def run(cfg: Config, tracker: Tracker | None) -> TaskSet:
                 "targets": {f"{n}_{f}": getattr(s, f"{f}_y") for n, s in splits.items()
                             for f in ("support", "query")},
             }
-        tracker.log_dataset(tasks.path, tasks.fingerprint, f"{cfg.data.family}-{cfg.seed}",
-                            {"data": data_cfg, "seed": cfg.seed}, arrays)
+        tracker.log_dataset(tasks.path, tasks.fingerprint, f"{cfg.family}-{seed}",
+                            {"data": data_cfg, "seed": seed}, arrays)
     return tasks

@@ -1,28 +1,49 @@
-"""Stage 3, meta-test: adapt to every test task from its support set, score its query set."""
+"""Stage 3, meta-test: adapt to every test task from its support set, score its query set.
+
+A task whose query loss is not finite after adaptation (or before it, or after one of
+``meta_test.eval_steps``) has *diverged* there: all of its metrics of that phase are NaN (an
+accuracy read off NaN logits would be a made-up number), it is counted, and for algorithms with
+an inner loop the inner step where it first went non-finite is found.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
 
 from pipeline.algorithms import Algorithm
 from pipeline.data import TaskSplit
+from pipeline.tracking.keys import AFTER, BEFORE, steps_phase
 
 log = logging.getLogger(__name__)
 
-BEFORE, AFTER = "before", "after"
 
+@dataclass
+class Tested:
+    """Per-task query metrics of one algorithm on the test tasks."""
 
-def steps_key(steps: int) -> str:
-    """Metric suffix after exactly ``steps`` inner steps: ``after_1step``, ``after_10steps``."""
-    return f"{AFTER}_{steps}step{'s' if steps != 1 else ''}"
+    #: ``"<metric>_<phase>" -> [tasks]`` (``acc_after``, ``mse_after_10steps``); NaN where the
+    #: task diverged in that phase.
+    per_task: dict[str, np.ndarray]
+    #: Phase -> which tasks diverged there ([tasks] of bool).
+    diverged: dict[str, np.ndarray]
+    #: Inner step -> how many tasks first went non-finite there, for the tasks that diverged
+    #: after adaptation (0 = already before it); empty when none did or nothing was stepped.
+    divergence_steps: dict[int, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def num_tasks(self) -> int:
+        return len(next(iter(self.diverged.values())))
 
 
 def run(algo: Algorithm, test: TaskSplit, task_batch_size: int,
-        eval_steps: tuple[int, ...] | list[int] = ()) -> dict[str, np.ndarray]:
+        eval_steps: tuple[int, ...] | list[int] = ()) -> Tested:
     """Per-task query metrics before and after adaptation: ``{"acc_after": [tasks], ...}``.
 
     For each ``n`` in ``eval_steps`` also after exactly ``n`` inner steps (``acc_after_5steps``).
@@ -39,14 +60,44 @@ def run(algo: Algorithm, test: TaskSplit, task_batch_size: int,
         state = algo.initial_state(ids)
         phases = [(BEFORE, state)] if algo.has_before else []
         states = [*phases, (AFTER, algo.adapt(state, sx, sy))]
-        states += [(steps_key(n), algo.adapt_steps(state, sx, sy, n)) for n in eval_steps]
-        for when, s in states:
+        states += [(steps_phase(n), algo.adapt_steps(state, sx, sy, n)) for n in eval_steps]
+        for phase, s in states:
             for name, values in algo.evaluate(s, qx, qy).items():
-                parts.setdefault(f"{name}_{when}", []).append(values)
-    results = {k: np.concatenate(v) for k, v in parts.items()}
-    log.info("meta-tested %s on %d tasks in %.1f s", algo.name, test.num_tasks,
-             time.perf_counter() - start)
-    return results
+                parts.setdefault(f"{name}_{phase}", []).append(values)
+    per_task = {k: np.concatenate(v) for k, v in parts.items()}
+    loss = algo.loss.metric_names[0]
+    diverged = {}
+    for key in [k for k in per_task if k.startswith(f"{loss}_")]:
+        phase = key.removeprefix(f"{loss}_")
+        bad = ~np.isfinite(per_task[key])
+        diverged[phase] = bad
+        for name in algo.loss.metric_names:
+            per_task[f"{name}_{phase}"] = np.where(bad, np.nan, per_task[f"{name}_{phase}"])
+    steps = {}
+    if diverged[AFTER].any() and algo.cfg.has_inner_loop:
+        steps = divergence_steps(algo, test, np.flatnonzero(diverged[AFTER]), algo.test_steps)
+    seconds = time.perf_counter() - start
+    log.info("meta-tested %s on %d tasks in %.1f s", algo.name, test.num_tasks, seconds)
+    return Tested(per_task, diverged, steps, seconds)
+
+
+def divergence_steps(algo: Algorithm, test: TaskSplit, ids: np.ndarray,
+                     max_steps: int) -> dict[int, int]:
+    """For tasks ``ids``: how many first have a non-finite query loss after 0, 1, 2, ...
+    inner steps (re-adapting only those tasks)."""
+    chunk = test.take(ids)
+    sx, sy, qx, qy = (tf.constant(getattr(chunk, f))
+                      for f in ("support_x", "support_y", "query_x", "query_y"))
+    loss = algo.loss.metric_names[0]
+    state = algo.initial_state(ids)
+    first = np.full(len(ids), -1)
+    for n in range(max_steps + 1):
+        adapted = state if n == 0 else algo.adapt_steps(state, sx, sy, n)
+        bad = ~np.isfinite(algo.evaluate(adapted, qx, qy)[loss])
+        first[(first < 0) & bad] = n
+        if (first >= 0).all():
+            break
+    return dict(sorted(Counter(int(s) for s in first if s >= 0).items()))
 
 
 def regression_fits(algo: Algorithm, test: TaskSplit, num_tasks: int = 4) -> dict[str, np.ndarray]:

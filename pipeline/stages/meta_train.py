@@ -1,4 +1,11 @@
-"""Stage 2, meta-train: run the algorithm's meta-training, logging curves in batches."""
+"""Stage 2, meta-train: run the algorithm's meta-training, logging curves in batches.
+
+Signals (Ctrl-C, SIGTERM) are held back while a chunk of meta-iterations runs and its metrics
+are recorded; one arriving meanwhile stops the run right after, with a checkpoint that agrees
+with every curve point logged (the open window of the curves is saved in it too), so a resumed
+run logs exactly the curves of an uninterrupted one. When meta-training ends a checkpoint is
+written as well: a run stopped during meta-test resumes straight at meta-test.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import logging
 import math
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -13,107 +21,150 @@ from tqdm import tqdm
 
 from pipeline import checkpoint
 from pipeline.algorithms import Algorithm
-from pipeline.config import Config
+from pipeline.checkpoint import deferred_interrupts
+from pipeline.config import MetaTrainConfig
 from pipeline.data import SEED_STREAMS, TaskSplit
+from pipeline.data.episodes import EpisodeSampler
 from pipeline.errors import DivergenceError
 from pipeline.optimizers import schedule_of
-from pipeline.tracking import Tracker
+from pipeline.tracking import Tracker, keys
 
 log = logging.getLogger(__name__)
 
-PREFIX = "train/"
 #: Longest wait before buffered training-curve values go to MLflow.
 FLUSH_SECONDS = 30.0
+#: Checkpoint key of the curves' open window.
+_WINDOW = "window"
 
 
-CHECKPOINT_DIR = "checkpoint"
-CHECKPOINT_TAG = "checkpoint_iteration"
+@dataclass
+class Trained:
+    """What meta-training leaves for the later stages."""
+
+    seconds: float = 0.0
+    #: Meta-iterations run by this process (a resumed run counts only its own).
+    iterations: int = 0
+    #: ``name -> (steps, window means)`` logged as ``train/<name>``.
+    curves: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
+    #: The checkpoint written when meta-training ended (None without meta-learning).
+    checkpoint: Path | None = None
+    total: int = 0
 
 
-def _save_checkpoint(algo: Algorithm, cfg: Config, tracker: Tracker | None) -> None:
-    """On Ctrl-C/SIGTERM: keep the state at the last finished chunk, locally and in MLflow."""
-    if algo.progress is None:
-        return
-    directory = checkpoint.save(checkpoint.capture(algo.state_variables, algo.progress),
-                                Path(cfg.paths.output_dir) / CHECKPOINT_DIR)
-    where = str(directory)
-    if tracker is not None:
-        tracker.log_artifacts(directory, CHECKPOINT_DIR)
-        tracker.set_tags({CHECKPOINT_TAG: algo.progress.iteration})
-        where = f"{directory} and run {tracker.run_id}; continue it with: python -m " \
-                f"pipeline.resume {tracker.run_id}"
-    log.warning("Interrupted: checkpoint after %d meta-iterations saved to %s",
-                algo.progress.iteration, where)
+class _Curves:
+    """Window means every ``log_every`` iterations, sent to MLflow in batches."""
+
+    def __init__(self, every: int, total: int, tracker: Tracker | None, schedule, window=None):
+        self.every, self.total, self.tracker, self.schedule = every, total, tracker, schedule
+        self.window: dict[str, list[float]] = {k: list(v) for k, v in (window or {}).items()}
+        self.curves: dict[str, tuple[list[int], list[float]]] = {}
+        self.pending: dict[str, list[float]] = {}
+        self.pending_steps: list[int] = []
+        self.last_flush = time.perf_counter()
+
+    def add(self, it: int, metrics: dict[str, float]) -> dict[str, float] | None:
+        """Record iteration ``it``; return the window means when a curve point closes."""
+        for k, value in metrics.items():
+            if not math.isfinite(value):
+                raise DivergenceError(f"meta-training diverged: {keys.TRAIN}{k}={value} at "
+                                      f"iteration {it}. Lower optimizer.learning_rate or the "
+                                      f"inner learning rate.")
+            self.window.setdefault(k, []).append(value)
+        done = it + 1
+        if done % self.every and done != self.total:
+            return None
+        means = {k: float(np.mean(v)) for k, v in self.window.items()}
+        self.window.clear()
+        if self.schedule is not None:
+            means["learning_rate"] = float(self.schedule(it))
+        self.pending_steps.append(it)
+        for k, v in means.items():
+            self.pending.setdefault(k, []).append(v)
+            steps, values = self.curves.setdefault(k, ([], []))
+            steps.append(it)
+            values.append(v)
+        # One batched write per 1,000 values, or per FLUSH_SECONDS on long runs, so the MLflow
+        # UI shows live curves.
+        if (len(self.pending_steps) * max(len(self.pending), 1) >= 1000
+                or time.perf_counter() - self.last_flush >= FLUSH_SECONDS):
+            self.flush()
+        return means
+
+    def flush(self) -> None:
+        if self.tracker is not None and self.pending_steps:
+            self.tracker.log_metrics({keys.TRAIN + k: v for k, v in self.pending.items()},
+                                     steps=self.pending_steps)
+        self.pending.clear()
+        self.pending_steps.clear()
+        self.last_flush = time.perf_counter()
 
 
-def run(algo: Algorithm, train: TaskSplit, cfg: Config, tracker: Tracker | None,
-        resume: checkpoint.Checkpoint | None = None) -> dict:
-    """Meta-train ``algo`` (from ``resume`` if given); returns the curves and timing."""
+def save_checkpoint(algo: Algorithm, output_dir: Path, extra: dict | None = None) -> Path:
+    """The algorithm's state at its last recorded chunk, in ``<output_dir>/checkpoint/``."""
+    assert algo.progress is not None
+    return checkpoint.save(checkpoint.capture(algo.state_variables, algo.progress, extra),
+                           Path(output_dir) / keys.CHECKPOINT_DIR)
+
+
+def log_checkpoint(tracker: Tracker | None, directory: Path, iteration: int) -> str:
+    """Log a checkpoint as the run's ``checkpoint/`` artifact; say where it is and how to
+    continue from it."""
+    if tracker is None:
+        return str(directory)
+    tracker.log_artifacts(directory, keys.CHECKPOINT_DIR)
+    tracker.set_tags({keys.CHECKPOINT_ITERATION: iteration})
+    return (f"{directory} and run {tracker.run_id}; continue it with: python -m pipeline.resume "
+            f"{tracker.run_id}")
+
+
+def run(algo: Algorithm, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig, seed: int,
+        output_dir: Path, tracker: Tracker | None,
+        resume: checkpoint.Checkpoint | None = None) -> Trained:
+    """Meta-train ``algo`` (from ``resume`` if given); return the curves and timing."""
+    total = algo.total_iterations(cfg)
     if not algo.meta_learns:
-        return {"seconds": 0.0, "iterations": 0, "curves": {}}
-    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed,
-                                                       spawn_key=(SEED_STREAMS["sampling"],)))
-    every = cfg.meta_train.log_every
-    window: dict[str, list[float]] = {}
-    curves: dict[str, tuple[list[int], list[float]]] = {}
-    pending: dict[str, list] = {}
-    pending_steps: list[int] = []
-    total = getattr(algo.cfg, "epochs", None) or cfg.meta_train.iterations
-    bar = tqdm(total=total, desc=f"meta-train {algo.name}", unit="it", file=sys.stderr,
-               disable=None, dynamic_ncols=True, mininterval=0.5)
+        return Trained()
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAMS["sampling"],)))
+    curves = _Curves(cfg.log_every, total, tracker, schedule_of(algo.ctx.optimizer),
+                     resume.extra.get(_WINDOW) if resume else None)
+    first = resume.progress.iteration if resume else 0
+    bar = tqdm(total=total, initial=first, desc=f"meta-train {algo.name}", unit="it",
+               file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=0.5)
     tenth = max(total // 10, 1)
-    first = done = resume.progress.iteration if resume else 0
-    start = time.perf_counter()
-    bar.update(first)
-
-    last_flush = start
-    schedule = schedule_of(algo.ctx.optimizer)
-
-    def flush() -> None:
-        nonlocal last_flush
-        if tracker is not None and pending_steps:
-            tracker.log_metrics({PREFIX + k: v for k, v in pending.items()}, steps=pending_steps)
-        pending.clear()
-        pending_steps.clear()
-        last_flush = time.perf_counter()
-
+    done, start = first, time.perf_counter()
+    chunks = algo.meta_train(train, cfg, rng, resume)
     try:
-        for it, metrics in algo.meta_train(train, cfg.meta_train, rng, resume):
-            done = it + 1
-            for k, v in metrics.items():
-                value = float(v)
-                if not math.isfinite(value):
-                    raise DivergenceError(f"meta-training diverged: {PREFIX}{k}={value} at "
-                                          f"iteration {it}. Lower optimizer.learning_rate or "
-                                          f"the inner learning rate.")
-                window.setdefault(k, []).append(value)
-            bar.update(1)
-            if bar.disable and done % tenth == 0:  # no terminal: progress goes to the log
-                log.info("meta-train %s: iteration %d/%d", algo.name, done, total)
-            if done % every == 0 or done == total:
-                means = {k: float(np.mean(v)) for k, v in window.items()}
-                window.clear()
-                if schedule is not None:
-                    means["learning_rate"] = float(schedule(it))
-                bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()}, refresh=False)
-                pending_steps.append(it)
-                for k, v in means.items():
-                    pending.setdefault(k, []).append(v)
-                    steps, values = curves.setdefault(k, ([], []))
-                    steps.append(it)
-                    values.append(v)
-                # One batched write per 1,000 values, or per FLUSH_SECONDS on long runs, so
-                # the MLflow UI shows live curves.
-                if (len(pending_steps) * max(len(pending), 1) >= 1000
-                        or time.perf_counter() - last_flush >= FLUSH_SECONDS):
-                    flush()
+        while True:
+            with deferred_interrupts():  # a chunk and its record change together
+                item = next(chunks, None)
+                if item is None:
+                    break
+                lo, metrics = item
+                for i in range(len(next(iter(metrics.values())))):
+                    means = curves.add(lo + i, {k: float(v[i]) for k, v in metrics.items()})
+                    done = lo + i + 1
+                    bar.update(1)
+                    if means is not None:
+                        bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()}, refresh=False)
+                    if bar.disable and done % tenth == 0:  # no terminal: progress to the log
+                        log.info("meta-train %s: iteration %d/%d", algo.name, done, total)
     except KeyboardInterrupt:
-        _save_checkpoint(algo, cfg, tracker)
+        if algo.progress is not None:
+            directory = save_checkpoint(algo, output_dir, {_WINDOW: curves.window})
+            where = log_checkpoint(tracker, directory, algo.progress.iteration)
+            log.warning("Interrupted: checkpoint after %d meta-iterations saved to %s",
+                        algo.progress.iteration, where)
         raise
     finally:
         bar.close()
-        flush()  # what was trained so far stays on record, even on failure
+        curves.flush()  # what was trained so far stays on record, even on failure
     seconds = time.perf_counter() - start
-    log.info("meta-trained %s: %d iterations in %.1f s (%.2f ms/it)", algo.name, done - first,
-             seconds, 1000 * seconds / max(done - first, 1))
-    return {"seconds": seconds, "iterations": done - first, "curves": curves}
+    ran = done - first
+    if ran:
+        log.info("meta-trained %s: %d iterations in %.1f s (%.2f ms/it)", algo.name, ran, seconds,
+                 1000 * seconds / ran)
+    else:
+        log.info("meta-training of %s skipped: no iterations left to run (%d of %d done)",
+                 algo.name, done, total)
+    saved = save_checkpoint(algo, output_dir) if algo.progress is not None else None
+    return Trained(seconds, ran, curves.curves, saved, total)

@@ -1,0 +1,27 @@
+"""Field helpers: ranges and choice lists travel as field metadata, so one walker
+(:func:`pipeline.config.validate.validate`) checks them all and names the full dotted key."""
+
+from __future__ import annotations
+
+from dataclasses import field
+from typing import Any
+
+
+def num(default: Any, *, ge: float | None = None, gt: float | None = None,
+        le: float | None = None, lt: float | None = None) -> Any:
+    """A numeric field with bounds (inclusive ``ge``/``le``, exclusive ``gt``/``lt``)."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
+
+
+def choice(default: str, choices: tuple[str, ...]) -> Any:
+    """A string field restricted to ``choices``."""
+    return field(default=default, metadata={"choices": choices})
+
+
+ACTIVATIONS = ("relu", "tanh", "gelu", "elu", "sigmoid", "swish", "leaky_relu", "linear")
+HEADS = ("softmax", "sigmoid")
+INNER_OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "step", "cosine")
+HEAD_INITS = ("glorot_uniform", "zeros")
+BATCH_NORM = ("transductive", "running", "none")
+CLASSIFICATION, REGRESSION = "classification", "regression"

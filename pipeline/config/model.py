@@ -1,0 +1,62 @@
+"""Schemas of the ``model`` group: one dataclass per network (its module in ``pipeline/models/``
+builds the layers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from pipeline.config.fields import ACTIVATIONS, BATCH_NORM, HEAD_INITS, HEADS, choice, num
+from pipeline.registry import option
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    #: Initial weights of the classification/regression head: ``glorot_uniform`` (Keras'
+    #: default) or ``zeros`` (all classes start equal: only the start; the head is then
+    #: meta-learned, unlike ``algorithm.zero_head``).
+    head_init: str = choice("glorot_uniform", HEAD_INITS)
+    #: Start from a logged model's weights instead of the seeded draw: an MLflow model URI
+    #: (``runs:/<run_id>/model``, ``models:/<name>/<version>``) or a local model folder. With
+    #: ``meta_train.iterations=0`` the run only meta-tests that model (e.g. other meta_test
+    #: settings on the same episodes).
+    init_from: str | None = None
+
+
+@option("model", builds="pipeline.models.mlp:body")
+@dataclass
+class MLPConfig(ModelConfig):
+    """Fully connected network; the notebook's 64-64 ReLU MLP is the default."""
+
+    name: str = "mlp"
+    hidden_units: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = choice("relu", ACTIVATIONS)
+    #: ``softmax``: one logit per class; ``sigmoid``: one logit for 2 classes (the notebook's head).
+    head: str = choice("softmax", HEADS)
+
+
+@option("model", builds="pipeline.models.conv4:body")
+@dataclass
+class Conv4Config(ModelConfig):
+    """The standard few-shot CNN (Vinyals et al. 2016; MAML; ProtoNets): ``blocks`` x (3x3 conv,
+    batch norm, ReLU, 2x2 max-pool) on 28x28x1 images -> 64 features, then a linear head (none
+    for protonet).
+
+    ``batch_norm``: ``transductive`` normalises with the statistics of the batch at hand, at
+    meta-training and meta-test alike (the MAML paper's choice; no running averages exist);
+    ``running`` normalises training-mode passes (meta-training, inner-loop adaptation) with batch
+    statistics, keeps running averages from meta-training, and evaluates queries with them
+    (the ProtoNets code's choice); ``none`` drops the normalisation. Logged as the tag
+    ``batch_norm``.
+    """
+
+    name: str = "conv4"
+    filters: int = num(64, ge=1)
+    blocks: int = num(4, ge=1)
+    batch_norm: str = choice("transductive", BATCH_NORM)
+    #: Running-average momentum (``running`` only).
+    bn_momentum: float = num(0.9, ge=0, lt=1)
+    #: Inputs are multiplied by this first (uint8 images in 0..255 -> 0..1).
+    input_scale: float = num(1 / 255, gt=0)

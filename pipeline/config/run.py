@@ -1,0 +1,106 @@
+"""Schemas of a run's stages and surroundings: meta_train, meta_test, tracking, paths, runtime,
+and the root config that holds one option of every group."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from pipeline.config.algorithm import AlgorithmConfig, ScratchConfig
+from pipeline.config.data import DataConfig
+from pipeline.config.fields import num
+from pipeline.config.model import ModelConfig
+from pipeline.config.optimizer import OptimizerConfig
+from pipeline.registry import option
+
+
+@dataclass
+class MetaTrainConfig:
+    iterations: int = num(1000, ge=0)
+    meta_batch_size: int = num(25, ge=1)
+    #: Log training curves every this many meta-iterations (averaged over the window).
+    log_every: int = num(10, ge=1)
+    #: XLA-compile the meta-training step.
+    jit_compile: bool = False
+    #: Meta-iterations run inside one compiled call (a graph loop): fewer Python round trips.
+    steps_per_call: int = num(100, ge=1)
+
+
+@dataclass
+class MetaTestConfig:
+    #: Also evaluate the no-meta-learning baseline on the same test tasks.
+    compare_to_scratch: bool = True
+    #: Test tasks adapted together in one vectorised call.
+    task_batch_size: int = num(200, ge=1)
+    #: Also score the algorithm after exactly these many inner steps (an adaptation curve).
+    eval_steps: list[int] = field(default_factory=list)
+    scratch: ScratchConfig = field(default_factory=ScratchConfig)
+
+
+@dataclass
+class TrackingConfig:
+    #: MLflow tracking URI: ``sqlite:///...`` (embedded) or ``http://host:port`` (a server).
+    uri: str = MISSING
+    #: Artifact root for new experiments on an embedded store (null = the server decides).
+    artifact_location: str | None = None
+    experiment_name: str = "meta-learning"
+    #: The run's name (null = one made from the config: algorithm, family, N-way K-shot, seed).
+    run_name: str | None = None
+    log_model: bool = True
+    #: Data files up to this size are logged as artifacts; larger ones by fingerprint only.
+    log_dataset_max_mb: float = num(50.0, ge=0)
+    #: Seconds an HTTP tracking call may wait / how often it is retried (bounded, not minutes).
+    http_timeout_s: int = num(10, ge=1)
+    http_max_retries: int = num(2, ge=0)
+
+
+@option("tracking", name="local")
+@dataclass
+class LocalTrackingConfig(TrackingConfig):
+    """The embedded store under the project root, whatever the working directory."""
+
+    uri: str = "sqlite:///${paths.mlruns_dir}/mlflow.db"
+    artifact_location: str | None = "${paths.mlruns_dir}/artifacts"
+
+
+@option("tracking", name="server")
+@dataclass
+class ServerTrackingConfig(TrackingConfig):
+    """An MLflow tracking server shared by many machines (``MLFLOW_TRACKING_URI``); the server
+    stores the artifacts (``--artifacts-destination``)."""
+
+    uri: str = "${oc.env:MLFLOW_TRACKING_URI,http://127.0.0.1:5000}"
+
+
+@option("paths", name="default")
+@dataclass
+class PathsConfig:
+    root_dir: str = "${project_root:}"
+    data_dir: str = "${paths.root_dir}/data"
+    mlruns_dir: str = "${paths.root_dir}/mlruns"
+    output_dir: str = "${hydra:runtime.output_dir}"
+
+
+@dataclass
+class RuntimeConfig:
+    #: TensorFlow op determinism: same seed, same numbers.
+    deterministic: bool = True
+    #: Threads per op; 1 is fastest for small models and keeps parallel jobs from fighting.
+    intra_op_threads: int = num(1, ge=0)
+    inter_op_threads: int = num(1, ge=0)
+
+
+@dataclass
+class Config:
+    data: DataConfig = MISSING
+    model: ModelConfig = MISSING
+    algorithm: AlgorithmConfig = MISSING
+    optimizer: OptimizerConfig = MISSING
+    tracking: TrackingConfig = MISSING
+    paths: PathsConfig = MISSING
+    meta_train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
+    meta_test: MetaTestConfig = field(default_factory=MetaTestConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    #: The one seed behind data, initialisation and task sampling.
+    seed: int = num(0, ge=0, lt=2**31)

@@ -1,0 +1,144 @@
+"""Pure validation of a composed config: every error names the full dotted key, the bad value
+and what is allowed, in one line. Nothing here touches the file system or the network (that is
+:mod:`pipeline.preflight`)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import operator
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.config.data import ClassificationDataConfig, OmniglotDataConfig, SinusoidDataConfig
+from pipeline.config.fields import REGRESSION
+from pipeline.config.model import Conv4Config, MLPConfig
+from pipeline.config.run import Config
+from pipeline.errors import ConfigError
+
+TRACKING_SCHEMES = ("sqlite:///", "http://", "https://")
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_COMPARE = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+
+
+def _check_field(key: str, value: Any, meta: Any) -> None:
+    if value is None:
+        return
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{key}={value!r} is not allowed: choose one of {', '.join(choices)}.")
+    bounds = {op: meta.get(name) for name, op in _BOUNDS.items() if meta.get(name) is not None}
+    if not bounds:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value!r} is not allowed: it must be a finite number.")
+    for op, bound in bounds.items():
+        if not _COMPARE[op](value, bound):
+            raise ConfigError(f"{key}={value!r} is out of range: it must be {op} {bound}.")
+
+
+def _walk(obj: Any, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        key, value = f"{prefix}{f.name}", getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _walk(value, f"{key}.")
+        else:
+            _check_field(key, value, f.metadata)
+
+
+def _check_known_keys(node: DictConfig, obj: Any, prefix: str = "") -> None:
+    """Keys added with ``+key=value`` must exist in the schema, like any override."""
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    for key in node:
+        if key not in fields:
+            where = f"{prefix.rstrip('.')} ({type(obj).__name__})" if prefix else "the root config"
+            value = node[key]
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(f"{prefix}{key}={value!r} is not a config key: {where} has "
+                              f"{', '.join(sorted(fields))}. Remove it or correct its spelling.")
+        value = getattr(obj, str(key))
+        if dataclasses.is_dataclass(value) and isinstance(node[key], DictConfig):
+            _check_known_keys(node[key], value, f"{prefix}{key}.")
+
+
+def _check_consistency(cfg: Config) -> None:
+    data, model, algorithm = cfg.data, cfg.model, cfg.algorithm
+    if isinstance(data, ClassificationDataConfig):
+        support = data.k_shot * data.num_classes
+        if support >= data.samples_per_task:
+            raise ConfigError(
+                f"data.k_shot={data.k_shot} with data.num_classes={data.num_classes} puts "
+                f"{support} of data.samples_per_task={data.samples_per_task} samples in the "
+                f"support set, leaving no query set: k_shot * num_classes must be < "
+                f"samples_per_task."
+            )
+        if isinstance(model, MLPConfig) and model.head == "sigmoid" and data.num_classes != 2:
+            raise ConfigError(
+                f"model.head='sigmoid' must have data.num_classes=2, got {data.num_classes}: "
+                f"use model.head=softmax for more classes."
+            )
+    if isinstance(data, SinusoidDataConfig):
+        for name in ("amplitude", "phase", "x"):
+            low, high = getattr(data, f"{name}_min"), getattr(data, f"{name}_max")
+            if not low < high:
+                raise ConfigError(f"data.{name}_min={low} must be < data.{name}_max={high}.")
+    if algorithm.classification_only and data.task_type == REGRESSION:
+        raise ConfigError(
+            f"algorithm={algorithm.name} scores classification tasks only; data={data.family} is "
+            f"regression. Choose another algorithm (e.g. maml) or a classification family.")
+    eval_steps = list(cfg.meta_test.eval_steps)
+    if any(s < 0 for s in eval_steps):
+        raise ConfigError(f"meta_test.eval_steps={eval_steps} is not allowed: every entry must be "
+                          f">= 0 inner steps.")
+    if eval_steps and not algorithm.has_inner_loop:
+        raise ConfigError(f"meta_test.eval_steps={eval_steps} is not allowed with algorithm="
+                          f"{algorithm.name}: it has no inner steps to vary. Set "
+                          f"meta_test.eval_steps=[].")
+    _check_images(cfg)
+    uri = cfg.tracking.uri
+    if not uri.startswith(TRACKING_SCHEMES):
+        raise ConfigError(f"tracking.uri={uri!r} is not supported: it must start with one of "
+                          f"{', '.join(TRACKING_SCHEMES)} (an embedded SQLite store or an MLflow "
+                          f"server).")
+    if isinstance(model, MLPConfig) and any(u < 1 for u in model.hidden_units):
+        raise ConfigError(
+            f"model.hidden_units={list(model.hidden_units)} is not allowed: every layer width "
+            f"must be >= 1."
+        )
+
+
+def _check_images(cfg: Config) -> None:
+    images = isinstance(cfg.data, OmniglotDataConfig)
+    if images != isinstance(cfg.model, Conv4Config):
+        raise ConfigError(
+            f"model={cfg.model.name} does not fit data={cfg.data.family}: data=omniglot gives "
+            f"28x28x1 images, which need model=conv4, and model=conv4 needs image data "
+            f"(data=omniglot)."
+        )
+    if not images:
+        return
+    algorithm, data = cfg.algorithm, cfg.data
+    if cfg.model.batch_norm == "running" and not algorithm.running_batch_norm:
+        raise ConfigError(
+            f"model.batch_norm='running' is supported with algorithm=protonet only (it keeps "
+            f"running statistics across episodes); algorithm={algorithm.name} adapts per-task "
+            f"weights with batch statistics: use model.batch_norm=transductive or none."
+        )
+    if data.train_num_classes not in (None, data.num_classes) and algorithm.needs_head:
+        raise ConfigError(
+            f"data.train_num_classes={data.train_num_classes} differs from data.num_classes="
+            f"{data.num_classes}: only algorithm=protonet (no classifier head) can train and "
+            f"test with different N-way; set data.train_num_classes=null."
+        )
+
+
+def validate(cfg: DictConfig | Config) -> Config:
+    """Return the typed config, or raise :class:`ConfigError` naming the bad key."""
+    obj = OmegaConf.to_object(cfg) if isinstance(cfg, DictConfig) else cfg
+    assert isinstance(obj, Config), f"expected the root config schema, got {type(obj).__name__}"
+    if isinstance(cfg, DictConfig):
+        _check_known_keys(cfg, obj)
+    _walk(obj, "")
+    _check_consistency(obj)
+    return obj

@@ -1,0 +1,24 @@
+"""The standard few-shot CNN: ``blocks`` x [3x3 conv, batch norm, ReLU, 2x2 max-pool]."""
+
+from __future__ import annotations
+
+import keras
+
+from pipeline.config import Conv4Config
+from pipeline.models.norm import BatchStatsNorm
+
+
+def body(cfg: Conv4Config) -> list[keras.layers.Layer]:
+    """Rescale, then ``blocks`` x [conv 3x3 same, batch norm, ReLU, max-pool 2x2], flattened."""
+    layers: list[keras.layers.Layer] = [keras.layers.Rescaling(cfg.input_scale, name="scale")]
+    for i in range(cfg.blocks):
+        layers.append(keras.layers.Conv2D(cfg.filters, 3, padding="same", name=f"conv_{i}"))
+        if cfg.batch_norm == "transductive":
+            layers.append(BatchStatsNorm(name=f"bn_{i}"))
+        elif cfg.batch_norm == "running":
+            layers.append(keras.layers.BatchNormalization(momentum=cfg.bn_momentum,
+                                                          name=f"bn_{i}"))
+        layers += [keras.layers.ReLU(name=f"relu_{i}"),
+                   keras.layers.MaxPooling2D(2, name=f"pool_{i}")]
+    layers.append(keras.layers.Flatten(name="features"))
+    return layers

@@ -1,0 +1,80 @@
+"""Checks of the world a valid config points at, before anything is written: folders that must
+be creatable, a tracking store that must answer and take writes, source files that must be
+there. Each failure is one line naming the key and what to do (exit status 2 at the CLI).
+
+:class:`OutputDirCheck` (``hydra.callbacks.preflight`` in ``conf/config.yaml``) checks Hydra's
+own run and sweep folders, which Hydra creates before the pipeline's code runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from pipeline.config import Config, OmniglotDataConfig
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.tracking import store
+
+#: Printed before a preflight failure at the CLI.
+REFUSED = "Cannot start"
+
+
+def check_folder(key: str, value: str) -> None:
+    """``value`` must be a folder this process can create files in, or one it can create: the
+    nearest existing ancestor takes a probe folder (made and removed at once). Permission bits
+    are not enough: as root they pass on read-only mounts and in /proc."""
+    existing = Path(value).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={value!r} cannot be used: {existing} exists and is not a "
+                          f"folder. Point {key} at a folder (it is created if missing).")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".preflight-", dir=existing))
+    except OSError as e:
+        raise ConfigError(f"{key}={value!r} cannot be used: no folder can be created in "
+                          f"{existing} ({e.strerror}). Point {key} at a folder you can "
+                          f"write.") from e
+
+
+def check(cfg: Config) -> None:
+    """Everything a run needs from its surroundings, in the order it would need it."""
+    check_folder("paths.data_dir", cfg.paths.data_dir)
+    check_folder("paths.output_dir", cfg.paths.output_dir)
+    db = store.sqlite_path(cfg.tracking.uri)
+    if db is not None:
+        check_folder("tracking.uri", str(db.parent))
+        if cfg.tracking.artifact_location:
+            check_folder("tracking.artifact_location", cfg.tracking.artifact_location)
+    store.configure_http(cfg.tracking.http_timeout_s, cfg.tracking.http_max_retries)
+    store.check_reachable(cfg.tracking.uri)
+    store.check_writable(cfg.tracking.uri)
+    if isinstance(cfg.data, OmniglotDataConfig) and not cfg.data.download:
+        from pipeline.data.omniglot import check_sources
+
+        check_sources(dataclasses.asdict(cfg.data))
+
+
+class OutputDirCheck(Callback):
+    """Refuse, in one line, a ``hydra.run.dir`` / ``hydra.sweep.dir`` that cannot be created
+    (Hydra would create it before any of the pipeline runs, and fail with a traceback)."""
+
+    def _check(self, key: str, value: Any) -> None:
+        try:
+            check_folder(key, str(value))
+        except PipelineError as e:
+            print(f"{REFUSED}: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check("hydra.sweep.dir", config.hydra.sweep.dir)

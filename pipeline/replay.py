@@ -1,0 +1,87 @@
+"""Running a logged run's config again, as reruns and resumes do: recompose it from the run's
+logged overrides and refuse if that no longer gives the logged config, check its data against
+the run's fingerprint, and say where the code or packages differ."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline import provenance
+from pipeline.config import Config, compose, validate
+from pipeline.errors import PipelineError
+from pipeline.tracking import keys, store
+from pipeline.tracking.store import RunRecord
+
+
+class Refused(Exception):
+    """The run cannot be replayed exactly (the message says why)."""
+
+
+def config_drift(logged: dict, recomposed: dict) -> list[str]:
+    """Keys whose value now differs from the logged run's (paths and store locations aside)."""
+    a = {k: v for k, v in keys.params(logged).items() if not keys.is_location(k)}
+    b = {k: v for k, v in keys.params(recomposed).items() if not keys.is_location(k)}
+    return [f"{k}: logged {a.get(k, '<absent>')!r}, now {b.get(k, '<absent>')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def code_differences(tags: dict[str, str]) -> list[str]:
+    """Code and package versions that differ between the run and this checkout (warnings)."""
+    now = {**provenance.git_state(), **provenance.versions()}
+    out = [f"{k}: run had {tags.get(k)!r}, now {v!r}" for k, v in now.items()
+           if (k == keys.GIT_COMMIT or k.startswith(keys.VERSION_PREFIX)) and tags.get(k) != v]
+    for who, dirty in (("the run", tags.get(keys.GIT_DIRTY)),
+                       ("this checkout", now[keys.GIT_DIRTY])):
+        if dirty == "true":
+            out.append(f"{who} had uncommitted changes: the code may differ even at one commit")
+    return out
+
+
+def verify_data(cfg: Config, expected: str | None) -> str:
+    """Check the cached data file against the run's fingerprint; say what was checked."""
+    from pipeline import data
+
+    if not expected:
+        raise Refused(f"the run has no {keys.DATA_FINGERPRINT} tag: its data cannot be "
+                      f"verified.")
+    data_cfg = dataclasses.asdict(cfg.data)
+    data_cfg.pop("cache")
+    path = data.data_file(data_cfg, cfg.seed, Path(cfg.paths.data_dir))
+    if not path.exists():
+        return f"{path} is absent: it will be regenerated and its fingerprint compared"
+    try:
+        data.load(path, expected_fingerprint=expected)
+    except (ValueError, OSError) as e:
+        raise Refused(f"data check failed: {e}") from e
+    return f"{path} matches the run's fingerprint {expected[:12]}…"
+
+
+def recompose(uri: str, original: RunRecord,
+              out_dir: Path) -> tuple[DictConfig, Config, list[str]]:
+    """The run's config, recomposed from its logged overrides and checked against the logged
+    resolved config (refused if the config files changed since)."""
+    run_id = original.run_id
+    if keys.HYDRA_OVERRIDES not in original.tags:
+        raise Refused(f"run {run_id} has no {keys.HYDRA_OVERRIDES} tag: it was not logged by "
+                      f"this pipeline.")
+    overrides = json.loads(original.tags[keys.HYDRA_OVERRIDES])
+    raw = compose([*overrides, f"tracking.uri={uri}", f"paths.output_dir={out_dir}"])
+    with tempfile.TemporaryDirectory() as tmp:
+        logged_file = store.download_artifacts(uri, run_id, keys.CONFIG_FILE, Path(tmp))
+        if logged_file is None:
+            raise Refused(f"run {run_id} has no {keys.CONFIG_FILE} artifact.")
+        logged = json.loads(logged_file.read_text())
+    drift = config_drift(logged, OmegaConf.to_container(raw, resolve=True))
+    if drift:
+        raise Refused("the overrides no longer compose to the logged config (the config files "
+                      "changed since):\n  " + "\n  ".join(drift))
+    try:
+        cfg = validate(raw)
+    except PipelineError as e:
+        raise Refused(f"the logged overrides are no longer a valid config: {e}") from e
+    return raw, cfg, overrides

@@ -1,0 +1,36 @@
+"""Environment for TensorFlow, set before anything imports it.
+
+TensorFlow prints C++ start-up lines on every CPU run (``cudart_stub``: no CUDA drivers,
+``cuInit`` failed, oneDNN notes). The ``cuInit`` error is logged through TensorFlow's logging, so
+on a machine without an NVIDIA device the log level defaults to errors-off (3; 2 elsewhere);
+the others are printed by the libraries as they load, before any log level applies, so the CLIs
+import TensorFlow once through :func:`import_tensorflow`, with the C++ side's stderr muted for
+that moment. Set ``TF_CPP_MIN_LOG_LEVEL`` yourself to see everything again.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+_USER_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL",
+                      "2" if any(Path("/dev").glob("nvidia[0-9]*")) else "3")
+
+
+def import_tensorflow() -> None:
+    """Import TensorFlow (a no-op if it is already imported) without its start-up chatter."""
+    if "tensorflow" in sys.modules or _USER_LEVEL:
+        import tensorflow
+
+        return
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)

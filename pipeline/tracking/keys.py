@@ -1,0 +1,126 @@
+"""The run record's vocabulary, in one place: every tag name, metric scope and artifact path
+the pipeline writes or reads. Everything else imports these; nothing spells them out again.
+
+Metric names follow ``<scope>/query_<metric>_<phase>[_<stat>]`` (README, "What MLflow records").
+"""
+
+from __future__ import annotations
+
+# --- run statuses (MLflow's) ----------------------------------------------------------------
+FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
+
+# --- tags of every run ------------------------------------------------------------------------
+SEED = "seed"
+ALGORITHM = "algorithm"
+DATA_FAMILY = "data_family"
+MODEL = "model"
+BATCH_NORM = "batch_norm"
+HYDRA_OVERRIDES = "hydra_overrides"
+GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
+VERSION_PREFIX = "version/"
+DATA_FINGERPRINT, DATA_FILE = "data_fingerprint", "data_file"
+#: ``positive`` / ``none`` / ``n/a``: whether the gain over scratch is above 0 with 95% CI.
+NO_GAIN = "meta_learning_gain"
+#: Why a run failed or was stopped.
+ERROR = "error"
+#: How many test tasks diverged (non-finite query metrics), with the inner step where.
+DIVERGED = "diverged_tasks"
+#: The meta-iteration a checkpoint holds / a resumed run continued from.
+CHECKPOINT_ITERATION = "checkpoint_iteration"
+RESUMED_AT = "resumed_at_iteration"
+RERUN_OF, RERUN_IDENTICAL = "rerun_of", "rerun_identical"
+PARENT_RUN = "mlflow.parentRunId"
+
+# --- sweeps -----------------------------------------------------------------------------------
+SWEEP_ROLE = "sweep_role"
+ROLE_PARENT, ROLE_CHILD = "parent", "child"
+SWEEP_ID, SWEEP_DIR, SWEEP_OVERRIDES, SWEEP_PARAMS = ("sweep_id", "sweep_dir",
+                                                      "sweep_overrides", "sweep_params")
+SWEEP_JOB = "sweep_job"
+SWEEP_LAUNCHER, SWEEP_SWEEPER = "hydra_launcher", "hydra_sweeper"
+SWEEP_CHILDREN, SWEEP_CHILDREN_FINISHED = "sweep_children", "sweep_children_finished"
+BEST_RUN, BEST_RUN_NAME, BEST_VALUE, BEST_PARAMS = ("best_run_id", "best_run_name",
+                                                    "best_value", "best_params")
+BEST_IN_SWEEP = "best_in_sweep"
+OPTUNA_BEST_VALUE = "optuna_best_value"
+
+# --- metric scopes ----------------------------------------------------------------------------
+TASK = "task/"            # each test task's value (step = task index)
+TEST = "test/"            # aggregates over test tasks
+SCRATCH_TASK = "scratch_task/"
+SCRATCH = "scratch/"
+GAIN = "gain/"            # paired gain over scratch
+TRAIN = "train/"          # meta-training curves (step = meta-iteration)
+TIME = "time/"
+#: Metrics compared value by value at every step by reruns (others: by their last value).
+PER_STEP_SCOPES = (TASK, SCRATCH_TASK, TRAIN)
+#: Metrics that differ between identical runs by nature.
+UNREPRODUCIBLE_SCOPES = (TIME,)
+#: Phases of a test task's query metrics.
+BEFORE, AFTER = "before", "after"
+STATS = ("mean", "std", "ci95")
+
+
+def steps_phase(steps: int) -> str:
+    """The phase after exactly ``steps`` inner steps: ``after_1step``, ``after_10steps``."""
+    return f"{AFTER}_{steps}step{'s' if steps != 1 else ''}"
+
+
+def query(scope: str, metric: str, phase: str = AFTER, stat: str | None = None) -> str:
+    """``test/query_acc_after_mean`` and the like."""
+    return f"{scope}query_{metric}_{phase}" + (f"_{stat}" if stat else "")
+
+
+def diverged(scope: str, phase: str = AFTER) -> str:
+    """How many test tasks have non-finite query metrics: ``test/diverged_tasks`` (after
+    adaptation), ``test/diverged_tasks_before``, ``scratch/diverged_tasks``, ..."""
+    return f"{scope}diverged_tasks" + ("" if phase == AFTER else f"_{phase}")
+
+
+TIME_META_TRAIN, TIME_META_TRAIN_MS, TIME_META_TEST = ("time/meta_train_s",
+                                                       "time/meta_train_ms_per_it",
+                                                       "time/meta_test_s")
+
+# --- artifacts --------------------------------------------------------------------------------
+CONFIG_FILE = "config/resolved_config.json"
+HYDRA_DIR = "hydra"
+CHECKPOINT_DIR = "checkpoint"
+MODEL_DIR = "model"
+DATA_DIR = "data"
+DATA_CONFIG_FILE = "data/generating_config.json"
+PLOTS_DIR = "plots"
+CURVES_PLOT = "plots/meta_train_curves.png"
+REGRESSION_PLOT = "plots/regression_fits.png"
+COMPARISON_DIR = "comparison"
+COMPARISON_TABLE = "comparison/comparison_table.json"
+COMPARISON_PLOT = "comparison/objective_vs_swept.png"
+#: In a run's output folder: records a tracking store refused, kept for import.
+FALLBACK_FILE = "mlflow_fallback.jsonl"
+
+
+def per_task_plot(metric: str) -> str:
+    return f"{PLOTS_DIR}/per_task_{metric}.png"
+
+
+# --- params -----------------------------------------------------------------------------------
+#: Params that say where things were written, not what was run (left out of comparisons and
+#: of the config-drift check of reruns).
+LOCATION_PARAMS = ("paths.", "tracking.uri", "tracking.artifact_location", "tracking.run_name",
+                   "tracking.http_")
+
+
+def is_location(param: str) -> bool:
+    return param.startswith(LOCATION_PARAMS)
+
+
+def params(config: dict, prefix: str = "") -> dict[str, object]:
+    """A resolved config as params: dotted names (``data.k_shot``), lists as JSON."""
+    import json
+
+    out: dict[str, object] = {}
+    for k, v in config.items():
+        if isinstance(v, dict):
+            out.update(params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out

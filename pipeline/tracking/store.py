@@ -1,0 +1,260 @@
+"""The tracking store: creating it, checking it, and querying stored runs (for compare, rerun,
+resume and sweeps). Queries return plain :class:`RunRecord` values, never MLflow types."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import TrackingConfig
+from pipeline.errors import TrackingError
+from pipeline.tracking import keys
+
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+MAX_PARAM_LEN = 6000
+MAX_TAG_LEN = 8000
+
+
+def configure_http(timeout_s: int = 10, max_retries: int = 2) -> None:
+    """Bound MLflow's HTTP retries (by default it retries a dead server for minutes)."""
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(timeout_s)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(max_retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def client(uri: str) -> Any:
+    """An ``MlflowClient`` on ``uri`` (HTTP retries bounded by :func:`configure_http`)."""
+    if "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ:
+        configure_http()
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def tag_batches(tags: Mapping[str, Any]) -> Iterator[list[list[str]]]:
+    """``[name, value]`` pairs, values cut to MLflow's limit, in batches of 100."""
+    return chunks([[k, str(v)[:MAX_TAG_LEN]] for k, v in tags.items()], MAX_PARAMS_PER_BATCH)
+
+
+# --- checks before anything is written --------------------------------------------------------
+
+
+def sqlite_path(uri: str) -> Path | None:
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0, attempts: int = 2) -> None:
+    """Fail fast, with a clear message, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    reason = ""
+    for attempt in range(attempts):
+        try:
+            response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+            if response.ok:
+                return
+            reason = f"HTTP {response.status_code} from /health"
+        except requests.RequestException as e:
+            reason = type(e).__name__
+        if attempt + 1 < attempts:
+            time.sleep(1.0)
+    raise TrackingError(
+        f"Cannot reach the MLflow tracking server at tracking.uri={uri!r} ({reason}). Start it "
+        f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`), fix tracking.uri, or use the "
+        f"embedded store with tracking=local. Nothing was run."
+    )
+
+
+def check_writable(uri: str) -> None:
+    """An existing SQLite store must take a write (not read-only, not immutable, not locked
+    for good); a missing one is created later. The probe write is rolled back."""
+    db = sqlite_path(uri)
+    if db is None or not db.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+            # SQLite opens a file it cannot write read-only, silently: only a write tells.
+            con.execute("BEGIN IMMEDIATE")
+            con.execute("CREATE TABLE main.pipeline_write_probe (x INTEGER)")
+            con.rollback()
+    except sqlite3.Error as e:
+        raise TrackingError(
+            f"The MLflow store {db} (tracking.uri) cannot be written: {e}. Make the file and its "
+            f"folder writable (check `ls -l` and `lsattr`), or point tracking.uri / "
+            f"paths.mlruns_dir at a writable folder. Nothing was run.") from e
+
+
+# --- creating the store -----------------------------------------------------------------------
+
+
+def prepare_store(cfg: TrackingConfig) -> str:
+    """Create the store's folders, schema and experiment if needed (once, before parallel jobs
+    start); return the experiment id."""
+    configure_http(cfg.http_timeout_s, cfg.http_max_retries)
+    check_reachable(cfg.uri)
+    check_writable(cfg.uri)
+    db = sqlite_path(cfg.uri)
+    if db is None:
+        return experiment_id(client(cfg.uri), cfg)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    if cfg.artifact_location:
+        Path(cfg.artifact_location).mkdir(parents=True, exist_ok=True)
+    # Processes that open a fresh SQLite store at once corrupt its schema (two sweeps started
+    # together, say): one at a time creates it, the others then find it ready.
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return experiment_id(client(cfg.uri), cfg)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def experiment_id(mlflow_client: Any, cfg: TrackingConfig) -> str:
+    exp = mlflow_client.get_experiment_by_name(cfg.experiment_name)
+    if exp is not None:
+        return exp.experiment_id
+    location = Path(cfg.artifact_location).resolve().as_uri() if cfg.artifact_location else None
+    try:
+        return mlflow_client.create_experiment(cfg.experiment_name, artifact_location=location)
+    except Exception:  # another job created it between our two calls
+        exp = mlflow_client.get_experiment_by_name(cfg.experiment_name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+# --- stored runs ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What the comparison and rerun commands need of a stored run, without MLflow types."""
+
+    run_id: str
+    name: str
+    status: str
+    experiment_id: str
+    start_time: int
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def _record(run: Any) -> RunRecord:
+    return RunRecord(run.info.run_id, run.info.run_name or "", run.info.status,
+                     run.info.experiment_id, run.info.start_time or 0, dict(run.data.params),
+                     dict(run.data.metrics), dict(run.data.tags))
+
+
+def start_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
+    """Create the store if needed and a RUNNING parent run for a sweep; return its id."""
+    exp_id = prepare_store(cfg)
+    run = client(cfg.uri).create_run(exp_id, run_name=run_name,
+                                     tags={k: v for batch in tag_batches(tags) for k, v in batch})
+    return run.info.run_id
+
+
+def set_tags(uri: str, run_id: str, tags: Mapping[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    c = client(uri)
+    for batch in tag_batches(tags):
+        c.log_batch(run_id, tags=[RunTag(k, v) for k, v in batch], synchronous=True)
+
+
+def end_run(uri: str, run_id: str, status: str = keys.FINISHED) -> None:
+    client(uri).set_terminated(run_id, status)
+
+
+def get_run(uri: str, run_id: str) -> RunRecord:
+    return _record(client(uri).get_run(run_id))
+
+
+def search_runs(uri: str, experiment_names: list[str] | None = None, filter_string: str = "",
+                parent_run_id: str | None = None, include_parents: bool = False
+                ) -> list[RunRecord]:
+    """Runs of the named experiments (all if None), optionally only a sweep's children.
+
+    ``filter_string`` is MLflow's search syntax (``params.algorithm.name = 'maml'``); parent runs
+    of sweeps are left out unless asked for by id. Oldest first.
+    """
+    c = client(uri)
+    if parent_run_id is not None:
+        ids = [c.get_run(parent_run_id).info.experiment_id]
+        clause = f"tags.`{keys.PARENT_RUN}` = '{parent_run_id}'"
+        filter_string = f"{filter_string} and {clause}" if filter_string else clause
+    elif experiment_names:
+        ids = []
+        for name in experiment_names:
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise ValueError(f"MLflow experiment {name!r} does not exist in {uri}.")
+            ids.append(exp.experiment_id)
+    else:
+        ids = [e.experiment_id for e in c.search_experiments()]
+    runs, token = [], None
+    while True:
+        page = c.search_runs(ids, filter_string, max_results=1000, page_token=token,
+                             order_by=["attributes.start_time ASC"])
+        runs += [_record(r) for r in page]
+        token = page.token
+        if not token:
+            break
+    if not include_parents:
+        runs = [r for r in runs if r.tags.get(keys.SWEEP_ROLE) != keys.ROLE_PARENT]
+    return runs
+
+
+def metric_history(uri: str, run_id: str, key: str) -> dict[int, float]:
+    """Every value of one metric by step (per-task metrics: step = test task index)."""
+    return {m.step: m.value for m in client(uri).get_metric_history(run_id, key)}
+
+
+def download_artifacts(uri: str, run_id: str, path: str, dst: Path) -> Path | None:
+    """Download one artifact folder or file of a run; None if the run has none there."""
+    c = client(uri)
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        return Path(c.download_artifacts(run_id, path, str(dst)))
+    except Exception:
+        return None
+
+
+def model_weights(model_uri: str, tracking_uri: str) -> list:
+    """The weights of a logged Keras model (``runs:/<id>/model``, ``models:/...`` or a folder)."""
+    client(tracking_uri)  # bounded HTTP retries
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:  # the download is not kept: only the weights
+        local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
+                                                    tracking_uri=tracking_uri)
+        return mlflow.keras.load_model(local).get_weights()
+
+
+def log_comparison(uri: str, run_id: str, table: Any, files: Mapping[str, Path],
+                   figure: Any | None) -> None:
+    """Attach a comparison to a run: a table (``mlflow.log_table``), files, and a figure."""
+    c = client(uri)
+    if table is not None and len(table):
+        c.log_table(run_id, data=table, artifact_file=keys.COMPARISON_TABLE)
+    for artifact_path, path in files.items():
+        c.log_artifact(run_id, str(path), artifact_path)
+    if figure is not None:
+        c.log_figure(run_id, figure, keys.COMPARISON_PLOT)

@@ -1,0 +1,80 @@
+"""Test tasks whose adaptation diverges: counted, located, left out of the aggregates (never
+hidden in them), plotted around; a run whose every test task diverges fails with the reason."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from pipeline.errors import DivergenceError
+from pipeline.runner import execute
+from pipeline.tracking import keys
+
+#: Sinusoid regression with the classification inner rate (0.5) and 5 test-time steps: about
+#: half of the test tasks blow up after 3-5 steps (the old default's failure, made small).
+PARTIAL = ["data=sinusoid", "data.num_train_tasks=200", "data.num_test_tasks=60",
+           "meta_train.iterations=50", "algorithm.inner_lr=0.5", "algorithm.test_inner_steps=5",
+           "meta_test.scratch.steps=5", "meta_test.eval_steps=[1]", "tracking.log_model=false"]
+
+
+def _history(client, run_id, key):
+    return np.array([m.value for m in sorted(client.get_metric_history(run_id, key),
+                                             key=lambda m: m.step)])
+
+
+def test_diverged_tasks_are_counted_located_and_left_out_of_the_aggregates(make_cfg, caplog):
+    cfg, raw = make_cfg(*PARTIAL)
+    result = execute(cfg, raw)
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    per_task = _history(client, result.run_id, "task/query_mse_after")
+    bad = ~np.isfinite(per_task)
+    assert len(per_task) == 60 and 0 < bad.sum() < 60
+    assert m["test/diverged_tasks"] == bad.sum() == result.diverged
+    assert m["test/diverged_tasks_before"] == 0 and m["test/diverged_tasks_after_1step"] == 0
+    assert m["scratch/diverged_tasks"] == 0
+    assert m["test/query_mse_after_mean"] == pytest.approx(per_task[~bad].mean())
+    assert result.summaries["test/query_mse_after"].n == (~bad).sum()
+    # the one-step phase is complete, and is not polluted by the 5-step divergence
+    assert np.isfinite(_history(client, result.run_id, "task/query_mse_after_1step")).all()
+    note = run.data.tags[keys.DIVERGED]
+    assert f"{bad.sum()} of 60 test tasks diverged" in note and "inner step" in note
+    assert note in caplog.text
+    plots = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+    assert {"plots/per_task_mse.png", "plots/regression_fits.png"} <= plots
+    # the gain is paired over the tasks where both methods have a value
+    assert result.gain.n == (~bad).sum()
+
+
+def test_a_run_whose_every_test_task_diverges_fails_with_the_reason(make_cfg):
+    cfg, raw = make_cfg("data.num_train_tasks=50", "data.num_test_tasks=20",
+                        "meta_train.iterations=20", "algorithm.inner_lr=1e4",
+                        "tracking.run_name=all-diverge", "tracking.log_model=false")
+    with pytest.raises(DivergenceError, match="20 of 20 test tasks diverged"):
+        execute(cfg, raw)
+    client = MlflowClient(cfg.tracking.uri)
+    [run] = client.search_runs([client.get_experiment_by_name("meta-learning").experiment_id],
+                               "attributes.run_name = 'all-diverge'")
+    assert run.info.status == "FAILED"
+    assert "meta-test diverged" in run.data.tags["error"] and "inner step" in run.data.tags["error"]
+    assert run.data.metrics["test/diverged_tasks"] == 20
+    acc = _history(client, run.info.run_id, "task/query_acc_after")
+    assert len(acc) == 20 and all(math.isnan(a) for a in acc)  # no made-up chance accuracy
+
+
+def test_the_default_sinusoid_config_does_not_diverge(make_cfg):
+    """``data=sinusoid`` alone takes the benchmark's inner loop (conf/data_algorithm/), not the
+    classification step size that made 221 of 600 test tasks diverge."""
+    cfg, raw = make_cfg("data=sinusoid", "data.num_train_tasks=500", "data.num_test_tasks=100",
+                        "meta_train.iterations=200", "meta_test.scratch.steps=20",
+                        "tracking.log_model=false")
+    assert (cfg.algorithm.inner_lr, cfg.algorithm.test_inner_steps) == (0.01, 10)
+    result = execute(cfg, raw, track=False)
+    assert result.diverged == 0
+    assert result.summaries["test/query_mse_after"].mean < result.summaries[
+        "test/query_mse_before"].mean
