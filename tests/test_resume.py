@@ -19,7 +19,7 @@ COMMON = ["data.num_train_tasks=40", "data.num_test_tasks=12", "model.hidden_uni
           "meta_train.meta_batch_size=4", "meta_train.log_every=50", "tracking.log_model=false"]
 #: Chunks of 20 iterations against curve points every 50: the curves' open window at the
 #: checkpoint must be restored for the resumed curves to match.
-IN_TRAINING = [*COMMON, "meta_train.iterations=20000", "meta_train.steps_per_call=20",
+IN_TRAINING = [*COMMON, "meta_train.iterations=6000", "meta_train.steps_per_call=20",
                "meta_test.scratch.steps=5"]
 #: A short training, then a long scratch baseline to interrupt.
 IN_TEST = [*COMMON, "meta_train.iterations=300", "meta_test.scratch.steps=4000"]
@@ -87,16 +87,16 @@ def _check_killed_and_resume(client, exp_id, uri, interrupted, name) -> int:
 def test_sigterm_during_meta_training_then_resume_is_bit_identical(tmp_path):
     uri, client, exp_id = _store(tmp_path)
     interrupted = _start(tmp_path, "interrupted", IN_TRAINING)
-    _wait_for(interrupted, "iteration 2000/20000")
+    _wait_for(interrupted, "iteration 1200/6000")
     reference = _start(tmp_path, "reference", IN_TRAINING)  # the uninterrupted twin
     interrupted.send_signal(signal.SIGTERM)
     stopped_at = _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted")
-    assert 0 < stopped_at < 20000, "interrupt the run during meta-training"
+    assert 0 < stopped_at < 6000, "interrupt the run during meta-training"
     err, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
     a = _record(client, _run(client, exp_id, "interrupted").info.run_id)
     b = _record(client, _run(client, exp_id, "reference").info.run_id)
-    assert len(a["train/loss"]) == 400 and len(a["task/query_acc_after"]) == 12
+    assert len(a["train/loss"]) == 120 and len(a["task/query_acc_after"]) == 12
     assert a.keys() == b.keys() and a == b  # every curve point and per-task value, bit for bit
 
 
