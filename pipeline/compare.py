@@ -28,15 +28,25 @@ from pipeline.config import default_tracking_uri
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
-#: Key metrics, in column order: (regex on the name, whether to pair it with its ``_ci95``).
-_KEY_METRICS = (r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
+#: Key metrics, in column order (each paired with its ``_ci95`` when there is one). Group runs
+#: have the same under ``seeds/`` (across-seed mean and CI of each job's value).
+_KEY_METRICS = (r"^seeds/n_seeds$", r"^seeds/test/query_(acc|mse)_after_mean_mean$",
+                r"^seeds/gain/query_[a-z]+_mean$",
+                r"^seeds/scratch/query_(acc|mse)_after_mean_mean$",
+                r"^seeds/test/query_(acc|mse)_before_mean_mean$",
+                r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
                 r"^scratch/query_(acc|mse)_after_mean$", r"^test/query_(acc|mse)_before_mean$",
                 r"^test/diverged_tasks$", r"^time/meta_train_s$")
 _FIXED = ["run_name", "run_id", "status"]
 
 
 def objective_metric(metrics: set[str]) -> tuple[str | None, bool]:
-    """The objective's metric name and whether higher is better (accuracy up, MSE down)."""
+    """The objective's metric name and whether higher is better (accuracy up, MSE down); for
+    group runs, its across-seed mean."""
+    for name, higher in (("test/query_acc_after_mean", True), ("test/query_mse_after_mean",
+                                                                False)):
+        if keys.seeds(name, "mean") in metrics:
+            return keys.seeds(name, "mean"), higher
     if "test/query_acc_after_mean" in metrics:
         return "test/query_acc_after_mean", True
     if "test/query_mse_after_mean" in metrics:
@@ -109,7 +119,7 @@ def display(df: pd.DataFrame) -> str:
                            for m, c in zip(df[target], df[col], strict=True)]
             out = out.drop(columns=col)
     for col in out.columns:
-        counts = col.endswith("diverged_tasks")
+        counts = col.endswith(("diverged_tasks", "n_seeds"))
         out[col] = [(_cell(v, 0 if counts else 4)) if v is None or isinstance(v, float) else v
                     for v in out[col]]
     out["run_id"] = out["run_id"].str[:8]
@@ -172,21 +182,35 @@ class SweepSummary:
     finished: bool
 
 
+def sweep_rows(uri: str, parent_run_id: str) -> tuple[list[RunRecord], list[RunRecord]]:
+    """A sweep's comparison rows (its group runs if it has groups, else its job runs) and the
+    runs standing for its jobs, in job order."""
+    from pipeline import groups
+
+    direct = store.search_runs(uri, parent_run_id=parent_run_id)
+    group_runs = [r for r in direct if r.tags.get(keys.SWEEP_ROLE) == keys.ROLE_GROUP]
+    members = [r for r in direct if r.tags.get(keys.SWEEP_ROLE) != keys.ROLE_GROUP]
+    for g in group_runs:
+        members += store.search_runs(uri, parent_run_id=g.run_id)
+    jobs = [r for _, r in sorted(groups.effective(members).items())]
+    return (sorted(group_runs, key=lambda g: min(json.loads(g.tags.get(keys.GROUP_JOBS, "[0]"))))
+            if group_runs else jobs), jobs
+
+
 def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
                     direction: str | None = None) -> SweepSummary:
-    """Log the children's comparison on the parent run and tag the best child (and trial)."""
+    """Log the comparison of the sweep's groups (or jobs) on the parent run; tag the best."""
     from pipeline import plots
 
     parent = store.get_run(uri, parent_run_id)
     swept = json.loads(parent.tags.get(keys.SWEEP_PARAMS, "[]"))
-    children = sorted(store.search_runs(uri, parent_run_id=parent_run_id),
-                      key=lambda r: int(r.tags.get(keys.SWEEP_JOB, 0)))
-    df = table(children, swept)
+    rows, jobs = sweep_rows(uri, parent_run_id)
+    df = table(rows, swept)
     best = best_row(df, direction) if len(df) else None
     best_id = str(df.loc[best, "run_id"]) if best is not None else None
-    tags: dict[str, Any] = {keys.SWEEP_CHILDREN: len(children),
-                            keys.SWEEP_CHILDREN_FINISHED: int((df["status"] == keys.FINISHED).sum())
-                            if len(df) else 0}
+    tags: dict[str, Any] = {keys.SWEEP_CHILDREN: len(jobs),
+                            keys.SWEEP_CHILDREN_FINISHED: sum(r.status == keys.FINISHED
+                                                              for r in jobs)}
     if best_id is not None:
         name, _ = objective_metric(set(df.columns))
         tags |= {keys.BEST_RUN: best_id, keys.BEST_VALUE: df.loc[best, name],
@@ -208,7 +232,8 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
         if fig is not None:
             plots.close(fig)
     store.set_tags(uri, parent_run_id, tags)
-    finished = bool(len(df)) and bool((df["status"] == keys.FINISHED).all())
+    finished = bool(jobs) and all(r.status == keys.FINISHED for r in [*jobs, *(
+        rows if rows is not jobs else [])])
     return SweepSummary(df, best_id, finished)
 
 

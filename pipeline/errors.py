@@ -27,7 +27,13 @@ class TrackingError(PipelineError, RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
 
 
+#: The signal that stopped this process's run, if one did (a sweep's parent is then KILLED).
+stopped_by: int | None = None
+
+
 def _sigterm_as_interrupt(signum, frame) -> None:
+    global stopped_by
+    stopped_by = signum
     raise KeyboardInterrupt(f"signal {signum}")
 
 

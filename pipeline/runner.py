@@ -128,7 +128,9 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
     with tracker.run(name, tags, run_id=resume.run_id if resume else None):
         if resume is None:
             container = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
-            tracker.log_params(keys.params(container))
+            params, location_tags = keys.split_params(keys.params(container))
+            tracker.log_params(params)
+            tracker.set_tags(location_tags)  # differ between every two jobs: not parameters
             if container:
                 tracker.log_dict(container, keys.CONFIG_FILE)
             if hydra_dir is not None and Path(hydra_dir).is_dir():
