@@ -39,6 +39,13 @@ def _fail(e: PipelineError, what: str, status: int) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from pipeline import sweep
+
+    with sweep.job_guard():  # multirun jobs: SIGTERM stops the job, not the worker
+        return _main(cfg)
+
+
+def _main(cfg: DictConfig) -> float:
     try:
         config = validate(cfg)
     except PipelineError as e:
@@ -66,7 +73,8 @@ def main(cfg: DictConfig) -> float:
     runtime_env.import_tensorflow()
     from pipeline.runner import execute
 
-    stop_on_sigterm()
+    if job is None:
+        stop_on_sigterm()  # a sweep's job has it from sweep.job_guard
     try:
         if job is not None and job.action == sweep.RESUME:
             result = _resume_job(config, cfg, job)
@@ -81,11 +89,6 @@ def main(cfg: DictConfig) -> float:
         _fail(e, "Run failed (marked FAILED in MLflow)", 1)
     except KeyboardInterrupt:
         if hc.mode == RunMode.MULTIRUN:
-            if job is not None and not job.in_launcher:
-                # A worker process: its run is marked KILLED; leave, so that no further job
-                # starts here and the launcher sees the sweep stopped.
-                logging.shutdown()
-                os._exit(143)
             raise
         print("Interrupted: the run is marked KILLED in MLflow; its checkpoint (if meta-training "
               "had started) is logged and `python -m pipeline.resume RUN_ID` continues it.",

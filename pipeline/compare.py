@@ -5,6 +5,8 @@
     python -m pipeline.compare --parent 3f2a...                 # a sweep's children
     python -m pipeline.compare --filter "params.algorithm.name = 'maml'"
     python -m pipeline.compare --experiment meta-learning --csv runs.csv --plot runs.png
+    python -m pipeline.compare --paired GROUP_A GROUP_B --log   # per-task paired differences
+    python -m pipeline.compare --register my-model --parent 3f2a...   # the best group's model
 
 The same table is what a sweep's parent run holds (``comparison/``), built by
 :func:`summarize_sweep` when the sweep ends.
@@ -237,20 +239,103 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
     return SweepSummary(df, best_id, finished)
 
 
+def log_paired(uri: str, result: Any, a: RunRecord, b: RunRecord) -> str:
+    """The paired comparison as a new MLflow run in A's experiment: the numbers as
+    ``paired/...`` metrics, each pair's difference at its step, a table and a plot."""
+    from pipeline import paired, plots
+
+    run_id = store.create_run(uri, a.experiment_id, f"paired {a.name} vs {b.name}", {
+        keys.SWEEP_ROLE: keys.ROLE_PAIRED, keys.PAIRED_A: a.run_id, keys.PAIRED_B: b.run_id,
+        keys.PAIRED_METRIC: result.metric})
+    name = result.metric.removeprefix(keys.TASK)
+    store.log_values(uri, run_id, metrics=paired.metrics(result))
+    store.log_series(uri, run_id, f"{keys.PAIRED}{name}_diff", list(result.pairs["diff"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / Path(keys.PAIRED_TABLE).name
+        result.pairs.to_csv(csv, index=False)
+        fig = paired.figure(result, f"{a.name} - {b.name}: {result.verdict}")
+        store.log_files(uri, run_id, {str(Path(keys.PAIRED_TABLE).parent): csv},
+                        {keys.PAIRED_PLOT: fig})
+        plots.close(fig)
+    store.end_run(uri, run_id, keys.FINISHED)
+    return run_id
+
+
+def model_choice(uri: str, run_id: str) -> tuple[RunRecord, RunRecord]:
+    """The run whose model to register: the run itself; for a group, its best seed; for a sweep
+    parent, the best group's (or job's) best seed. Returns (chosen, the run it stands for)."""
+    from pipeline import groups
+
+    run = store.get_run(uri, run_id)
+    role = run.tags.get(keys.SWEEP_ROLE)
+    if role == keys.ROLE_PARENT:
+        best = run.tags.get(keys.BEST_RUN)
+        if not best:
+            raise ValueError(f"sweep {run_id} has no best run (tag {keys.BEST_RUN}): it did not "
+                             f"finish with a comparison.")
+        return model_choice(uri, best)
+    if role == keys.ROLE_GROUP:
+        members = [r for r in groups.effective(store.search_runs(uri, parent_run_id=run_id))
+                   .values() if r.status == keys.FINISHED]
+        name, higher = objective_metric({k for r in members for k in r.metrics})
+        if not members or name is None:
+            raise ValueError(f"group {run_id} has no FINISHED job with an objective.")
+        best = (max if higher else min)(members, key=lambda r: r.metrics.get(name, math.nan))
+        return best, run
+    return run, run
+
+
+def register(uri: str, run_id: str, name: str) -> tuple[str, str, str]:
+    """Register the chosen model under ``name`` with the key metrics in its description;
+    return (model name, version, the run whose model it is)."""
+    chosen, source = model_choice(uri, run_id)
+    shown = [k for k in _metric_columns([source]) if not k.startswith(keys.TIME)]
+    lines = [f"Registered by pipeline.compare from run {source.name} ({source.run_id})."]
+    if source is not chosen:
+        lines.append(f"Model of its best seed: {chosen.name} ({chosen.run_id}).")
+    for k in shown:
+        if k.endswith("_ci95"):
+            continue
+        ci = source.metrics.get(k.removesuffix("_mean") + "_ci95")
+        value = source.metrics.get(k, math.nan)
+        lines.append(f"- {k}: {value:.4f}" + (f" ± {ci:.4f} (95% CI)" if ci is not None else ""))
+    for k in (keys.DATA_FINGERPRINT, keys.GIT_COMMIT):
+        if k in chosen.tags:
+            lines.append(f"- {k}: {chosen.tags[k]}")
+    version = store.register_model(uri, chosen.run_id, name, "\n".join(lines),
+                                   {keys.REGISTERED_FROM: source.run_id})
+    return name, version, chosen.run_id
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.uri)")
     p.add_argument("--experiment", action="append", help="experiment name (repeatable; "
                    "default: every experiment)")
-    p.add_argument("--parent", help="a sweep's parent run id: compare its children")
+    p.add_argument("--parent", help="a sweep's parent run id: compare its groups (or jobs); a "
+                   "group's run id: compare its jobs")
     p.add_argument("--filter", default="", help="MLflow search syntax, e.g. "
                    "\"params.algorithm.name = 'maml'\"")
     p.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     p.add_argument("--plot", type=Path, help="also draw the objective against the swept "
                    "values into this PNG file")
+    p.add_argument("--paired", nargs=2, metavar=("RUN_A", "RUN_B"), help="paired comparison "
+                   "of two runs (or two seed groups) on the same test tasks")
+    p.add_argument("--log", action="store_true", help="with --paired: log the result as a new "
+                   "MLflow run with a plot of the per-task differences")
+    p.add_argument("--register", metavar="NAME", help="register a model in the Model Registry "
+                   "under NAME: that of --run, or of the best group of --parent (its best seed)")
+    p.add_argument("--run", help="with --register: the run (or group) whose model to register")
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
+    if args.paired:
+        return _paired(uri, *args.paired, log=args.log)
+    if args.log:
+        print("--log goes with --paired RUN_A RUN_B.", file=sys.stderr)
+        return 2
+    if args.register:
+        return _register(uri, args.register, args.run or args.parent)
     try:
         runs = store.search_runs(uri, args.experiment, args.filter, args.parent)
     except Exception as e:  # bad filter syntax, unknown experiment or run, unreachable server
@@ -280,6 +365,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(df)} runs" + (f"; {', '.join(written)}" if written else ""))
     return 0
 
+
+def _paired(uri: str, run_a: str, run_b: str, log: bool) -> int:
+    from pipeline import paired
+
+    try:
+        result = paired.compare(uri, run_a, run_b)
+    except paired.NotPaired as e:
+        print(f"Refused: not a paired comparison: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # unknown run, unreachable store
+        print(f"Cannot compare {run_a} and {run_b} in {uri}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 2
+    a, b = store.get_run(uri, run_a), store.get_run(uri, run_b)
+    print(paired.describe(result, a, b))
+    if log:
+        print(f"logged as MLflow run {log_paired(uri, result, a, b)}")
+    return 0
+
+
+def _register(uri: str, name: str, run_id: str | None) -> int:
+    if not run_id:
+        print("--register NAME needs --run RUN_ID (a run or a group) or --parent "
+              "PARENT_RUN_ID (its best group).", file=sys.stderr)
+        return 2
+    try:
+        model, version, chosen = register(uri, run_id, name)
+    except Exception as e:
+        print(f"Cannot register a model from run {run_id}: {e}", file=sys.stderr)
+        return 2
+    print(f"registered model {model!r} version {version} from run {chosen}")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,6 +37,12 @@ def _sigterm_as_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def note_signal(signum, frame) -> None:
+    """Between a sweep worker's jobs: a SIGTERM is noted, nothing is running to stop."""
+    global stopped_by
+    stopped_by = signum
+
+
 def stop_on_sigterm() -> None:
     """Make SIGTERM (a scheduler's or a user's stop) end a run like Ctrl-C: marked KILLED in
     MLflow, with a checkpoint if meta-training had started. Main thread only; else a no-op."""

@@ -30,6 +30,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,7 +171,7 @@ class SweepCallback(Callback):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_FILE).write_text(json.dumps(
             {"run_id": self.parent_run_id, "tracking_uri": cfg.uri, "swept": swept,
-             "groups": {str(n): g for n, g in mapping.items()}, "launcher_pid": os.getpid(),
+             "groups": {str(n): g for n, g in mapping.items()},
              "resume": bool(resume)}))
         _warn_oversubscription(config)
         atexit.register(self._abandon)
@@ -305,30 +306,40 @@ class SweepCallback(Callback):
             signal.signal(signal.SIGINT, self._stop)
 
     def _stop(self, signum: int, frame: Any) -> None:
-        """Pass SIGTERM on to the worker processes (Ctrl-C reaches them already), wait until
-        their runs are marked KILLED, then stop the sweep."""
-        if self._stopped:
+        """Stop the sweep: no job starts any more (a stop file in the sweep folder), SIGTERM goes
+        to the worker processes running a job (Ctrl-C to a terminal reaches them already), and
+        once their runs are marked KILLED (with checkpoints) the sweep ends."""
+        if self._stopped or self.sweep_dir is None:
             raise KeyboardInterrupt(f"signal {signum}")
         self._stopped = signum
-        workers = _children()
-        if not workers:  # the jobs run in this process (basic launcher): stop like Ctrl-C
-            raise KeyboardInterrupt(f"signal {signum}")
-        if signum == signal.SIGTERM:
-            for pid in workers:
+        with contextlib.suppress(OSError):
+            (self.sweep_dir / STOP_FILE).write_text(str(signum))
+        signalled: set[int] = set()
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            busy = _busy_workers(self.sweep_dir)
+            for pid in busy - signalled:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_WAIT_S
-        while self.uri and self.parent_run_id and time.monotonic() < deadline:
-            try:
-                running = [r for r in job_runs(self.uri, self.parent_run_id,
-                                                self.group_ids).values()
-                           if r.status == keys.RUNNING]
-            except Exception:
+            signalled |= busy
+            if not busy:
                 break
-            if not running or not _children():
-                break
-            time.sleep(0.5)
-        raise KeyboardInterrupt(f"signal {signum}")
+            time.sleep(0.2)
+        parent = self.parent_run_id
+        self._abandon()
+        print(f"Sweep stopped by signal {signum}: its runs are marked KILLED. Continue it with "
+              f"the same command and sweep.resume={parent}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+
+STOP_FILE, JOBS_DIR = ".stop", ".running-jobs"
+
+
+def _busy_workers(sweep_dir: Path) -> set[int]:
+    """Child processes of this one that are running a job (each job marks its process in the
+    sweep folder): only those are sent SIGTERM; idle or fresh workers are left alone."""
+    marked = {int(p.name) for p in (sweep_dir / JOBS_DIR).glob("[0-9]*")}
+    return marked & set(_children())
 
 
 def _children() -> list[int]:
@@ -340,6 +351,38 @@ def _children() -> list[int]:
             if int(fields[1]) == me and fields[0] != "Z":
                 out.append(int(stat.parent.name))
     return out
+
+
+@contextlib.contextmanager
+def job_guard() -> Iterator[None]:
+    """Around a multirun job: refuse to start once the sweep is stopping, mark this process as
+    running a job, and let SIGTERM stop the job (its run KILLED, with a checkpoint). Afterwards
+    a worker process ignores SIGTERM (nothing to stop) and the launching process gets its own
+    handler back."""
+    from hydra.types import RunMode
+
+    from pipeline import errors
+
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        yield
+        return
+    sweep_dir = Path(str(hc.sweep.dir)).absolute()
+    if (sweep_dir / STOP_FILE).exists():
+        raise KeyboardInterrupt("the sweep is stopping: job not started")
+    marker = sweep_dir / JOBS_DIR / str(os.getpid())
+    with contextlib.suppress(OSError):
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(str(hc.job.num))
+    previous = signal.getsignal(signal.SIGTERM)
+    errors.stop_on_sigterm()
+    try:
+        yield
+    finally:
+        marker.unlink(missing_ok=True)
+        launcher = isinstance(getattr(previous, "__self__", None), SweepCallback)
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, previous if launcher else errors.note_signal)
 
 
 def _base_name(config: DictConfig) -> str:
@@ -372,8 +415,6 @@ class JobContext:
     action: str = NEW
     previous: RunRecord | None = None
     sweep_dir: Path | None = None
-    #: Whether this job runs in the process that launched the sweep (the basic launcher).
-    in_launcher: bool = True
 
 
 def _parent_from_store(cfg: TrackingConfig, sweep_dir: Path) -> dict[str, Any] | None:
@@ -421,9 +462,8 @@ def job_context(cfg: TrackingConfig, base_name: str) -> JobContext | None:
                 tags[keys.REPLACES] = previous.run_id
     else:
         log.warning("No parent run found for sweep %s: this job is logged on its own.", sweep_dir)
-    in_launcher = bool(parent) and parent.get("launcher_pid") == os.getpid()
     return JobContext(run_name(base_name, overrides, swept or overrides), tags, cfg.uri, num,
-                      group_id, what, previous, sweep_dir, in_launcher)
+                      group_id, what, previous, sweep_dir)
 
 
 def stored_objective(job: JobContext) -> tuple[float, bool]:

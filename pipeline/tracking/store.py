@@ -331,3 +331,42 @@ def has_artifact(uri: str, run_id: str, path: str) -> bool:
         return bool(client(uri).list_artifacts(run_id, path))
     except Exception:
         return False
+
+
+def log_series(uri: str, run_id: str, name: str, values: list[float]) -> None:
+    """One metric at steps 0, 1, 2, ... (per-task values), in batches."""
+    from mlflow.entities import Metric
+
+    c = client(uri)
+    now = int(time.time() * 1000)
+    for batch in chunks([Metric(name, float(v), now, i) for i, v in enumerate(values)],
+                        MAX_METRICS_PER_BATCH):
+        c.log_batch(run_id, metrics=batch, synchronous=True)
+
+
+def register_model(uri: str, run_id: str, name: str, description: str,
+                   tags: Mapping[str, Any]) -> str:
+    """Register run ``run_id``'s logged model as a new version of ``name`` in the Model
+    Registry, with ``description``; return the version."""
+    import mlflow
+
+    c = client(uri)
+    if not has_artifact(uri, run_id, keys.MODEL_DIR) and not _logged_model(c, run_id):
+        raise TrackingError(f"run {run_id} has no logged model (it ran with "
+                            f"tracking.log_model=false, or did not finish): nothing to register.")
+    with contextlib.suppress(Exception):  # exists already
+        c.create_registered_model(name)
+    mlflow.set_tracking_uri(uri)
+    version = mlflow.register_model(f"runs:/{run_id}/{keys.MODEL_DIR}", name,
+                                    tags={k: str(v) for k, v in tags.items()})
+    c.update_model_version(name, version.version, description=description)
+    return str(version.version)
+
+
+def _logged_model(c: Any, run_id: str) -> bool:
+    """MLflow 3 keeps models as LoggedModel entities outside the run's artifacts."""
+    try:
+        run = c.get_run(run_id)
+        return bool(run.outputs and run.outputs.model_outputs)
+    except Exception:
+        return False
