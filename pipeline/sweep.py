@@ -169,6 +169,7 @@ class SweepCallback(Callback):
             mapping = self._create(config, cfg, sweep_id, sweep_dir, overrides, swept, jobs,
                                    group_by)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / STOP_FILE).unlink(missing_ok=True)  # left by a stopped run of this sweep
         (sweep_dir / PARENT_FILE).write_text(json.dumps(
             {"run_id": self.parent_run_id, "tracking_uri": cfg.uri, "swept": swept,
              "groups": {str(n): g for n, g in mapping.items()},
@@ -236,7 +237,7 @@ class SweepCallback(Callback):
         counts = dict.fromkeys((SKIP, RESUME, RERUN, NEW), 0)
         for n in range(n_jobs):
             counts[action(uri, standing.get(n))] += 1
-        message = (f"Resuming sweep {found.name} ({found.run_id}): {counts[SKIP]} FINISHED jobs "
+        message = (f"Resuming {found.name} ({found.run_id}): {counts[SKIP]} FINISHED jobs "
                    f"skipped, {counts[RESUME]} resumed from checkpoints, {counts[RERUN]} rerun, "
                    f"{counts[NEW]} not run before")
         print(message, flush=True)
