@@ -89,21 +89,26 @@ def _divergence_note(name: str, tested: Tested, metric: str) -> str | None:
                                               else ""))
 
 
+def per_task(tested: Tested, scope: str = keys.TASK) -> dict[str, np.ndarray]:
+    """Each test task's query metrics as series (step = task index)."""
+    return {f"{scope}query_{k}": v for k, v in tested.per_task.items()}
+
+
 def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None,
         trained: Trained, eval_steps: tuple[int, ...], tracker: Tracker | None,
-        log_model: bool = True) -> Report:
-    """Summarise, log and plot the meta-test; return what was logged."""
+        log_model: bool = True, per_task_logged: bool = False) -> Report:
+    """Summarise, log and plot the meta-test; return what was logged. ``per_task_logged``: the
+    algorithm's per-task metrics went to the tracker already (queued while the baseline ran)."""
     loss, main = algo.loss, algo.loss.main_metric
     found = summaries(tested, keys.TEST)
     counts = {keys.diverged(keys.TEST, p): int(bad.sum()) for p, bad in tested.diverged.items()}
-    per_task_series = {f"{keys.TASK}query_{k}": v for k, v in tested.per_task.items()}
+    per_task_series = {} if per_task_logged else per_task(tested)
     gain = None
     if baseline is not None:
         found |= summaries(baseline, keys.SCRATCH)
         counts |= {keys.diverged(keys.SCRATCH, p): int(bad.sum())
                    for p, bad in baseline.diverged.items()}
-        per_task_series |= {f"{keys.SCRATCH_TASK}query_{k}": v
-                            for k, v in baseline.per_task.items()}
+        per_task_series |= per_task(baseline, keys.SCRATCH_TASK)
         a, b = tested.per_task[f"{main}_{keys.AFTER}"], baseline.per_task[f"{main}_{keys.AFTER}"]
         both = np.isfinite(a) & np.isfinite(b)
         if both.sum() >= 2:
