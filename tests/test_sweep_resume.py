@@ -99,8 +99,8 @@ def test_sigterm_a_joblib_sweep_then_resume_it(tmp_path):
     assert parent.info.status == "KILLED" and "sweep.resume=" in parent.data.tags["error"]
     before = {n: [r.info.status for r in runs] for n, runs in
               _per_job(client, exp, parent.info.run_id).items()}
-    assert before[0] == ["FAILED"] and before[1] == ["FAILED"] and before[2] == ["FINISHED"]
-    assert before[3] == ["KILLED"], before  # nothing left RUNNING
+    assert before == {0: ["FAILED"], 1: ["FAILED"], 2: ["FINISHED"], 3: ["KILLED"]}, \
+        (before, out[-3000:])  # nothing left RUNNING
     [killed] = _per_job(client, exp, parent.info.run_id)[3]
     stopped_at = int(killed.data.tags["checkpoint_iteration"])
     assert 0 < stopped_at < 8000
