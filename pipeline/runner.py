@@ -138,7 +138,11 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
         result = _stages(cfg, tracker, resume)
         result.run_id = tracker.run_id
         result.timings["tracking_s"] = tracker.seconds
-        log.info("MLflow run %s (%.2f s in tracking calls)", tracker.run_id, tracker.seconds)
+        log.info("MLflow run %s (%.2f s waiting on tracking calls)", tracker.run_id,
+                 tracker.seconds)
+    url = store.ui_url(cfg.tracking.uri, tracker.experiment_id, result.run_id)
+    if url:
+        log.info("In the MLflow UI: %s", url)
     return result
 
 

@@ -179,6 +179,10 @@ class SweepCallback(Callback):
         self._handle_signals()
         log.info("Sweep %s: MLflow parent run %s%s", sweep_id, self.parent_run_id,
                  f", {len(self.group_ids)} seed groups" if self.group_ids else "")
+        url = store.ui_url(cfg.uri, store.get_run(cfg.uri, self.parent_run_id).experiment_id,
+                           self.parent_run_id)
+        if url:
+            log.info("In the MLflow UI: %s", url)
 
     def _create(self, config: DictConfig, cfg: TrackingConfig, sweep_id: str, sweep_dir: Path,
                 overrides: list[str], swept: list[str], jobs: list[list[str]] | None,

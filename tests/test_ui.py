@@ -1,7 +1,11 @@
-"""The MLflow UI in a real browser (headless Chromium): an experiment the pipeline created opens
-in the model-training runs table, not MLflow 3's empty GenAI traces view; the seed groups'
+"""The MLflow UI in a real browser (headless Chromium): the links the pipeline gives open an
+experiment in the model-training runs table, not MLflow 3's empty GenAI view; the seed groups'
 compare view reads as a results table; a model registered by ``pipeline.compare --register``
-shows its key metrics. ``UPDATE_DOCS=1`` also copies the screenshots into ``docs/``."""
+shows its key metrics. ``UPDATE_DOCS=1`` also copies the screenshots into ``docs/``.
+
+MLflow 3.17's UI chooses its GenAI or model-training view UI-wide (a toggle it remembers, GenAI
+in a fresh browser) and does not read the experiment's ``mlflow.experimentKind`` tag, which the
+pipeline sets all the same; its links carry ``?workflowType=machine_learning``."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import PROJECT_ROOT, compare
-from pipeline.tracking import keys
+from pipeline.tracking import keys, store
 from tests.conftest import free_port
 from tests.test_sweeps import multirun
 
@@ -29,18 +33,21 @@ pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--window-size=1600,1000", "--virtual-time-budget=20000", "--hide-scrollbars"]
+         "--virtual-time-budget=20000", "--hide-scrollbars"]
 
 
-def browse(url: str, screenshot: Path | None = None) -> str:
-    """The page's DOM after its scripts ran (and a screenshot of it, if asked)."""
+def browse(url: str, screenshot: Path | None = None, height: int = 1000) -> str:
+    """The page's DOM after its scripts ran, in a fresh browser profile (and a screenshot of it,
+    if asked)."""
+    size = f"--window-size=1600,{height}"
     profile = tempfile.mkdtemp(prefix="chromium")
     try:
         if screenshot is not None:
-            subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}",
+            subprocess.run([CHROMIUM, *FLAGS, size, f"--user-data-dir={profile}",
                             f"--screenshot={screenshot}", url], capture_output=True, timeout=180)
-        out = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=180)
+        profile2 = tempfile.mkdtemp(prefix="chromium", dir=profile)
+        out = subprocess.run([CHROMIUM, *FLAGS, size, f"--user-data-dir={profile2}",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=180)
         return out.stdout
     finally:
         shutil.rmtree(profile, ignore_errors=True)
@@ -60,9 +67,6 @@ def ui(tmp_path_factory):
     parent = client.search_runs([exp.experiment_id], "tags.sweep_role = 'parent'")[0]
     assert compare.main(["--tracking-uri", uri, "--register", "meta-learner",
                          "--parent", parent.info.run_id]) == 0
-    # a control: an experiment made without the pipeline (no experiment kind tag), one run
-    other = client.create_experiment("made-by-hand")
-    client.set_terminated(client.create_run(other, run_name="hand-made-run").info.run_id)
     port = free_port()
     proc = subprocess.Popen(
         [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
@@ -78,7 +82,7 @@ def ui(tmp_path_factory):
         except OSError:
             assert proc.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
             time.sleep(0.5)
-    yield url, client, exp, other, tmp
+    yield url, client, exp, tmp
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
 
@@ -88,36 +92,41 @@ def _docs(shot: Path) -> None:
         shutil.copy(shot, PROJECT_ROOT / "docs" / shot.name)
 
 
-def test_pipeline_experiments_open_in_the_runs_table(ui):
-    url, client, exp, other, tmp = ui
+def test_pipeline_links_open_the_runs_table(ui):
+    url, client, exp, tmp = ui
+    assert exp.tags[keys.EXPERIMENT_KIND] == keys.KIND_TRAINING  # set, for UIs that read it
+    parent = client.search_runs([exp.experiment_id], "tags.sweep_role = 'parent'")[0]
+    link = store.ui_url(url, exp.experiment_id)
+    assert link == f"{url}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
     shot = tmp / "mlflow_experiment_runs.png"
-    dom = browse(f"{url}/#/experiments/{exp.experiment_id}", shot)
-    groups = client.search_runs([exp.experiment_id], "tags.sweep_role = 'group'")
-    assert all(g.info.run_name in dom for g in groups), dom[-3000:]
+    dom = browse(link, shot)
+    assert parent.info.run_name in dom and "matching runs" in dom, dom[-3000:]
     assert shot.stat().st_size > 10_000
     _docs(shot)
-    # the control: MLflow 3 opens an untagged experiment elsewhere (its GenAI view)
-    control = browse(f"{url}/#/experiments/{other}")
-    assert "hand-made-run" not in control
+    # the control: a fresh browser without the link's view opens MLflow 3's GenAI overview
+    plain = browse(f"{url}/#/experiments/{exp.experiment_id}")
+    assert parent.info.run_name not in plain and "Traces" in plain
 
 
 def test_seed_groups_compare_as_a_results_table(ui):
-    url, client, exp, _other, tmp = ui
+    url, client, exp, tmp = ui
     groups = client.search_runs([exp.experiment_id], "tags.sweep_role = 'group'")
     query = urllib.parse.urlencode({"runs": json.dumps([g.info.run_id for g in groups]),
                                     "experiments": json.dumps([exp.experiment_id])})
     shot = tmp / "mlflow_seed_groups_compare.png"
-    dom = browse(f"{url}/#/compare-runs?{query}", shot)
-    assert "seeds/test/query_acc_after_mean_mean" in dom and "seeds/n_seeds" in dom
+    dom = browse(f"{url}/#/compare-runs?{query}&{keys.UI_TRAINING_VIEW}", shot, height=2600)
+    assert all(g.info.run_name in dom for g in groups)
+    assert "seeds/n_seeds" in dom and "seeds/gain/query_acc_mean" in dom
     assert "algorithm.inner_lr" in dom
     _docs(shot)
 
 
 def test_registered_model_shows_its_metrics(ui):
-    url, client, _exp, _other, tmp = ui
+    url, client, _exp, tmp = ui
     [version] = client.search_model_versions("name = 'meta-learner'")
     shot = tmp / "mlflow_registered_model.png"
-    dom = browse(f"{url}/#/models/meta-learner/versions/{version.version}", shot)
+    dom = browse(f"{url}/#/models/meta-learner/versions/{version.version}?"
+                 f"{keys.UI_TRAINING_VIEW}", shot)
     assert "seeds/test/query_acc_after_mean_mean" in dom and version.run_id in dom
-    assert keys.REGISTERED_FROM in dom or "registered_from_run" in dom
+    assert keys.REGISTERED_FROM in dom
     _docs(shot)

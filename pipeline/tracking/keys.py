@@ -63,6 +63,9 @@ REGISTERED_FROM = "registered_from_run"
 #: MLflow 3 opens an experiment without this tag in its GenAI (traces) view; with it, in the
 #: model-training runs table.
 EXPERIMENT_KIND, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: MLflow 3.17's UI picks its GenAI or model-training view UI-wide (a toggle it remembers,
+#: GenAI at first) and ignores the tag above; this query string in a link opens model training.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 # --- metric scopes ----------------------------------------------------------------------------
 TASK = "task/"            # each test task's value (step = task index)

@@ -38,7 +38,7 @@ def client(uri: str) -> Any:
         configure_http()
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def chunks(items: list, size: int) -> Iterator[list]:
@@ -357,6 +357,7 @@ def register_model(uri: str, run_id: str, name: str, description: str,
     with contextlib.suppress(Exception):  # exists already
         c.create_registered_model(name)
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     version = mlflow.register_model(f"runs:/{run_id}/{keys.MODEL_DIR}", name,
                                     tags={k: str(v) for k, v in tags.items()})
     c.update_model_version(name, version.version, description=description)
@@ -370,3 +371,12 @@ def _logged_model(c: Any, run_id: str) -> bool:
         return bool(run.outputs and run.outputs.model_outputs)
     except Exception:
         return False
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """A link to a run (or experiment) in the MLflow UI of a tracking server, opening its
+    model-training view; None for an embedded store (no UI runs at its address)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{uri.rstrip('/')}/#/{page}?{keys.UI_TRAINING_VIEW}"
