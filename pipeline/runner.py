@@ -161,14 +161,12 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
     eval_steps = tuple(cfg.meta_test.eval_steps)
     try:
         tested = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)
-        if tracker is not None:  # queued: delivered while the baseline computes
-            tracker.log_metrics(report.per_task(tested))
         baseline = None
         if cfg.meta_test.compare_to_scratch and algo.meta_learns:
             scratch = build(cfg, tasks, cfg.meta_test.scratch)
             baseline = meta_test.run(scratch, tasks.test, cfg.meta_test.task_batch_size)
         summary = report.run(algo, tasks, tested, baseline, trained, eval_steps, tracker,
-                             cfg.tracking.log_model, per_task_logged=True)
+                             cfg.tracking.log_model)
     except KeyboardInterrupt:
         if trained.checkpoint is not None:  # training is done: resume goes to meta-test
             where = meta_train.log_checkpoint(tracker, trained.checkpoint, trained.total)

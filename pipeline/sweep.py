@@ -175,6 +175,8 @@ class SweepCallback(Callback):
              "groups": {str(n): g for n, g in mapping.items()},
              "resume": bool(resume)}))
         _warn_oversubscription(config)
+        global _launcher_pid
+        _launcher_pid = os.getpid()
         atexit.register(self._abandon)
         self._handle_signals()
         log.info("Sweep %s: MLflow parent run %s%s", sweep_id, self.parent_run_id,
@@ -338,6 +340,9 @@ class SweepCallback(Callback):
 
 
 STOP_FILE, JOBS_DIR = ".stop", ".running-jobs"
+#: The process that launched the sweep (set by the callback; workers, spawned or remote, have
+#: None).
+_launcher_pid: int | None = None
 
 
 def _busy_workers(sweep_dir: Path) -> set[int]:
@@ -385,7 +390,7 @@ def job_guard() -> Iterator[None]:
         yield
     finally:
         marker.unlink(missing_ok=True)
-        launcher = isinstance(getattr(previous, "__self__", None), SweepCallback)
+        launcher = _launcher_pid == os.getpid()  # the basic launcher: jobs run in-process
         with contextlib.suppress(ValueError):
             signal.signal(signal.SIGTERM, previous if launcher else errors.note_signal)
         if not launcher:

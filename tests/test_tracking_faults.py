@@ -49,6 +49,7 @@ def test_server_outage_mid_run_loses_nothing(make_cfg, mlflow_server, tmp_path):
     client = MlflowClient(mlflow_server.uri)
     with tracker.run("outage", {"seed": 0}):
         tracker.log_metrics({"m": [0.0, 1.0]}, steps=[0, 1])
+        assert tracker.flush() is True  # delivered (by the background thread) before the outage
         mlflow_server.stop()
         tracker.log_metrics({"m": [2.0, 3.0]}, steps=[2, 3])  # refused: queued, mirrored to file
         tracker.log_params({"p": 1})
@@ -70,6 +71,7 @@ def test_records_left_at_the_end_can_be_imported(make_cfg, mlflow_server, tmp_pa
     tracker = Tracker(cfg.tracking, tmp_path / "out")
     with tracker.run("ends-during-outage", {"seed": 0}):
         tracker.log_metrics({"m": [0.0]})
+        assert tracker.flush() is True
         mlflow_server.stop()
         tracker.log_metrics({"m": [1.0, 2.0]}, steps=[1, 2])
     fallback = tmp_path / "out" / FALLBACK_FILE

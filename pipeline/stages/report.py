@@ -96,13 +96,12 @@ def per_task(tested: Tested, scope: str = keys.TASK) -> dict[str, np.ndarray]:
 
 def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None,
         trained: Trained, eval_steps: tuple[int, ...], tracker: Tracker | None,
-        log_model: bool = True, per_task_logged: bool = False) -> Report:
-    """Summarise, log and plot the meta-test; return what was logged. ``per_task_logged``: the
-    algorithm's per-task metrics went to the tracker already (queued while the baseline ran)."""
+        log_model: bool = True) -> Report:
+    """Summarise, log and plot the meta-test; return what was logged."""
     loss, main = algo.loss, algo.loss.main_metric
     found = summaries(tested, keys.TEST)
     counts = {keys.diverged(keys.TEST, p): int(bad.sum()) for p, bad in tested.diverged.items()}
-    per_task_series = {} if per_task_logged else per_task(tested)
+    per_task_series = per_task(tested)
     gain = None
     if baseline is not None:
         found |= summaries(baseline, keys.SCRATCH)
