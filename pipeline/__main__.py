@@ -8,9 +8,11 @@ TensorFlow or MLflow load and before anything is written. Then the surroundings 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import hydra
@@ -20,7 +22,7 @@ from omegaconf import DictConfig
 
 from pipeline import runtime_env
 from pipeline.config import register_configs, validate
-from pipeline.errors import PipelineError, stop_on_sigterm
+from pipeline.errors import ConfigError, PipelineError, stop_on_sigterm
 
 log = logging.getLogger("pipeline")
 
@@ -37,6 +39,13 @@ def _fail(e: PipelineError, what: str, status: int) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from pipeline import sweep
+
+    with sweep.job_guard():  # multirun jobs: SIGTERM stops the job, not the worker
+        return _main(cfg)
+
+
+def _main(cfg: DictConfig) -> float:
     try:
         config = validate(cfg)
     except PipelineError as e:
@@ -49,19 +58,34 @@ def main(cfg: DictConfig) -> float:
     except PipelineError as e:
         _fail(e, preflight.REFUSED, 2)
 
-    runtime_env.import_tensorflow()
     from pipeline import sweep
-    from pipeline.runner import execute
 
     hc = HydraConfig.get()
+    if config.sweep.resume and hc.mode != RunMode.MULTIRUN:
+        _fail(ConfigError(f"sweep.resume={config.sweep.resume} applies to sweeps only: add -m "
+                          f"and the sweep's overrides."), "Error in config", 2)
     job = sweep.job_context(config.tracking, config.tracking.run_name or config.algorithm.name)
-    stop_on_sigterm()
+    if job is not None and job.action == sweep.SKIP:  # a resumed sweep's FINISHED job
+        assert job.previous is not None
+        log.info("Job %d: run %s already FINISHED; skipped.", job.num, job.previous.run_id)
+        return sweep.objective(*sweep.stored_objective(job))
+
+    runtime_env.import_tensorflow()
+    from pipeline.runner import execute
+
+    if job is None:
+        stop_on_sigterm()  # a sweep's job has it from sweep.job_guard
     try:
-        result = execute(config, cfg, list(hc.overrides.task),
-                         Path(hc.runtime.output_dir) / ".hydra",
-                         run_name=job.run_name if job else None,
-                         extra_tags=job.tags if job else None)
+        if job is not None and job.action == sweep.RESUME:
+            result = _resume_job(config, cfg, job)
+        else:
+            result = execute(config, cfg, list(hc.overrides.task),
+                             Path(hc.runtime.output_dir) / ".hydra",
+                             run_name=job.run_name if job else None,
+                             extra_tags=job.tags if job else None)
     except PipelineError as e:
+        if job is not None:
+            sweep.job_ended(job)
         _fail(e, "Run failed (marked FAILED in MLflow)", 1)
     except KeyboardInterrupt:
         if hc.mode == RunMode.MULTIRUN:
@@ -70,9 +94,39 @@ def main(cfg: DictConfig) -> float:
               "had started) is logged and `python -m pipeline.resume RUN_ID` continues it.",
               file=sys.stderr)
         sys.exit(130)
+    except Exception:
+        if job is not None:
+            sweep.job_ended(job)
+        raise
+    if job is not None:
+        sweep.job_ended(job)
     higher_is_better = result.algorithm is None or result.algorithm.loss.higher_is_better
     return sweep.objective(result.objective, higher_is_better)
 
+
+def _resume_job(config, raw: DictConfig, job):
+    """A resumed sweep's KILLED job: continue its run from its logged checkpoint, in place, as
+    ``python -m pipeline.resume`` does (bit-identical to an uninterrupted run)."""
+    from omegaconf import OmegaConf
+
+    from pipeline import replay, resume
+    from pipeline.runner import Resume, execute
+    from pipeline.tracking import keys, store
+
+    previous = job.previous
+    with tempfile.TemporaryDirectory() as tmp:
+        logged = store.download_artifacts(job.uri, previous.run_id, keys.CONFIG_FILE, Path(tmp))
+        drift = replay.config_drift(json.loads(logged.read_text()) if logged else {},
+                                    OmegaConf.to_container(raw, resolve=True))
+    if drift:
+        raise ConfigError(f"sweep.resume: job {job.num}'s config differs from its run "
+                          f"{previous.run_id}'s ({'; '.join(drift[:3])}): the config files "
+                          f"changed since; start a new sweep.")
+    ckpt = resume.checkpoint_of(job.uri, previous.run_id)
+    log.info("Job %d: resuming run %s at meta-iteration %d", job.num, previous.run_id,
+             ckpt.progress.iteration)
+    return execute(config, raw, resume=Resume(previous.run_id, ckpt,
+                                              previous.tags.get(keys.DATA_FINGERPRINT, "")))
 
 if __name__ == "__main__":
     main()

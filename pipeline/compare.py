@@ -5,6 +5,8 @@
     python -m pipeline.compare --parent 3f2a...                 # a sweep's children
     python -m pipeline.compare --filter "params.algorithm.name = 'maml'"
     python -m pipeline.compare --experiment meta-learning --csv runs.csv --plot runs.png
+    python -m pipeline.compare --paired GROUP_A GROUP_B --log   # per-task paired differences
+    python -m pipeline.compare --register my-model --parent 3f2a...   # the best group's model
 
 The same table is what a sweep's parent run holds (``comparison/``), built by
 :func:`summarize_sweep` when the sweep ends.
@@ -28,15 +30,25 @@ from pipeline.config import default_tracking_uri
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
-#: Key metrics, in column order: (regex on the name, whether to pair it with its ``_ci95``).
-_KEY_METRICS = (r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
+#: Key metrics, in column order (each paired with its ``_ci95`` when there is one). Group runs
+#: have the same under ``seeds/`` (across-seed mean and CI of each job's value).
+_KEY_METRICS = (r"^seeds/n_seeds$", r"^seeds/test/query_(acc|mse)_after_mean_mean$",
+                r"^seeds/gain/query_[a-z]+_mean$",
+                r"^seeds/scratch/query_(acc|mse)_after_mean_mean$",
+                r"^seeds/test/query_(acc|mse)_before_mean_mean$",
+                r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
                 r"^scratch/query_(acc|mse)_after_mean$", r"^test/query_(acc|mse)_before_mean$",
                 r"^test/diverged_tasks$", r"^time/meta_train_s$")
 _FIXED = ["run_name", "run_id", "status"]
 
 
 def objective_metric(metrics: set[str]) -> tuple[str | None, bool]:
-    """The objective's metric name and whether higher is better (accuracy up, MSE down)."""
+    """The objective's metric name and whether higher is better (accuracy up, MSE down); for
+    group runs, its across-seed mean."""
+    for name, higher in (("test/query_acc_after_mean", True), ("test/query_mse_after_mean",
+                                                                False)):
+        if keys.seeds(name, "mean") in metrics:
+            return keys.seeds(name, "mean"), higher
     if "test/query_acc_after_mean" in metrics:
         return "test/query_acc_after_mean", True
     if "test/query_mse_after_mean" in metrics:
@@ -109,7 +121,7 @@ def display(df: pd.DataFrame) -> str:
                            for m, c in zip(df[target], df[col], strict=True)]
             out = out.drop(columns=col)
     for col in out.columns:
-        counts = col.endswith("diverged_tasks")
+        counts = col.endswith(("diverged_tasks", "n_seeds"))
         out[col] = [(_cell(v, 0 if counts else 4)) if v is None or isinstance(v, float) else v
                     for v in out[col]]
     out["run_id"] = out["run_id"].str[:8]
@@ -172,21 +184,35 @@ class SweepSummary:
     finished: bool
 
 
+def sweep_rows(uri: str, parent_run_id: str) -> tuple[list[RunRecord], list[RunRecord]]:
+    """A sweep's comparison rows (its group runs if it has groups, else its job runs) and the
+    runs standing for its jobs, in job order."""
+    from pipeline import groups
+
+    direct = store.search_runs(uri, parent_run_id=parent_run_id)
+    group_runs = [r for r in direct if r.tags.get(keys.SWEEP_ROLE) == keys.ROLE_GROUP]
+    members = [r for r in direct if r.tags.get(keys.SWEEP_ROLE) != keys.ROLE_GROUP]
+    for g in group_runs:
+        members += store.search_runs(uri, parent_run_id=g.run_id)
+    jobs = [r for _, r in sorted(groups.effective(members).items())]
+    return (sorted(group_runs, key=lambda g: min(json.loads(g.tags.get(keys.GROUP_JOBS, "[0]"))))
+            if group_runs else jobs), jobs
+
+
 def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
                     direction: str | None = None) -> SweepSummary:
-    """Log the children's comparison on the parent run and tag the best child (and trial)."""
+    """Log the comparison of the sweep's groups (or jobs) on the parent run; tag the best."""
     from pipeline import plots
 
     parent = store.get_run(uri, parent_run_id)
     swept = json.loads(parent.tags.get(keys.SWEEP_PARAMS, "[]"))
-    children = sorted(store.search_runs(uri, parent_run_id=parent_run_id),
-                      key=lambda r: int(r.tags.get(keys.SWEEP_JOB, 0)))
-    df = table(children, swept)
+    rows, jobs = sweep_rows(uri, parent_run_id)
+    df = table(rows, swept)
     best = best_row(df, direction) if len(df) else None
     best_id = str(df.loc[best, "run_id"]) if best is not None else None
-    tags: dict[str, Any] = {keys.SWEEP_CHILDREN: len(children),
-                            keys.SWEEP_CHILDREN_FINISHED: int((df["status"] == keys.FINISHED).sum())
-                            if len(df) else 0}
+    tags: dict[str, Any] = {keys.SWEEP_CHILDREN: len(jobs),
+                            keys.SWEEP_CHILDREN_FINISHED: sum(r.status == keys.FINISHED
+                                                              for r in jobs)}
     if best_id is not None:
         name, _ = objective_metric(set(df.columns))
         tags |= {keys.BEST_RUN: best_id, keys.BEST_VALUE: df.loc[best, name],
@@ -208,8 +234,77 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
         if fig is not None:
             plots.close(fig)
     store.set_tags(uri, parent_run_id, tags)
-    finished = bool(len(df)) and bool((df["status"] == keys.FINISHED).all())
+    finished = bool(jobs) and all(r.status == keys.FINISHED for r in [*jobs, *(
+        rows if rows is not jobs else [])])
     return SweepSummary(df, best_id, finished)
+
+
+def log_paired(uri: str, result: Any, a: RunRecord, b: RunRecord) -> str:
+    """The paired comparison as a new MLflow run in A's experiment: the numbers as
+    ``paired/...`` metrics, each pair's difference at its step, a table and a plot."""
+    from pipeline import paired, plots
+
+    run_id = store.create_run(uri, a.experiment_id, f"paired {a.name} vs {b.name}", {
+        keys.SWEEP_ROLE: keys.ROLE_PAIRED, keys.PAIRED_A: a.run_id, keys.PAIRED_B: b.run_id,
+        keys.PAIRED_METRIC: result.metric})
+    name = result.metric.removeprefix(keys.TASK)
+    store.log_values(uri, run_id, metrics=paired.metrics(result))
+    store.log_series(uri, run_id, f"{keys.PAIRED}{name}_diff", list(result.pairs["diff"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / Path(keys.PAIRED_TABLE).name
+        result.pairs.to_csv(csv, index=False)
+        fig = paired.figure(result, f"{a.name} - {b.name}: {result.verdict}")
+        store.log_files(uri, run_id, {str(Path(keys.PAIRED_TABLE).parent): csv},
+                        {keys.PAIRED_PLOT: fig})
+        plots.close(fig)
+    store.end_run(uri, run_id, keys.FINISHED)
+    return run_id
+
+
+def model_choice(uri: str, run_id: str) -> tuple[RunRecord, RunRecord]:
+    """The run whose model to register: the run itself; for a group, its best seed; for a sweep
+    parent, the best group's (or job's) best seed. Returns (chosen, the run it stands for)."""
+    from pipeline import groups
+
+    run = store.get_run(uri, run_id)
+    role = run.tags.get(keys.SWEEP_ROLE)
+    if role == keys.ROLE_PARENT:
+        best = run.tags.get(keys.BEST_RUN)
+        if not best:
+            raise ValueError(f"sweep {run_id} has no best run (tag {keys.BEST_RUN}): it did not "
+                             f"finish with a comparison.")
+        return model_choice(uri, best)
+    if role == keys.ROLE_GROUP:
+        members = [r for r in groups.effective(store.search_runs(uri, parent_run_id=run_id))
+                   .values() if r.status == keys.FINISHED]
+        name, higher = objective_metric({k for r in members for k in r.metrics})
+        if not members or name is None:
+            raise ValueError(f"group {run_id} has no FINISHED job with an objective.")
+        best = (max if higher else min)(members, key=lambda r: r.metrics.get(name, math.nan))
+        return best, run
+    return run, run
+
+
+def register(uri: str, run_id: str, name: str) -> tuple[str, str, str]:
+    """Register the chosen model under ``name`` with the key metrics in its description;
+    return (model name, version, the run whose model it is)."""
+    chosen, source = model_choice(uri, run_id)
+    shown = [k for k in _metric_columns([source]) if not k.startswith(keys.TIME)]
+    lines = [f"Registered by pipeline.compare from run {source.name} ({source.run_id})."]
+    if source is not chosen:
+        lines.append(f"Model of its best seed: {chosen.name} ({chosen.run_id}).")
+    for k in shown:
+        if k.endswith("_ci95"):
+            continue
+        ci = source.metrics.get(k.removesuffix("_mean") + "_ci95")
+        value = source.metrics.get(k, math.nan)
+        lines.append(f"- {k}: {value:.4f}" + (f" ± {ci:.4f} (95% CI)" if ci is not None else ""))
+    for k in (keys.DATA_FINGERPRINT, keys.GIT_COMMIT):
+        if k in chosen.tags:
+            lines.append(f"- {k}: {chosen.tags[k]}")
+    version = store.register_model(uri, chosen.run_id, name, "\n".join(lines),
+                                   {keys.REGISTERED_FROM: source.run_id})
+    return name, version, chosen.run_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -218,14 +313,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.uri)")
     p.add_argument("--experiment", action="append", help="experiment name (repeatable; "
                    "default: every experiment)")
-    p.add_argument("--parent", help="a sweep's parent run id: compare its children")
+    p.add_argument("--parent", help="a sweep's parent run id: compare its groups (or jobs); a "
+                   "group's run id: compare its jobs")
     p.add_argument("--filter", default="", help="MLflow search syntax, e.g. "
                    "\"params.algorithm.name = 'maml'\"")
     p.add_argument("--csv", type=Path, help="also write the table to this CSV file")
     p.add_argument("--plot", type=Path, help="also draw the objective against the swept "
                    "values into this PNG file")
+    p.add_argument("--paired", nargs=2, metavar=("RUN_A", "RUN_B"), help="paired comparison "
+                   "of two runs (or two seed groups) on the same test tasks")
+    p.add_argument("--log", action="store_true", help="with --paired: log the result as a new "
+                   "MLflow run with a plot of the per-task differences")
+    p.add_argument("--register", metavar="NAME", help="register a model in the Model Registry "
+                   "under NAME: that of --run, or of the best group of --parent (its best seed)")
+    p.add_argument("--run", help="with --register: the run (or group) whose model to register")
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
+    if args.paired:
+        return _paired(uri, *args.paired, log=args.log)
+    if args.log:
+        print("--log goes with --paired RUN_A RUN_B.", file=sys.stderr)
+        return 2
+    if args.register:
+        return _register(uri, args.register, args.run or args.parent)
     try:
         runs = store.search_runs(uri, args.experiment, args.filter, args.parent)
     except Exception as e:  # bad filter syntax, unknown experiment or run, unreachable server
@@ -255,6 +365,38 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(df)} runs" + (f"; {', '.join(written)}" if written else ""))
     return 0
 
+
+def _paired(uri: str, run_a: str, run_b: str, log: bool) -> int:
+    from pipeline import paired
+
+    try:
+        result = paired.compare(uri, run_a, run_b)
+    except paired.NotPaired as e:
+        print(f"Refused: not a paired comparison: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # unknown run, unreachable store
+        print(f"Cannot compare {run_a} and {run_b} in {uri}: {type(e).__name__}: {e}",
+              file=sys.stderr)
+        return 2
+    a, b = store.get_run(uri, run_a), store.get_run(uri, run_b)
+    print(paired.describe(result, a, b))
+    if log:
+        print(f"logged as MLflow run {log_paired(uri, result, a, b)}")
+    return 0
+
+
+def _register(uri: str, name: str, run_id: str | None) -> int:
+    if not run_id:
+        print("--register NAME needs --run RUN_ID (a run or a group) or --parent "
+              "PARENT_RUN_ID (its best group).", file=sys.stderr)
+        return 2
+    try:
+        model, version, chosen = register(uri, run_id, name)
+    except Exception as e:
+        print(f"Cannot register a model from run {run_id}: {e}", file=sys.stderr)
+        return 2
+    print(f"registered model {model!r} version {version} from run {chosen}")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

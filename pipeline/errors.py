@@ -27,8 +27,20 @@ class TrackingError(PipelineError, RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
 
 
+#: The signal that stopped this process's run, if one did (a sweep's parent is then KILLED).
+stopped_by: int | None = None
+
+
 def _sigterm_as_interrupt(signum, frame) -> None:
+    global stopped_by
+    stopped_by = signum
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def note_signal(signum, frame) -> None:
+    """Between a sweep worker's jobs: a SIGTERM is noted, nothing is running to stop."""
+    global stopped_by
+    stopped_by = signum
 
 
 def stop_on_sigterm() -> None:

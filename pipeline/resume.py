@@ -27,6 +27,17 @@ from pipeline.tracking import keys, store
 RESUMABLE = (keys.KILLED, keys.FAILED)
 
 
+def checkpoint_of(uri: str, run_id: str) -> checkpoint.Checkpoint:
+    """The run's logged ``checkpoint/`` artifact, loaded; refused if it has none."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = store.download_artifacts(uri, run_id, keys.CHECKPOINT_DIR, Path(tmp))
+        if directory is None:
+            raise Refused(f"run {run_id} has no {keys.CHECKPOINT_DIR}/ artifact: it was not "
+                          f"interrupted after meta-training started, so there is nothing to "
+                          f"continue.")
+        return checkpoint.load(directory)
+
+
 def resume(run_id: str, uri: str, out=print) -> str:
     """Finish run ``run_id`` from its checkpoint; return its final status."""
     original = store.get_run(uri, run_id)
@@ -37,13 +48,7 @@ def resume(run_id: str, uri: str, out=print) -> str:
     raw, cfg, overrides = recompose(uri, original, out_dir)
     for warning in code_differences(original.tags):
         out(f"warning: {warning}")
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = store.download_artifacts(uri, run_id, keys.CHECKPOINT_DIR, Path(tmp))
-        if directory is None:
-            raise Refused(f"run {run_id} has no {keys.CHECKPOINT_DIR}/ artifact: it was not "
-                          f"interrupted after meta-training started, so there is nothing to "
-                          f"continue.")
-        ckpt = checkpoint.load(directory)
+    ckpt = checkpoint_of(uri, run_id)
     out(f"resuming run {run_id} at meta-iteration {ckpt.progress.iteration}")
 
     runtime_env.import_tensorflow()

@@ -128,7 +128,9 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
     with tracker.run(name, tags, run_id=resume.run_id if resume else None):
         if resume is None:
             container = OmegaConf.to_container(raw, resolve=True) if raw is not None else {}
-            tracker.log_params(keys.params(container))
+            params, location_tags = keys.split_params(keys.params(container))
+            tracker.log_params(params)
+            tracker.set_tags(location_tags)  # differ between every two jobs: not parameters
             if container:
                 tracker.log_dict(container, keys.CONFIG_FILE)
             if hydra_dir is not None and Path(hydra_dir).is_dir():
@@ -136,7 +138,11 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
         result = _stages(cfg, tracker, resume)
         result.run_id = tracker.run_id
         result.timings["tracking_s"] = tracker.seconds
-        log.info("MLflow run %s (%.2f s in tracking calls)", tracker.run_id, tracker.seconds)
+        log.info("MLflow run %s (%.2f s waiting on tracking calls)", tracker.run_id,
+                 tracker.seconds)
+    url = store.ui_url(cfg.tracking.uri, tracker.experiment_id, result.run_id)
+    if url:
+        log.info("In the MLflow UI: %s", url)
     return result
 
 

@@ -2,11 +2,13 @@
 
 Each ```bash block is read from README.md and its commands run in order, in a temporary folder,
 with only these changes: the store, data and run folders go to that folder (``paths.*``,
-``hydra.*.dir``, ``--tracking-uri``), placeholders (``RUN_ID``, ``PARENT_RUN_ID``, ``HEAD``, port
-5000, ``...``) become real values, ``[optional]`` parts are dropped, and runs that do not set
-``meta_train.iterations`` train for fewer of them (sweeps also skip model logging; Optuna runs 2
-trials). ``mlflow ui`` / ``mlflow server`` are started and must answer ``/health``. The quick
-start's default run is run unchanged and must print the README's sample lines.
+``hydra.*.dir``, ``--tracking-uri``), placeholders (``RUN_ID``, ``PARENT_RUN_ID``, ``GROUP_A``,
+``GROUP_B``, ``HEAD``, port 5000, ``...``) become real values, ``[optional]`` parts are
+dropped, and runs that do not set ``meta_train.iterations`` train for fewer of them (sweeps
+also skip model logging; Optuna runs 2 trials). ``mlflow ui`` / ``mlflow server`` are started
+and must answer ``/health``. The quick start's default run is run unchanged and must print the
+README's sample lines. ``sh`` blocks (the team setup: PostgreSQL, Ray, Slurm) are not run here:
+``tests/test_team_setup.py`` runs their steps.
 """
 
 from __future__ import annotations
@@ -71,6 +73,11 @@ class Session:
     def parent_id(self) -> str:
         return self._runs(keys.ROLE_PARENT)[-1].info.run_id
 
+    def group_ids(self) -> list[str]:
+        parent = self.parent_id()
+        return sorted(r.info.run_id for r in self._runs(keys.ROLE_GROUP)
+                      if r.data.tags.get(keys.PARENT_RUN) == parent)
+
     # --- one command -----------------------------------------------------------------------
 
     def prepare(self, command: str) -> str:
@@ -80,6 +87,9 @@ class Session:
         command = command.replace("--port 5000", f"--port {self.port}")
         command = command.replace(".venv/bin/", f"{PROJECT_ROOT}/.venv/bin/")
         command = command.replace("bash scripts/", f"bash {PROJECT_ROOT}/scripts/")
+        if "GROUP_A" in command:  # the latest sweep's two seed groups
+            a, b = self.group_ids()
+            command = command.replace("GROUP_A", a).replace("GROUP_B", b)
         if "RUN_ID" in command:
             command = command.replace("PARENT_RUN_ID", self.parent_id())
             command = command.replace("RUN_ID", self.run_id())

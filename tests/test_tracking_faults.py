@@ -49,14 +49,17 @@ def test_server_outage_mid_run_loses_nothing(make_cfg, mlflow_server, tmp_path):
     client = MlflowClient(mlflow_server.uri)
     with tracker.run("outage", {"seed": 0}):
         tracker.log_metrics({"m": [0.0, 1.0]}, steps=[0, 1])
+        assert tracker.flush() is True  # delivered (by the background thread) before the outage
         mlflow_server.stop()
         tracker.log_metrics({"m": [2.0, 3.0]}, steps=[2, 3])  # refused: queued, mirrored to file
         tracker.log_params({"p": 1})
+        assert tracker.flush() is False  # the store refuses: nothing delivered, nothing lost
         fallback = tmp_path / "out" / FALLBACK_FILE
         queued = [json.loads(line) for line in fallback.read_text().splitlines()]
         assert [r["kind"] for r in queued] == ["batch", "batch"]
         mlflow_server.start()
         tracker.log_metrics({"m": [4.0]}, steps=[4])  # delivers the queue first, in order
+        assert tracker.flush() is True
         assert not fallback.exists()
     run = client.get_run(tracker.run_id)
     assert run.info.status == "FINISHED" and run.data.params["p"] == "1"
@@ -68,6 +71,7 @@ def test_records_left_at_the_end_can_be_imported(make_cfg, mlflow_server, tmp_pa
     tracker = Tracker(cfg.tracking, tmp_path / "out")
     with tracker.run("ends-during-outage", {"seed": 0}):
         tracker.log_metrics({"m": [0.0]})
+        assert tracker.flush() is True
         mlflow_server.stop()
         tracker.log_metrics({"m": [1.0, 2.0]}, steps=[1, 2])
     fallback = tmp_path / "out" / FALLBACK_FILE
@@ -92,3 +96,32 @@ def test_full_run_against_a_server(make_cfg, mlflow_server):
     assert run.info.status == "FINISHED"
     assert _metric_steps(client, result.run_id, "task/query_acc_after") == list(range(12))
     assert "plots" in {a.path for a in client.list_artifacts(result.run_id)}
+
+
+def test_background_delivery_is_complete_when_the_run_is_finished(make_cfg, tmp_path):
+    """Records go to the store from a background thread; the run is FINISHED only after all of
+    them (5,000 metric values, params, a model) were accepted, in order."""
+    import numpy as np
+
+    from pipeline.models import build_model
+
+    cfg, _ = make_cfg()
+    tracker = Tracker(cfg.tracking, tmp_path / "out")
+    model = build_model(cfg.model, (4,), 3, seed=0)
+    with tracker.run("background", {"seed": 0}):
+        for chunk in range(5):
+            tracker.log_metrics({"task/x": np.arange(1000) + 1000 * chunk},
+                                steps=range(1000 * chunk, 1000 * (chunk + 1)))
+        tracker.log_params({"p": 2})
+        tracker.log_keras_model(model, np.zeros((2, 4), np.float32))
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and run.data.params["p"] == "2"
+    history = sorted((m.step, m.value) for m in client.get_metric_history(tracker.run_id,
+                                                                          "task/x"))
+    assert history == [(i, float(i)) for i in range(5000)]
+    assert tracker.delivered == 7 and not (tmp_path / "out" / FALLBACK_FILE).exists()
+    import mlflow.keras
+
+    loaded = mlflow.keras.load_model(f"runs:/{tracker.run_id}/model")
+    assert [w.shape for w in loaded.get_weights()] == [w.shape for w in model.get_weights()]

@@ -38,6 +38,7 @@ from pipeline.config.run import (
     PathsConfig,
     RuntimeConfig,
     ServerTrackingConfig,
+    SweepConfig,
     TrackingConfig,
 )
 from pipeline.config.validate import validate
@@ -50,6 +51,6 @@ __all__ = [
     "MetaTrainConfig", "ModelConfig", "NotebookAlgorithmConfig", "NotebookDataConfig",
     "OmniglotDataConfig", "OptimizerConfig", "PathsConfig", "ProtoNetConfig", "ReptileConfig",
     "RuntimeConfig", "SGDConfig", "ScratchConfig", "ServerTrackingConfig", "SinusoidDataConfig",
-    "SyntheticDataConfig", "TrackingConfig", "compose", "default_tracking_uri",
+    "SweepConfig", "SyntheticDataConfig", "TrackingConfig", "compose", "default_tracking_uri",
     "register_configs", "validate",
 ]

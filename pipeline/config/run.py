@@ -92,6 +92,19 @@ class RuntimeConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Multiruns (``-m``) only; a single run ignores these."""
+
+    #: Jobs whose configs differ only in these keys form a group (a seed group): one MLflow run
+    #: between the sweep's parent and those jobs, holding across-seed means and 95% CIs.
+    group_by: list[str] = field(default_factory=lambda: ["seed"])
+    #: Continue an earlier sweep of the same command: its parent run's id, or ``last`` (the
+    #: experiment's latest sweep). FINISHED jobs are skipped, KILLED ones resumed from their
+    #: checkpoints, FAILED ones rerun.
+    resume: str | None = None
+
+
+@dataclass
 class Config:
     data: DataConfig = MISSING
     model: ModelConfig = MISSING
@@ -102,5 +115,6 @@ class Config:
     meta_train: MetaTrainConfig = field(default_factory=MetaTrainConfig)
     meta_test: MetaTestConfig = field(default_factory=MetaTestConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     #: The one seed behind data, initialisation and task sampling.
     seed: int = num(0, ge=0, lt=2**31)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import operator
+import re
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -96,6 +97,7 @@ def _check_consistency(cfg: Config) -> None:
                           f"{algorithm.name}: it has no inner steps to vary. Set "
                           f"meta_test.eval_steps=[].")
     _check_images(cfg)
+    _check_sweep(cfg)
     uri = cfg.tracking.uri
     if not uri.startswith(TRACKING_SCHEMES):
         raise ConfigError(f"tracking.uri={uri!r} is not supported: it must start with one of "
@@ -106,6 +108,27 @@ def _check_consistency(cfg: Config) -> None:
             f"model.hidden_units={list(model.hidden_units)} is not allowed: every layer width "
             f"must be >= 1."
         )
+
+
+#: ``sweep.resume``: a parent run id (MLflow's 32 hex characters) or ``last``.
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _check_sweep(cfg: Config) -> None:
+    for key in cfg.sweep.group_by:
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part, _MISSING_KEY)
+        if node is _MISSING_KEY or dataclasses.is_dataclass(node):
+            raise ConfigError(f"sweep.group_by={list(cfg.sweep.group_by)} is not allowed: "
+                              f"{key!r} is not a config value (e.g. seed, data.k_shot).")
+    resume = cfg.sweep.resume
+    if resume is not None and resume != "last" and not _RUN_ID.match(resume):
+        raise ConfigError(f"sweep.resume={resume!r} is not allowed: give a sweep's parent run id "
+                          f"(32 hex characters) or last.")
+
+
+_MISSING_KEY = object()
 
 
 def _check_images(cfg: Config) -> None:

@@ -89,6 +89,11 @@ def _divergence_note(name: str, tested: Tested, metric: str) -> str | None:
                                               else ""))
 
 
+def per_task(tested: Tested, scope: str = keys.TASK) -> dict[str, np.ndarray]:
+    """Each test task's query metrics as series (step = task index)."""
+    return {f"{scope}query_{k}": v for k, v in tested.per_task.items()}
+
+
 def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None,
         trained: Trained, eval_steps: tuple[int, ...], tracker: Tracker | None,
         log_model: bool = True) -> Report:
@@ -96,14 +101,13 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
     loss, main = algo.loss, algo.loss.main_metric
     found = summaries(tested, keys.TEST)
     counts = {keys.diverged(keys.TEST, p): int(bad.sum()) for p, bad in tested.diverged.items()}
-    per_task_series = {f"{keys.TASK}query_{k}": v for k, v in tested.per_task.items()}
+    per_task_series = per_task(tested)
     gain = None
     if baseline is not None:
         found |= summaries(baseline, keys.SCRATCH)
         counts |= {keys.diverged(keys.SCRATCH, p): int(bad.sum())
                    for p, bad in baseline.diverged.items()}
-        per_task_series |= {f"{keys.SCRATCH_TASK}query_{k}": v
-                            for k, v in baseline.per_task.items()}
+        per_task_series |= per_task(baseline, keys.SCRATCH_TASK)
         a, b = tested.per_task[f"{main}_{keys.AFTER}"], baseline.per_task[f"{main}_{keys.AFTER}"]
         both = np.isfinite(a) & np.isfinite(b)
         if both.sum() >= 2:

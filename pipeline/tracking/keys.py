@@ -33,7 +33,7 @@ PARENT_RUN = "mlflow.parentRunId"
 
 # --- sweeps -----------------------------------------------------------------------------------
 SWEEP_ROLE = "sweep_role"
-ROLE_PARENT, ROLE_CHILD = "parent", "child"
+ROLE_PARENT, ROLE_CHILD, ROLE_GROUP = "parent", "child", "group"
 SWEEP_ID, SWEEP_DIR, SWEEP_OVERRIDES, SWEEP_PARAMS = ("sweep_id", "sweep_dir",
                                                       "sweep_overrides", "sweep_params")
 SWEEP_JOB = "sweep_job"
@@ -43,6 +43,29 @@ BEST_RUN, BEST_RUN_NAME, BEST_VALUE, BEST_PARAMS = ("best_run_id", "best_run_nam
                                                     "best_value", "best_params")
 BEST_IN_SWEEP = "best_in_sweep"
 OPTUNA_BEST_VALUE = "optuna_best_value"
+#: A group run: the config keys its jobs vary in (``["seed"]``), the sweep job numbers it holds,
+#: and a digest of the member runs (and statuses) its statistics were last written from.
+GROUP_BY, GROUP_JOBS, GROUP_WRITTEN = "group_by", "group_jobs", "group_written_from"
+#: A job run: the group run it belongs to (also its ``mlflow.parentRunId``).
+GROUP_RUN = "group_run_id"
+#: Resumed sweeps: the job's run this one replaces (a FAILED or unresumable KILLED run), the
+#: reverse link on the old run, and on the parent the counts of what a resume found.
+REPLACES, REPLACED_BY = "sweep_replaces", "sweep_replaced_by"
+RESUMED_SWEEP = "sweep_resumed"
+RESUME_COUNTS = ("sweep_resume_skipped", "sweep_resume_resumed", "sweep_resume_rerun",
+                 "sweep_resume_new")
+#: Runs of ``pipeline.compare --paired --log`` and ``--register``.
+ROLE_PAIRED = "paired_comparison"
+PAIRED_A, PAIRED_B, PAIRED_METRIC = "paired_a", "paired_b", "paired_metric"
+REGISTERED_FROM = "registered_from_run"
+
+# --- experiments --------------------------------------------------------------------------------
+#: MLflow 3 opens an experiment without this tag in its GenAI (traces) view; with it, in the
+#: model-training runs table.
+EXPERIMENT_KIND, KIND_TRAINING = "mlflow.experimentKind", "custom_model_development"
+#: MLflow 3.17's UI picks its GenAI or model-training view UI-wide (a toggle it remembers,
+#: GenAI at first) and ignores the tag above; this query string in a link opens model training.
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 
 # --- metric scopes ----------------------------------------------------------------------------
 TASK = "task/"            # each test task's value (step = task index)
@@ -50,6 +73,8 @@ TEST = "test/"            # aggregates over test tasks
 SCRATCH_TASK = "scratch_task/"
 SCRATCH = "scratch/"
 GAIN = "gain/"            # paired gain over scratch
+SEEDS = "seeds/"          # a group run's across-seed statistics of its jobs' aggregates
+PAIRED = "paired/"        # pipeline.compare --paired --log: per-task differences A - B
 TRAIN = "train/"          # meta-training curves (step = meta-iteration)
 TIME = "time/"
 #: Metrics compared value by value at every step by reruns (others: by their last value).
@@ -59,6 +84,15 @@ UNREPRODUCIBLE_SCOPES = (TIME,)
 #: Phases of a test task's query metrics.
 BEFORE, AFTER = "before", "after"
 STATS = ("mean", "std", "ci95")
+
+
+N_SEEDS = "seeds/n_seeds"
+
+
+def seeds(metric: str, stat: str) -> str:
+    """A group's across-seed statistic of a job metric: ``seeds/test/query_acc_after_mean_mean``
+    (the mean over seeds of each seed's ``test/query_acc_after_mean``), ``..._ci95``."""
+    return f"{SEEDS}{metric}_{stat}"
 
 
 def steps_phase(steps: int) -> str:
@@ -94,6 +128,10 @@ REGRESSION_PLOT = "plots/regression_fits.png"
 COMPARISON_DIR = "comparison"
 COMPARISON_TABLE = "comparison/comparison_table.json"
 COMPARISON_PLOT = "comparison/objective_vs_swept.png"
+SEEDS_PLOT = "seeds/seeds.png"
+SEEDS_TABLE = "seeds/seeds.csv"
+PAIRED_TABLE = "paired/per_task_differences.csv"
+PAIRED_PLOT = "paired/per_task_differences.png"
 #: In a run's output folder: records a tracking store refused, kept for import.
 FALLBACK_FILE = "mlflow_fallback.jsonl"
 
@@ -103,14 +141,21 @@ def per_task_plot(metric: str) -> str:
 
 
 # --- params -----------------------------------------------------------------------------------
-#: Params that say where things were written, not what was run (left out of comparisons and
-#: of the config-drift check of reruns).
+#: Config values that say where things were written or how this invocation was run, not what
+#: was run: they differ between every pair of jobs, so they are logged as tags (same name), not
+#: params, and left out of comparisons and of the config-drift check of reruns.
 LOCATION_PARAMS = ("paths.", "tracking.uri", "tracking.artifact_location", "tracking.run_name",
-                   "tracking.http_")
+                   "tracking.http_", "sweep.resume")
 
 
 def is_location(param: str) -> bool:
     return param.startswith(LOCATION_PARAMS)
+
+
+def split_params(flat: dict[str, object]) -> tuple[dict[str, object], dict[str, object]]:
+    """A flattened config as (params, tags): locations become tags (:data:`LOCATION_PARAMS`)."""
+    tags = {k: v for k, v in flat.items() if is_location(k)}
+    return {k: v for k, v in flat.items() if k not in tags}, tags
 
 
 def params(config: dict, prefix: str = "") -> dict[str, object]:

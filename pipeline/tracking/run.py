@@ -1,7 +1,9 @@
 """The live run: one pipeline run is one MLflow run, written through a :class:`Tracker`.
 
 Params, tags and metrics go through ``MlflowClient.log_batch`` in chunks within MLflow's limits,
-never one call per value. A run that raises is ended FAILED (KILLED on Ctrl-C) with the reason
+never one call per value, delivered by a background thread while the run computes: the run's
+status is written only after :meth:`Tracker.flush` found every record accepted. A run that
+raises is ended FAILED (KILLED on Ctrl-C) with the reason
 in the ``error`` tag; whatever it logged before stays.
 
 Nothing is dropped when a tracking server goes away mid-run: every write is a *record* (a batch
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Mapping
@@ -44,6 +47,17 @@ def _apply(client: Any, record: dict) -> None:
             client.log_artifacts(run_id, str(path), record.get("artifact_path"))
         else:
             client.log_artifact(run_id, str(path), record.get("artifact_path"))
+    elif kind == "model":  # a Keras model object: only queued in memory, never persisted
+        import mlflow.keras
+        from mlflow.models import Model
+
+        # Off the main thread there is no active run: name the run's experiment explicitly.
+        logged = mlflow.initialize_logged_model(record["name"], source_run_id=run_id,
+                                                experiment_id=record["experiment_id"],
+                                                params=client.get_run(run_id).data.params)
+        Model.log(None, mlflow.keras, name=record["name"], run_id=run_id,
+                  model_id=logged.model_id, model=record["model"], signature=record["signature"],
+                  pip_requirements=record["pip_requirements"])
     elif kind == "status":
         client.set_terminated(run_id, record["status"])
     else:
@@ -67,6 +81,13 @@ class Tracker:
         self.fallback_file = self.local_dir / keys.FALLBACK_FILE
         self._pending: list[dict] = []
         self._degraded = False
+        #: Records are delivered by a background thread (:meth:`_send`), in order.
+        self._lock = threading.Lock()
+        self._delivering = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+        self.delivered = 0
         #: Seconds spent inside MLflow calls (tracking overhead).
         self.seconds = 0.0
 
@@ -105,14 +126,21 @@ class Tracker:
         self._end(keys.FINISHED)
 
     def _end(self, status: str) -> None:
+        """Flush the queue, then end the run: its status is written only after every record
+        before it was accepted (or, the store refusing, queued after them, in the fallback
+        file), so a FINISHED run has all of its records."""
+        delivered = self.flush()
         try:
             with self._timed():
                 self.mlflow.end_run(status)  # leaves the fluent run even if the store is down
             ended = True
         except Exception:
             ended = False
-        if not ended or self._pending:  # the status goes after the records still queued
+        if not ended or not delivered:  # the status goes after the records still queued
             self._send({"kind": "status", "status": status})
+            self.flush()
+        self._closed = True
+        self._wake.set()
         if self._pending:
             log.warning(
                 "The tracking store at %s still refuses %d record(s) of run %s; nothing is lost: "
@@ -123,12 +151,33 @@ class Tracker:
     # --- ordered delivery ---------------------------------------------------------------------
 
     def _send(self, record: dict) -> None:
-        """Queue a record and deliver everything queued, in order, as far as the store accepts."""
-        self._pending.append({"run_id": self.run_id, **record})
-        with self._timed():
-            while self._pending:
+        """Queue a record; a background thread delivers the queue in order while the run goes
+        on computing (:meth:`flush` waits for it). Only the enqueueing is on the caller's time."""
+        with self._lock:
+            self._pending.append({"run_id": self.run_id, **record})
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._deliver_loop, daemon=True,
+                                            name="mlflow-delivery")
+            self._thread.start()
+        self._wake.set()
+
+    def _deliver_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            self._drain()
+
+    def _drain(self) -> bool:
+        """Deliver everything queued, in order, as far as the store accepts; True if the queue
+        is empty. One deliverer at a time (the background thread or a flush)."""
+        with self._delivering:
+            while True:
+                with self._lock:
+                    if not self._pending:
+                        break
+                    record = self._pending[0]
                 try:
-                    _apply(self.client, self._pending[0])
+                    _apply(self.client, record)
                 except Exception as e:
                     if not self._degraded:
                         log.warning("Tracking store %s refused a write (%s: %s); keeping records "
@@ -137,22 +186,36 @@ class Tracker:
                                     self.fallback_file)
                     self._degraded = True
                     break
-                self._pending.pop(0)
-        if self._degraded:
-            self._persist()
-            if not self._pending:
-                log.warning("Tracking store %s is back: every queued record was delivered.",
-                            self.cfg.uri)
-                self._degraded = False
+                with self._lock:
+                    self._pending.pop(0)
+                    self.delivered += 1
+            if self._degraded:
+                with self._lock:
+                    self._pending = [self._model_as_artifact(r) if r["kind"] == "model" else r
+                                     for r in self._pending]
+                self._persist()
+                if not self._pending:
+                    log.warning("Tracking store %s is back: every queued record was delivered.",
+                                self.cfg.uri)
+                    self._degraded = False
+            return not self._pending
+
+    def flush(self) -> bool:
+        """Wait until every queued record is delivered, or the store refuses one (then they wait
+        in order, mirrored to the fallback file); True if nothing is left undelivered."""
+        with self._timed():
+            return self._drain()
 
     def _persist(self) -> None:
         """Mirror the undelivered records to the fallback file (removed once all delivered)."""
-        if not self._pending:
+        with self._lock:
+            pending = list(self._pending)
+        if not pending:
             self.fallback_file.unlink(missing_ok=True)
             return
         self.local_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.fallback_file.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self._pending))
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in pending))
         tmp.replace(self.fallback_file)
 
     # --- batched logging ----------------------------------------------------------------------
@@ -244,8 +307,9 @@ class Tracker:
             log.warning("Could not record the data set as a run input (%s); its fingerprint "
                         "is kept in the run's tags and data/generating_config.json.", e)
 
-    def log_keras_model(self, model: Any, example_x: Any, name: str = keys.MODEL_DIR) -> str | None:
-        """Log a Keras model with a signature and explicit requirements; return its model URI.
+    def log_keras_model(self, model: Any, example_x: Any, name: str = keys.MODEL_DIR) -> None:
+        """Queue a Keras model, with a signature and explicit requirements, as the run's logged
+        model (written by the delivery thread while the run finishes).
 
         If the store refuses it, the model is saved in the run's output folder and queued as a
         plain artifact instead, so it is not lost.
@@ -256,20 +320,21 @@ class Tracker:
         from mlflow.models import infer_signature
 
         signature = infer_signature(example_x, np.asarray(model(example_x)))
-        try:
-            with self._timed():
-                info = self.mlflow.keras.log_model(
-                    model, name=name, signature=signature,
-                    pip_requirements=[f"tensorflow=={tf.__version__}",
-                                      f"keras=={keras.__version__}", f"numpy=={np.__version__}"])
-            return info.model_uri
-        except Exception as e:
-            path = self._local(f"{name}/model.keras")
-            model.save(path)
-            log.warning("Could not log the model to the store (%s); saved it to %s and queued "
-                        "it as an artifact.", e, path)
-            self.log_artifact(path, name)
-            return None
+        self._send({"kind": "model", "name": name, "model": model, "signature": signature,
+                    "experiment_id": self.experiment_id,
+                    "pip_requirements": [f"tensorflow=={tf.__version__}",
+                                         f"keras=={keras.__version__}",
+                                         f"numpy=={np.__version__}"]})
+
+    def _model_as_artifact(self, record: dict) -> dict:
+        """A refused model record as a plain, persistable artifact record (the model saved in
+        the run's output folder)."""
+        path = self._local(f"{record['name']}/model.keras")
+        record["model"].save(path)
+        log.warning("Could not log the model to the store; saved it to %s and queued it as an "
+                    "artifact.", path)
+        return {"run_id": record["run_id"], "kind": "artifact", "local_path": str(path),
+                "artifact_path": record["name"]}
 
 
 def import_fallback(file: Path, tracking_uri: str | None = None) -> int:

@@ -38,7 +38,7 @@ def client(uri: str) -> Any:
         configure_http()
     import mlflow
 
-    return mlflow.MlflowClient(tracking_uri=uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def chunks(items: list, size: int) -> Iterator[list]:
@@ -127,17 +127,24 @@ def prepare_store(cfg: TrackingConfig) -> str:
 
 
 def experiment_id(mlflow_client: Any, cfg: TrackingConfig) -> str:
+    """The experiment's id, created if needed and tagged as a model-training experiment (MLflow
+    3 would otherwise open it in its GenAI view, an empty traces dashboard)."""
     exp = mlflow_client.get_experiment_by_name(cfg.experiment_name)
-    if exp is not None:
-        return exp.experiment_id
-    location = Path(cfg.artifact_location).resolve().as_uri() if cfg.artifact_location else None
-    try:
-        return mlflow_client.create_experiment(cfg.experiment_name, artifact_location=location)
-    except Exception:  # another job created it between our two calls
-        exp = mlflow_client.get_experiment_by_name(cfg.experiment_name)
-        if exp is None:
-            raise
-        return exp.experiment_id
+    if exp is None:
+        location = (Path(cfg.artifact_location).resolve().as_uri() if cfg.artifact_location
+                    else None)
+        try:
+            return mlflow_client.create_experiment(
+                cfg.experiment_name, artifact_location=location,
+                tags={keys.EXPERIMENT_KIND: keys.KIND_TRAINING})
+        except Exception:  # another job created it between our two calls
+            exp = mlflow_client.get_experiment_by_name(cfg.experiment_name)
+            if exp is None:
+                raise
+    if keys.EXPERIMENT_KIND not in exp.tags:  # made by an older version or by hand
+        mlflow_client.set_experiment_tag(exp.experiment_id, keys.EXPERIMENT_KIND,
+                                         keys.KIND_TRAINING)
+    return exp.experiment_id
 
 
 # --- stored runs ------------------------------------------------------------------------------
@@ -217,8 +224,9 @@ def search_runs(uri: str, experiment_names: list[str] | None = None, filter_stri
         token = page.token
         if not token:
             break
-    if not include_parents:
-        runs = [r for r in runs if r.tags.get(keys.SWEEP_ROLE) != keys.ROLE_PARENT]
+    if not include_parents:  # sweep parents and paired comparisons are not experiment runs
+        runs = [r for r in runs
+                if r.tags.get(keys.SWEEP_ROLE) not in (keys.ROLE_PARENT, keys.ROLE_PAIRED)]
     return runs
 
 
@@ -249,12 +257,126 @@ def model_weights(model_uri: str, tracking_uri: str) -> list:
 
 
 def log_comparison(uri: str, run_id: str, table: Any, files: Mapping[str, Path],
-                   figure: Any | None) -> None:
+                   figure: Any | None, table_file: str = keys.COMPARISON_TABLE,
+                   figure_file: str = keys.COMPARISON_PLOT) -> None:
     """Attach a comparison to a run: a table (``mlflow.log_table``), files, and a figure."""
     c = client(uri)
     if table is not None and len(table):
-        c.log_table(run_id, data=table, artifact_file=keys.COMPARISON_TABLE)
+        c.log_table(run_id, data=table, artifact_file=table_file)
+    log_files(uri, run_id, files, {figure_file: figure} if figure is not None else None)
+
+
+# --- sweeps: group runs, statuses, values -------------------------------------------------------
+
+
+def create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any]) -> str:
+    """A RUNNING run in experiment id ``experiment`` (a sweep's group run: its parent link is
+    the ``mlflow.parentRunId`` tag); return its id."""
+    run = client(uri).create_run(experiment, run_name=run_name,
+                                 tags={k: v for batch in tag_batches(tags) for k, v in batch})
+    return run.info.run_id
+
+
+def set_status(uri: str, run_id: str, status: str) -> None:
+    """End a run with ``status``, or reopen it (``RUNNING``: a resumed sweep's parent)."""
+    if status == keys.RUNNING:
+        client(uri).update_run(run_id, status=status)
+    else:
+        client(uri).set_terminated(run_id, status)
+
+
+def delete_tag(uri: str, run_id: str, key: str) -> None:
+    with contextlib.suppress(Exception):  # absent already
+        client(uri).delete_tag(run_id, key)
+
+
+def log_values(uri: str, run_id: str, params: Mapping[str, Any] | None = None,
+               metrics: Mapping[str, float] | None = None, step: int = 0) -> None:
+    """Params and step-``step`` metrics of a stored run, in batches."""
+    from mlflow.entities import Metric, Param
+
+    c = client(uri)
+    now = int(time.time() * 1000)
+    for batch in chunks([Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in (params or {}).items()],
+                        MAX_PARAMS_PER_BATCH):
+        c.log_batch(run_id, params=batch, synchronous=True)
+    for batch in chunks([Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
+                        MAX_METRICS_PER_BATCH):
+        c.log_batch(run_id, metrics=batch, synchronous=True)
+
+
+def log_files(uri: str, run_id: str, files: Mapping[str, Path],
+              figures: Mapping[str, Any] | None = None) -> None:
+    """Files (artifact folder -> local file) and matplotlib figures (artifact file -> figure)."""
+    c = client(uri)
     for artifact_path, path in files.items():
         c.log_artifact(run_id, str(path), artifact_path)
-    if figure is not None:
-        c.log_figure(run_id, figure, keys.COMPARISON_PLOT)
+    for artifact_file, figure in (figures or {}).items():
+        c.log_figure(run_id, figure, artifact_file)
+
+
+def latest_run(uri: str, experiment_name: str, filter_string: str) -> RunRecord | None:
+    """The most recently started run of an experiment matching ``filter_string``."""
+    c = client(uri)
+    exp = c.get_experiment_by_name(experiment_name)
+    if exp is None:
+        return None
+    runs = c.search_runs([exp.experiment_id], filter_string, max_results=1,
+                         order_by=["attributes.start_time DESC"])
+    return _record(runs[0]) if runs else None
+
+
+def has_artifact(uri: str, run_id: str, path: str) -> bool:
+    try:
+        return bool(client(uri).list_artifacts(run_id, path))
+    except Exception:
+        return False
+
+
+def log_series(uri: str, run_id: str, name: str, values: list[float]) -> None:
+    """One metric at steps 0, 1, 2, ... (per-task values), in batches."""
+    from mlflow.entities import Metric
+
+    c = client(uri)
+    now = int(time.time() * 1000)
+    for batch in chunks([Metric(name, float(v), now, i) for i, v in enumerate(values)],
+                        MAX_METRICS_PER_BATCH):
+        c.log_batch(run_id, metrics=batch, synchronous=True)
+
+
+def register_model(uri: str, run_id: str, name: str, description: str,
+                   tags: Mapping[str, Any]) -> str:
+    """Register run ``run_id``'s logged model as a new version of ``name`` in the Model
+    Registry, with ``description``; return the version."""
+    import mlflow
+
+    c = client(uri)
+    if not has_artifact(uri, run_id, keys.MODEL_DIR) and not _logged_model(c, run_id):
+        raise TrackingError(f"run {run_id} has no logged model (it ran with "
+                            f"tracking.log_model=false, or did not finish): nothing to register.")
+    with contextlib.suppress(Exception):  # exists already
+        c.create_registered_model(name)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    version = mlflow.register_model(f"runs:/{run_id}/{keys.MODEL_DIR}", name,
+                                    tags={k: str(v) for k, v in tags.items()})
+    c.update_model_version(name, version.version, description=description)
+    return str(version.version)
+
+
+def _logged_model(c: Any, run_id: str) -> bool:
+    """MLflow 3 keeps models as LoggedModel entities outside the run's artifacts."""
+    try:
+        run = c.get_run(run_id)
+        return bool(run.outputs and run.outputs.model_outputs)
+    except Exception:
+        return False
+
+
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str | None:
+    """A link to a run (or experiment) in the MLflow UI of a tracking server, opening its
+    model-training view; None for an embedded store (no UI runs at its address)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{uri.rstrip('/')}/#/{page}?{keys.UI_TRAINING_VIEW}"

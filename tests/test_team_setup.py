@@ -1,0 +1,180 @@
+"""The team setup, for real: a PostgreSQL server (the Debian package) on 127.0.0.1, an ``mlflow
+server`` on it, a Ray cluster from ``ray start --head`` with 2 CPUs, and an 8-job Ray sweep into
+that server: nothing lost (8 FINISHED jobs, one parent, groups right), and a job rerun from the
+server bit-identical. CI installs PostgreSQL and ``.[ray,server]`` (``.ci/run``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import PROJECT_ROOT
+from pipeline.tracking import keys
+from tests.conftest import TINY, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _missing(what: str) -> None:
+    """Absent tools fail the test in CI (which installs them) and skip it elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing: .ci/run installs it")
+    pytest.skip(f"{what} is missing (bash .ci/run installs it)")
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster in a temporary folder, on 127.0.0.1 and a free port."""
+
+    def __init__(self) -> None:
+        bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+        if not bins:
+            _missing("PostgreSQL (apt-get install postgresql)")
+        self.bin = bins[-1].parent
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="pg"))
+        # As root, the server runs as the package's postgres user (it refuses to run as root).
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.root, "postgres")
+        self.uri = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"
+
+    def _run(self, *args: str) -> None:
+        out = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, f"{args}: {out.stdout}{out.stderr}"
+
+    def start(self) -> None:
+        data = self.root / "data"
+        self._run(str(self.bin / "initdb"), "-D", str(data), "-U", "postgres",
+                  "--auth=trust")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.root / "log"), "-w",
+                  "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
+        self._run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
+                  "postgres", "-c", "CREATE DATABASE mlflow")
+
+    def stop(self) -> None:
+        subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"),
+                        "-m", "fast", "stop"], capture_output=True, timeout=120)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Postgres]:
+    pg = Postgres()
+    pg.start()
+    yield pg
+    pg.stop()
+
+
+@pytest.fixture(scope="module")
+def server(postgres: Postgres, tmp_path_factory) -> Iterator[str]:
+    """``mlflow server`` with its store on PostgreSQL and its artifacts in a folder."""
+    pytest.importorskip("psycopg2", reason='pip install -e ".[server]"') if not os.environ.get(
+        "CI") else __import__("psycopg2")
+    root = tmp_path_factory.mktemp("team-server")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(root / "server.log", "w") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "2", "--backend-store-uri", postgres.uri,
+             "--artifacts-destination", str(root / "artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
+            time.sleep(1)
+    yield url
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head from ``ray start --head --num-cpus=2`` (``--block`` keeps it in one process of
+    ours, so stopping it stops only this cluster); its address and the client's environment."""
+    if not (Path(sys.executable).parent / "ray").exists():
+        _missing('Ray (pip install -e ".[ray]")')
+    root = tmp_path_factory.mktemp("ray")
+    port = free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # the workers import this checkout's pipeline, whatever is installed
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PROJECT_ROOT)}
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must be short
+    log = open(root / "ray.log", "w")  # noqa: SIM115
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={ray_tmp}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
+    deadline = time.monotonic() + 180
+    while "Ray runtime started" not in (root / "ray.log").read_text():
+        assert head.poll() is None and time.monotonic() < deadline, \
+            (root / "ray.log").read_text()[-3000:]
+        time.sleep(1)
+    yield f"127.0.0.1:{port}", {**auth, "PYTHONPATH": str(PROJECT_ROOT)}
+    head.terminate()
+    head.wait(timeout=120)
+    log.close()
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_ray_sweep_into_a_postgres_backed_server_loses_nothing(server, ray_head, tmp_path):
+    address, env = ray_head
+    client = MlflowClient(server)
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "-m", *TINY, "meta_train.iterations=8",
+         "tracking.log_model=false", "tracking=server", f"tracking.uri={server}",
+         "hydra/launcher=ray",
+         f"hydra.launcher.ray.init.address={address}",
+         "++hydra.launcher.ray.init.object_store_memory=null",
+         f"hydra.sweep.dir={tmp_path}/multirun", f"paths.data_dir={tmp_path}/data",
+         "seed=0,1,2,3", "algorithm.inner_lr=0.1,0.3"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, **env})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    exp = client.get_experiment_by_name("meta-learning")
+    assert exp.tags[keys.EXPERIMENT_KIND] == keys.KIND_TRAINING
+    runs = client.search_runs([exp.experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == keys.ROLE_PARENT]
+    groups = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == keys.ROLE_GROUP]
+    jobs = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == keys.ROLE_CHILD]
+    assert parent.info.status == "FINISHED" and parent.data.tags[keys.SWEEP_LAUNCHER] == \
+        "RayLauncher"
+    assert len(jobs) == 8 and all(r.info.status == "FINISHED" for r in jobs)
+    assert sorted(int(r.data.tags[keys.SWEEP_JOB]) for r in jobs) == list(range(8))
+    assert len(groups) == 2
+    for g in groups:
+        assert g.info.status == "FINISHED"
+        assert g.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        mine = [r for r in jobs if r.data.tags["mlflow.parentRunId"] == g.info.run_id]
+        assert sorted(int(r.data.tags[keys.SWEEP_JOB]) for r in mine) == \
+            json.loads(g.data.tags[keys.GROUP_JOBS])
+        assert sorted(r.data.params["seed"] for r in mine) == ["0", "1", "2", "3"]
+        assert {r.data.params["algorithm.inner_lr"] for r in mine} == \
+            {g.data.params["algorithm.inner_lr"]}
+        assert g.data.metrics["seeds/n_seeds"] == 4
+    for job in jobs:  # every per-task value of every job reached the server
+        history = client.get_metric_history(job.info.run_id, "task/query_acc_after")
+        assert sorted(m.step for m in history) == list(range(12))
+    # a job, rerun from what the server holds: bit-identical
+    rerun = subprocess.run([sys.executable, "-m", "pipeline.rerun", jobs[0].info.run_id,
+                            "--tracking-uri", server], cwd=PROJECT_ROOT, capture_output=True,
+                           text=True, timeout=600)
+    assert rerun.returncode == 0 and "IDENTICAL" in rerun.stdout, rerun.stdout + rerun.stderr

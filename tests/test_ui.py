@@ -1,0 +1,132 @@
+"""The MLflow UI in a real browser (headless Chromium): the links the pipeline gives open an
+experiment in the model-training runs table, not MLflow 3's empty GenAI view; the seed groups'
+compare view reads as a results table; a model registered by ``pipeline.compare --register``
+shows its key metrics. ``UPDATE_DOCS=1`` also copies the screenshots into ``docs/``.
+
+MLflow 3.17's UI chooses its GenAI or model-training view UI-wide (a toggle it remembers, GenAI
+in a fresh browser) and does not read the experiment's ``mlflow.experimentKind`` tag, which the
+pipeline sets all the same; its links carry ``?workflowType=machine_learning``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from pipeline import PROJECT_ROOT, compare
+from pipeline.tracking import keys, store
+from tests.conftest import free_port
+from tests.test_sweeps import multirun
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--virtual-time-budget=20000", "--hide-scrollbars"]
+
+
+def browse(url: str, screenshot: Path | None = None, height: int = 1000) -> str:
+    """The page's DOM after its scripts ran, in a fresh browser profile (and a screenshot of it,
+    if asked)."""
+    size = f"--window-size=1600,{height}"
+    profile = tempfile.mkdtemp(prefix="chromium")
+    try:
+        if screenshot is not None:
+            subprocess.run([CHROMIUM, *FLAGS, size, f"--user-data-dir={profile}",
+                            f"--screenshot={screenshot}", url], capture_output=True, timeout=180)
+        profile2 = tempfile.mkdtemp(prefix="chromium", dir=profile)
+        out = subprocess.run([CHROMIUM, *FLAGS, size, f"--user-data-dir={profile2}",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=180)
+        return out.stdout
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it")
+        pytest.skip("chromium is missing (apt-get install chromium)")
+    tmp = tmp_path_factory.mktemp("ui")
+    multirun(tmp, "seed=0,1", "algorithm.inner_lr=0.1,0.3", "tracking.log_model=true")
+    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("meta-learning")
+    parent = client.search_runs([exp.experiment_id], "tags.sweep_role = 'parent'")[0]
+    assert compare.main(["--tracking-uri", uri, "--register", "meta-learner",
+                         "--parent", parent.info.run_id]) == 0
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+         "--default-artifact-root", str(tmp / "mlruns" / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2):
+                break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
+            time.sleep(0.5)
+    yield url, client, exp, tmp
+    os.killpg(proc.pid, 15)
+    proc.wait(timeout=30)
+
+
+def _docs(shot: Path) -> None:
+    if os.environ.get("UPDATE_DOCS") == "1":
+        shutil.copy(shot, PROJECT_ROOT / "docs" / shot.name)
+
+
+def test_pipeline_links_open_the_runs_table(ui):
+    url, client, exp, tmp = ui
+    assert exp.tags[keys.EXPERIMENT_KIND] == keys.KIND_TRAINING  # set, for UIs that read it
+    parent = client.search_runs([exp.experiment_id], "tags.sweep_role = 'parent'")[0]
+    link = store.ui_url(url, exp.experiment_id)
+    assert link == f"{url}/#/experiments/{exp.experiment_id}?workflowType=machine_learning"
+    shot = tmp / "mlflow_experiment_runs.png"
+    dom = browse(link, shot)
+    assert parent.info.run_name in dom and "matching runs" in dom, dom[-3000:]
+    assert shot.stat().st_size > 10_000
+    _docs(shot)
+    # the control: a fresh browser without the link's view opens MLflow 3's GenAI overview
+    plain = browse(f"{url}/#/experiments/{exp.experiment_id}")
+    assert parent.info.run_name not in plain and "Traces" in plain
+
+
+def test_seed_groups_compare_as_a_results_table(ui):
+    url, client, exp, tmp = ui
+    groups = client.search_runs([exp.experiment_id], "tags.sweep_role = 'group'")
+    query = urllib.parse.urlencode({"runs": json.dumps([g.info.run_id for g in groups]),
+                                    "experiments": json.dumps([exp.experiment_id])})
+    shot = tmp / "mlflow_seed_groups_compare.png"
+    dom = browse(f"{url}/#/compare-runs?{query}&{keys.UI_TRAINING_VIEW}", shot, height=2600)
+    assert all(g.info.run_name in dom for g in groups)
+    assert "seeds/n_seeds" in dom and "seeds/gain/query_acc_mean" in dom
+    assert "algorithm.inner_lr" in dom
+    _docs(shot)
+
+
+def test_registered_model_shows_its_metrics(ui):
+    url, client, _exp, tmp = ui
+    [version] = client.search_model_versions("name = 'meta-learner'")
+    shot = tmp / "mlflow_registered_model.png"
+    dom = browse(f"{url}/#/models/meta-learner/versions/{version.version}?"
+                 f"{keys.UI_TRAINING_VIEW}", shot)
+    assert "seeds/test/query_acc_after_mean_mean" in dom and version.run_id in dom
+    assert keys.REGISTERED_FROM in dom
+    _docs(shot)
