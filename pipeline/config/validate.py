@@ -18,7 +18,7 @@ from pipeline.config.data import (
     SinusoidDataConfig,
 )
 from pipeline.config.fields import REGRESSION
-from pipeline.config.model import MLPConfig
+from pipeline.config.model import MLPConfig, ResNet12Config
 from pipeline.config.run import Config
 from pipeline.errors import ConfigError
 
@@ -107,6 +107,10 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(f"tracking.uri={uri!r} is not supported: it must start with one of "
                           f"{', '.join(TRACKING_SCHEMES)} (an embedded SQLite store or an MLflow "
                           f"server).")
+    if isinstance(model, ResNet12Config) and (not model.filters or min(model.filters) < 1):
+        raise ConfigError(
+            f"model.filters={list(model.filters)} is not allowed: give one width >= 1 per "
+            f"residual block, e.g. [64, 160, 320, 640].")
     if isinstance(model, MLPConfig) and any(u < 1 for u in model.hidden_units):
         raise ConfigError(
             f"model.hidden_units={list(model.hidden_units)} is not allowed: every layer width "
