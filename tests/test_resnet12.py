@@ -162,3 +162,27 @@ def test_logged_resnet12_loads_without_the_project(tmp_path):
     for name, model in models.items():
         np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), model(x).numpy(),
                                    rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["maml", "reptile"])
+def test_inner_loop_trains_a_conv_model_on_a_meta_batch_of_one(name):
+    """With one task, tf.vectorized_map slices the stacked weights with a gather whose gradient
+    is IndexedSlices: the inner loop must densify it (it raised a TypeError)."""
+    from pipeline.algorithms import build_algorithm
+    from pipeline.config import MetaTrainConfig, ReptileConfig
+
+    model = build_model(Conv4Config(filters=4), (16, 16, 3), 3, seed=0)
+    ctx = Context(model, TaskLoss(SOFTMAX), build_optimizer(AdamConfig()), seed=0)
+    cfg = MAMLConfig(inner_steps=1) if name == "maml" else ReptileConfig(inner_steps=1)
+    algo = build_algorithm(cfg, ctx)
+    rng = np.random.default_rng(0)
+    batch = Batch(tf.constant(rng.random((1, 6, 16, 16, 3), np.float32) * 255),
+                  tf.constant([[0, 1, 2, 0, 1, 2]], tf.int32),
+                  tf.constant(rng.random((1, 6, 16, 16, 3), np.float32) * 255),
+                  tf.constant([[0, 1, 2, 0, 1, 2]], tf.int32))
+    before = [v.numpy() for v in model.trainable_variables]
+    algo.build_for_training(MetaTrainConfig(iterations=1))
+    metrics = algo.meta_train_step(batch)
+    assert np.isfinite(float(metrics["loss"]))
+    assert any(not np.array_equal(a, v.numpy())
+               for a, v in zip(before, model.trainable_variables, strict=True))
