@@ -80,6 +80,7 @@ class Session:
         command = command.replace("--port 5000", f"--port {self.port}")
         command = command.replace(".venv/bin/", f"{PROJECT_ROOT}/.venv/bin/")
         command = command.replace("bash scripts/", f"bash {PROJECT_ROOT}/scripts/")
+        command = command.replace("python scripts/", f"python {PROJECT_ROOT}/scripts/")
         if "RUN_ID" in command:
             command = command.replace("PARENT_RUN_ID", self.parent_id())
             command = command.replace("RUN_ID", self.run_id())
