@@ -2,10 +2,11 @@
 
 A checkpoint holds every variable the algorithm updates (meta-parameters, the meta-optimizer's
 slots and step counter, batch-norm statistics, algorithm counters), the task-sampling RNG state,
-the number of meta-iterations done and what the meta-train stage had not logged yet (the open
-window of its curves). It is taken at a chunk boundary: signals are held back while a compiled
-chunk runs and its metrics are recorded, so the variables, the recorded iteration and the
-logged curves always agree. One is also written when meta-training ends, so a run stopped
+the number of meta-iterations done, what the meta-train stage had not logged yet (the open
+window of its curves) and, with model selection, the validation history and the best weights.
+It is taken at a chunk boundary: signals are held back while a compiled chunk runs and its
+metrics (and validation) are recorded, so the variables, the recorded iteration and the logged
+curves always agree. One is also written when meta-training ends, so a run stopped
 during meta-test resumes straight at meta-test.
 """
 
@@ -45,8 +46,11 @@ class Checkpoint:
     progress: Progress
     values: list[np.ndarray]
     names: list[str]
-    #: The meta-train stage's own state (JSON): values of the curves' open window.
+    #: The meta-train stage's own state (JSON): values of the curves' open window, the
+    #: validation history and which iteration scored best.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The best-scoring weights so far (model selection), in ``Algorithm.model_state`` order.
+    best: list[np.ndarray] = field(default_factory=list)
 
 
 @contextlib.contextmanager
@@ -75,16 +79,17 @@ def deferred_interrupts() -> Iterator[None]:
                 signal.raise_signal(received[0])
 
 
-def capture(variables: list, progress: Progress, extra: dict[str, Any] | None = None
-            ) -> Checkpoint:
+def capture(variables: list, progress: Progress, extra: dict[str, Any] | None = None,
+            best: list[np.ndarray] | None = None) -> Checkpoint:
     return Checkpoint(progress, [np.array(v.numpy()) for v in variables],
                       [getattr(v, "path", getattr(v, "name", "?")) for v in variables],
-                      dict(extra or {}))
+                      dict(extra or {}), list(best or []))
 
 
 def save(ckpt: Checkpoint, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    np.savez(directory / STATE_FILE, *ckpt.values)
+    np.savez(directory / STATE_FILE, *ckpt.values,
+             **{f"best_{i}": a for i, a in enumerate(ckpt.best)})
     meta = {"iteration": ckpt.progress.iteration, "rng_state": ckpt.progress.rng_state,
             "names": ckpt.names, "extra": ckpt.extra}
     (directory / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -95,11 +100,13 @@ def load(directory: Path) -> Checkpoint:
     try:
         meta = json.loads((Path(directory) / META_FILE).read_text())
         with np.load(Path(directory) / STATE_FILE) as f:
-            values = [f[f"arr_{i}"] for i in range(len(f.files))]
+            count = lambda prefix: sum(k.startswith(prefix) for k in f.files)  # noqa: E731
+            values = [f[f"arr_{i}"] for i in range(count("arr_"))]
+            best = [f[f"best_{i}"] for i in range(count("best_"))]
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"Checkpoint in {directory} is missing or unreadable ({e}).") from e
     return Checkpoint(Progress(int(meta["iteration"]), meta["rng_state"]), values, meta["names"],
-                      meta.get("extra", {}))
+                      meta.get("extra", {}), best)
 
 
 def restore(ckpt: Checkpoint, variables: list, rng: np.random.Generator) -> int:

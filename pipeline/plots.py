@@ -50,7 +50,7 @@ def curves(curves: dict[str, tuple[list[int], list[float]]]) -> Figure:
                                            strict=False):
         ax.plot(steps, values)
         ax.set_xlabel("meta-iteration")
-        ax.set_ylabel(f"train/{name}")
+        ax.set_ylabel(name if "/" in name else f"train/{name}")  # val/...: already scoped
     fig.tight_layout()
     return fig
 

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from pipeline import provenance, runtime
 from pipeline.algorithms import Algorithm, Context, build_algorithm
 from pipeline.checkpoint import Checkpoint
-from pipeline.config import AlgorithmConfig, ClassificationDataConfig, Config, OmniglotDataConfig
+from pipeline.config import AlgorithmConfig, ClassificationDataConfig, Config, EpisodeDataConfig
 from pipeline.data import REGRESSION, TaskSet, derive_seed
 from pipeline.errors import ConfigError, DataError
 from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
@@ -28,6 +28,7 @@ from pipeline.models import build_model
 from pipeline.optimizers import build_optimizer
 from pipeline.stages import generate, meta_test, meta_train, report
 from pipeline.stages.report import Report
+from pipeline.stages.validation import Validation
 from pipeline.tracking import Tracker, keys, store
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ class RunResult(Report):
 def default_run_name(cfg: Config) -> str:
     """What a run is, at a glance: ``maml synthetic 3-way 5-shot seed 0``."""
     data = cfg.data
-    if isinstance(data, ClassificationDataConfig | OmniglotDataConfig):
+    if isinstance(data, ClassificationDataConfig | EpisodeDataConfig):
         shape = f"{data.num_classes}-way {data.k_shot}-shot"
     else:
         shape = f"{getattr(data, 'k_shot', '?')}-shot"
@@ -146,6 +147,17 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
     return result
 
 
+def _validation(cfg: Config, tasks: TaskSet) -> Validation | None:
+    """Model selection on the data's validation tasks, if ``meta_train.validate_every`` asks."""
+    every = cfg.meta_train.validate_every
+    if not every:
+        return None
+    if tasks.val is None:
+        raise ConfigError(f"meta_train.validate_every={every} needs validation tasks; the data "
+                          f"file {tasks.path} has none.")
+    return Validation(tasks.val, every, cfg.meta_test.task_batch_size)
+
+
 def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) -> RunResult:
     tasks = generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, tracker,
                          cfg.tracking.log_dataset_max_mb)
@@ -157,7 +169,7 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
     algo = build(cfg, tasks)
     trained = meta_train.run(algo, tasks.train, cfg.meta_train, cfg.seed,
                              Path(cfg.paths.output_dir), tracker,
-                             resume.checkpoint if resume else None)
+                             resume.checkpoint if resume else None, _validation(cfg, tasks))
     eval_steps = tuple(cfg.meta_test.eval_steps)
     try:
         tested = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)

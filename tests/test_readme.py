@@ -90,6 +90,7 @@ class Session:
         if "GROUP_A" in command:  # the latest sweep's two seed groups
             a, b = self.group_ids()
             command = command.replace("GROUP_A", a).replace("GROUP_B", b)
+        command = command.replace("python scripts/", f"python {PROJECT_ROOT}/scripts/")
         if "RUN_ID" in command:
             command = command.replace("PARENT_RUN_ID", self.parent_id())
             command = command.replace("RUN_ID", self.run_id())

@@ -122,8 +122,11 @@ class Algorithm(ABC):
             return
         batch = min(cfg.meta_batch_size, train.num_tasks)
         chunk = self._chunk_fn()
-        for lo in range(start, cfg.iterations, cfg.steps_per_call):
+        lo = start
+        while lo < cfg.iterations:
             n = min(cfg.steps_per_call, cfg.iterations - lo)
+            if cfg.validate_every:  # a chunk ends at each validation point
+                n = min(n, cfg.validate_every - lo % cfg.validate_every)
             idx = np.stack([rng.choice(train.num_tasks, size=batch, replace=False)
                             for _ in range(n)])
             # Only the chunk's meta-batches go to TensorFlow ([n, batch, ...]), so the whole
@@ -132,6 +135,7 @@ class Algorithm(ABC):
             metrics = {k: v.numpy() for k, v in out.items()}
             self.progress = Progress(lo + n, rng.bit_generator.state)
             yield lo, metrics
+            lo += n
 
     def _meta_train_episodes(self, train: EpisodeSampler, cfg: MetaTrainConfig,
                              rng: np.random.Generator, start: int) -> Iterator[Chunk]:
@@ -154,6 +158,12 @@ class Algorithm(ABC):
         statistics, the meta-optimizer's variables and :attr:`extra_state`."""
         return [*self.meta_variables, *self.model.non_trainable_variables,
                 *self.ctx.optimizer.variables, *self.extra_state]
+
+    @property
+    def model_state(self) -> list:
+        """What meta-testing uses: the meta-learned variables and batch-norm statistics (not
+        the optimizer's), i.e. what model selection keeps of the best-scoring iteration."""
+        return [*self.meta_variables, *self.model.non_trainable_variables]
 
     @property
     def extra_state(self) -> list:

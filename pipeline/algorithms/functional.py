@@ -96,6 +96,12 @@ def _dense_stack(model: keras.Model) -> list[tuple] | None:
     return out
 
 
+def dense(grads: Sequence[tf.Tensor | tf.IndexedSlices]) -> Params:
+    """Gradients as dense tensors: with a single task, ``tf.vectorized_map`` slices the stacked
+    weights with a gather, whose gradient is ``IndexedSlices`` (meta-batch 1 of a conv model)."""
+    return [tf.convert_to_tensor(g) for g in grads]
+
+
 def tile(params: Sequence[tf.Tensor], n: int | tf.Tensor) -> Params:
     """Stack ``n`` copies of one parameter set along a new task axis.
 
@@ -145,7 +151,7 @@ def per_task_grads(f: FunctionalModel, loss: TaskLoss, stacked: Params, x: tf.Te
     with tf.GradientTape() as tape:
         tape.watch(stacked)
         total = tf.reduce_sum(task_losses(f, loss, stacked, x, y))
-    return tape.gradient(total, stacked)
+    return dense(tape.gradient(total, stacked))
 
 
 def batched_sgd(f: FunctionalModel, loss: TaskLoss, stacked: Sequence[tf.Tensor], x: tf.Tensor,
@@ -165,7 +171,7 @@ def batched_sgd(f: FunctionalModel, loss: TaskLoss, stacked: Sequence[tf.Tensor]
         with tf.GradientTape() as tape:
             tape.watch(active)
             total = tf.reduce_sum(task_losses(f, loss, params, x, y))
-        grads = iter(tape.gradient(total, active))
+        grads = iter(dense(tape.gradient(total, active)))
         new = []
         for p, m, a in zip(params, mask, lrs, strict=True):
             if not m:

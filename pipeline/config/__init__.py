@@ -23,12 +23,20 @@ from pipeline.config.compose import compose, default_tracking_uri, register_conf
 from pipeline.config.data import (
     ClassificationDataConfig,
     DataConfig,
+    EpisodeDataConfig,
+    ImagesDataConfig,
     NotebookDataConfig,
     OmniglotDataConfig,
     SinusoidDataConfig,
     SyntheticDataConfig,
 )
-from pipeline.config.model import Conv4Config, MLPConfig, ModelConfig
+from pipeline.config.model import (
+    Conv4Config,
+    ImageModelConfig,
+    MLPConfig,
+    ModelConfig,
+    ResNet12Config,
+)
 from pipeline.config.optimizer import AdamConfig, OptimizerConfig, SGDConfig
 from pipeline.config.run import (
     Config,
@@ -46,11 +54,12 @@ from pipeline.errors import ConfigError
 
 __all__ = [
     "ANILConfig", "AdamConfig", "AlgorithmConfig", "ClassificationDataConfig", "Config",
-    "ConfigError", "Conv4Config", "DataConfig", "FOMAMLConfig", "InnerLoopConfig",
-    "LocalTrackingConfig", "MAMLConfig", "MLPConfig", "MetaSGDConfig", "MetaTestConfig",
-    "MetaTrainConfig", "ModelConfig", "NotebookAlgorithmConfig", "NotebookDataConfig",
-    "OmniglotDataConfig", "OptimizerConfig", "PathsConfig", "ProtoNetConfig", "ReptileConfig",
-    "RuntimeConfig", "SGDConfig", "ScratchConfig", "ServerTrackingConfig", "SinusoidDataConfig",
+    "ConfigError", "Conv4Config", "DataConfig", "EpisodeDataConfig", "FOMAMLConfig",
+    "ImageModelConfig", "ImagesDataConfig", "InnerLoopConfig", "LocalTrackingConfig", "MAMLConfig",
+    "MLPConfig", "MetaSGDConfig", "MetaTestConfig", "MetaTrainConfig", "ModelConfig",
+    "NotebookAlgorithmConfig", "NotebookDataConfig", "OmniglotDataConfig", "OptimizerConfig",
+    "PathsConfig", "ProtoNetConfig", "ReptileConfig", "ResNet12Config", "RuntimeConfig",
+    "SGDConfig", "ScratchConfig", "ServerTrackingConfig", "SinusoidDataConfig",
     "SweepConfig", "SyntheticDataConfig", "TrackingConfig", "compose", "default_tracking_uri",
     "register_configs", "validate",
 ]

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from omegaconf import MISSING
 
-from pipeline.config.fields import CLASSIFICATION, REGRESSION, choice, num
+from pipeline.config.fields import CLASSIFICATION, IMAGE_LAYOUTS, REGRESSION, choice, num
 from pipeline.registry import option
 
 
@@ -24,6 +24,14 @@ class DataConfig:
     num_test_tasks: int = num(100, ge=2)
     #: Reuse a previously generated file when the config (and so its fingerprint) is the same.
     cache: bool = True
+
+    #: Tasks are images (``[H, W, C]`` inputs), for the image models (conv4, resnet12).
+    image_data: ClassVar[bool] = False
+
+    def validation_tasks(self) -> int:
+        """How many fixed validation tasks the family generates (``meta_train.validate_every``
+        scores them); 0: it has no validation split."""
+        return 0
 
 
 @dataclass
@@ -98,9 +106,33 @@ class SinusoidDataConfig(DataConfig):
     x_max: float = num(5.0)
 
 
+@dataclass
+class EpisodeDataConfig(DataConfig):
+    """N-way K-shot episodes of image classes: training episodes drawn on the fly from the
+    training classes, fixed test (and validation) episodes from the held-out classes."""
+
+    image_data: ClassVar[bool] = True
+    #: N-way of the test episodes (and of training ones unless ``train_num_classes`` is set).
+    num_classes: int = num(5, ge=2)
+    k_shot: int = num(1, ge=1)
+    query_per_class: int = num(15, ge=1)
+    #: Training episodes' N-way / queries per class (null = as at test; protonet only for N).
+    train_num_classes: int | None = num(None, ge=2)
+    train_query_per_class: int | None = num(None, ge=1)
+    #: 0: training episodes sampled on the fly from the seed; > 0: this many fixed episodes.
+    num_train_tasks: int = num(0, ge=0)
+    num_test_tasks: int = num(1000, ge=2)
+    #: Fixed validation episodes (N-way K-shot like the test ones) from the validation classes,
+    #: for model selection (``meta_train.validate_every``).
+    num_val_tasks: int = num(100, ge=0)
+
+    def validation_tasks(self) -> int:
+        return self.num_val_tasks
+
+
 @option("data", builds="pipeline.data.omniglot:generate")
 @dataclass
-class OmniglotDataConfig(DataConfig):
+class OmniglotDataConfig(EpisodeDataConfig):
     """Omniglot from the official zips; see :mod:`pipeline.data.omniglot` for the protocols."""
 
     family: str = "omniglot"
@@ -122,13 +154,38 @@ class OmniglotDataConfig(DataConfig):
     image_size: int = num(28, ge=4)
     train_rotations: list[int] = field(default_factory=lambda: [0, 90, 180, 270])
     test_rotations: list[int] = field(default_factory=lambda: [0])
-    #: N-way of the test episodes (and of training ones unless ``train_num_classes`` is set).
-    num_classes: int = num(5, ge=2)
-    k_shot: int = num(1, ge=1)
-    query_per_class: int = num(15, ge=1)
-    #: Training episodes' N-way / queries per class (null = as at test; protonet only for N).
-    train_num_classes: int | None = num(None, ge=2)
-    train_query_per_class: int | None = num(None, ge=1)
-    #: 0: training episodes sampled on the fly from the seed; > 0: this many fixed episodes.
-    num_train_tasks: int = num(0, ge=0)
-    num_test_tasks: int = num(1000, ge=2)
+    #: The last this many training characters form a validation split (0: none, the Vinyals /
+    #: MAML split; 172: the ProtoNets code's 1,028 training / 172 validation characters).
+    num_val_characters: int = num(0, ge=0)
+
+    def validation_tasks(self) -> int:
+        return self.num_val_tasks if self.num_val_characters else 0
+
+
+@option("data", builds="pipeline.data.images:generate")
+@dataclass
+class ImagesDataConfig(EpisodeDataConfig):
+    """A labelled image collection on disk (miniImageNet, CIFAR-FS, FC100, tieredImageNet, your
+    own), in one of the layouts these benchmarks are distributed in; see
+    :mod:`pipeline.data.images`. Images are decoded once (RGB, resized to ``image_size``) into
+    a uint8 cache keyed by the source files' sha256."""
+
+    family: str = "images"
+    #: Folder of the collection (required: there is no default copy).
+    root: str | None = None
+    #: ``folders``: ``<root>/<split>/<class>/*.png|jpg``; ``csv``: ``<root>/<split>.csv``
+    #: (``filename,label``) and ``<root>/images/``; ``pickle``: ``<root>/`` + ``pickle_file``
+    #: (``image_data`` [N, H, W, 3] uint8, ``class_dict`` class -> image indices).
+    layout: str = choice("folders", IMAGE_LAYOUTS)
+    #: A flat folder ``<root>/<class>/*`` (layout=folders): fractions of its classes for the
+    #: train / val / test splits, drawn from the seed (e.g. [0.64, 0.16, 0.2]); null = the
+    #: layout's own train/val/test splits.
+    class_split: list[float] | None = None
+    #: layout=pickle: the split files, ``{split}`` = train, val, test.
+    pickle_file: str = "mini-imagenet-cache-{split}.pkl"
+    #: Side of the square images fed to the model (84: miniImageNet; 32: CIFAR-FS, FC100);
+    #: null = keep the images' own size (they must all have the same).
+    image_size: int | None = num(84, ge=4)
+    #: Where the decoded images are cached (keyed by the sources' sha256).
+    cache_dir: str = "${paths.data_dir}"
+    num_test_tasks: int = num(600, ge=2)

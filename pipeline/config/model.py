@@ -4,6 +4,7 @@ builds the layers)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from omegaconf import MISSING
 
@@ -13,6 +14,8 @@ from pipeline.registry import option
 
 @dataclass
 class ModelConfig:
+    #: Takes images ``[H, W, C]`` (the image data families), not feature vectors.
+    image_model: ClassVar[bool] = False
     name: str = MISSING
     #: Initial weights of the classification/regression head: ``glorot_uniform`` (Keras'
     #: default) or ``zeros`` (all classes start equal: only the start; the head is then
@@ -37,12 +40,24 @@ class MLPConfig(ModelConfig):
     head: str = choice("softmax", HEADS)
 
 
+@dataclass
+class ImageModelConfig(ModelConfig):
+    """A CNN on images; ``batch_norm`` as described for :class:`Conv4Config`."""
+
+    image_model: ClassVar[bool] = True
+    batch_norm: str = choice("transductive", BATCH_NORM)
+    #: Running-average momentum (``running`` only).
+    bn_momentum: float = num(0.9, ge=0, lt=1)
+    #: Inputs are multiplied by this first (uint8 images in 0..255 -> 0..1).
+    input_scale: float = num(1 / 255, gt=0)
+
+
 @option("model", builds="pipeline.models.conv4:body")
 @dataclass
-class Conv4Config(ModelConfig):
+class Conv4Config(ImageModelConfig):
     """The standard few-shot CNN (Vinyals et al. 2016; MAML; ProtoNets): ``blocks`` x (3x3 conv,
-    batch norm, ReLU, 2x2 max-pool) on 28x28x1 images -> 64 features, then a linear head (none
-    for protonet).
+    batch norm, ReLU, 2x2 max-pool) on any [H, W, C] images (Omniglot's 28x28x1 -> 64
+    features; miniImageNet's 84x84x3 -> 5x5x64 = 1,600), then a linear head (none for protonet).
 
     ``batch_norm``: ``transductive`` normalises with the statistics of the batch at hand, at
     meta-training and meta-test alike (the MAML paper's choice; no running averages exist);
@@ -55,8 +70,19 @@ class Conv4Config(ModelConfig):
     name: str = "conv4"
     filters: int = num(64, ge=1)
     blocks: int = num(4, ge=1)
-    batch_norm: str = choice("transductive", BATCH_NORM)
-    #: Running-average momentum (``running`` only).
-    bn_momentum: float = num(0.9, ge=0, lt=1)
-    #: Inputs are multiplied by this first (uint8 images in 0..255 -> 0..1).
-    input_scale: float = num(1 / 255, gt=0)
+
+
+@option("model", builds="pipeline.models.resnet12:body")
+@dataclass
+class ResNet12Config(ImageModelConfig):
+    """ResNet-12, the standard larger few-shot backbone (TADAM, MetaOptNet, FEAT): 4 residual
+    blocks of 3 x [3x3 conv, batch norm, leaky ReLU] with a 1x1-conv shortcut, each followed by
+    a 2x2 max-pool; ``filters`` 64-160-320-640; 84x84x3 -> 5x5x640, then a global average pool
+    (640 features) unless ``global_pool`` is false (16,000 flattened, as MetaOptNet).
+    ``batch_norm`` as for conv4."""
+
+    name: str = "resnet12"
+    filters: list[int] = field(default_factory=lambda: [64, 160, 320, 640])
+    #: Negative slope of the leaky ReLUs.
+    leaky_slope: float = num(0.1, ge=0, lt=1)
+    global_pool: bool = True

@@ -25,6 +25,11 @@ class MetaTrainConfig:
     jit_compile: bool = False
     #: Meta-iterations run inside one compiled call (a graph loop): fewer Python round trips.
     steps_per_call: int = num(100, ge=1)
+    #: Score the algorithm on the data's fixed validation tasks every this many meta-iterations
+    #: (and after the last), log the ``val/`` curves, and meta-test the weights that scored
+    #: best (0 = off: meta-test the last weights). A compiled chunk never crosses a validation
+    #: point: chunks end at multiples of ``validate_every`` as well as of ``steps_per_call``.
+    validate_every: int = num(0, ge=0)
 
 
 @dataclass

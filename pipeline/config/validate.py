@@ -12,9 +12,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline.config.data import ClassificationDataConfig, OmniglotDataConfig, SinusoidDataConfig
+from pipeline.config.data import (
+    ClassificationDataConfig,
+    ImagesDataConfig,
+    OmniglotDataConfig,
+    SinusoidDataConfig,
+)
 from pipeline.config.fields import REGRESSION
-from pipeline.config.model import Conv4Config, MLPConfig
+from pipeline.config.model import MLPConfig, ResNet12Config
 from pipeline.config.run import Config
 from pipeline.errors import ConfigError
 
@@ -98,11 +103,16 @@ def _check_consistency(cfg: Config) -> None:
                           f"meta_test.eval_steps=[].")
     _check_images(cfg)
     _check_sweep(cfg)
+    _check_validation(cfg)
     uri = cfg.tracking.uri
     if not uri.startswith(TRACKING_SCHEMES):
         raise ConfigError(f"tracking.uri={uri!r} is not supported: it must start with one of "
                           f"{', '.join(TRACKING_SCHEMES)} (an embedded SQLite store or an MLflow "
                           f"server).")
+    if isinstance(model, ResNet12Config) and (not model.filters or min(model.filters) < 1):
+        raise ConfigError(
+            f"model.filters={list(model.filters)} is not allowed: give one width >= 1 per "
+            f"residual block, e.g. [64, 160, 320, 640].")
     if isinstance(model, MLPConfig) and any(u < 1 for u in model.hidden_units):
         raise ConfigError(
             f"model.hidden_units={list(model.hidden_units)} is not allowed: every layer width "
@@ -132,15 +142,17 @@ _MISSING_KEY = object()
 
 
 def _check_images(cfg: Config) -> None:
-    images = isinstance(cfg.data, OmniglotDataConfig)
-    if images != isinstance(cfg.model, Conv4Config):
+    images = cfg.data.image_data
+    if images != cfg.model.image_model:
         raise ConfigError(
-            f"model={cfg.model.name} does not fit data={cfg.data.family}: data=omniglot gives "
-            f"28x28x1 images, which need model=conv4, and model=conv4 needs image data "
-            f"(data=omniglot)."
+            f"model={cfg.model.name} does not fit data={cfg.data.family}: data=omniglot and "
+            f"data=images give images, which need an image model (model=conv4 or resnet12), and "
+            f"image models need image data (data=omniglot or data=images)."
         )
     if not images:
         return
+    if isinstance(cfg.data, ImagesDataConfig):
+        _check_image_collection(cfg.data)
     algorithm, data = cfg.algorithm, cfg.data
     if cfg.model.batch_norm == "running" and not algorithm.running_batch_norm:
         raise ConfigError(
@@ -154,6 +166,47 @@ def _check_images(cfg: Config) -> None:
             f"{data.num_classes}: only algorithm=protonet (no classifier head) can train and "
             f"test with different N-way; set data.train_num_classes=null."
         )
+
+
+def _check_image_collection(data: ImagesDataConfig) -> None:
+    if not data.root:
+        raise ConfigError(
+            "data.root is required with data=images: set data.root=/path/to/your/copy, the "
+            "folder holding the image collection (README: 'Image collections on disk' says how "
+            "to obtain miniImageNet, CIFAR-FS and FC100, and their layouts).")
+    split = data.class_split
+    if split is None:
+        return
+    if data.layout != "folders":
+        raise ConfigError(f"data.class_split={list(split)} splits a flat folder of classes and "
+                          f"needs data.layout=folders (layout={data.layout} has its own splits); "
+                          f"set data.class_split=null.")
+    if (len(split) != 3 or any(f < 0 for f in split) or split[0] <= 0 or split[2] <= 0
+            or abs(sum(split) - 1) > 1e-6):
+        raise ConfigError(f"data.class_split={list(split)} is not allowed: give 3 fractions of "
+                          f"the classes (train, val, test) that sum to 1, train and test > 0, "
+                          f"e.g. [0.64, 0.16, 0.2].")
+
+
+def _check_validation(cfg: Config) -> None:
+    every, data = cfg.meta_train.validate_every, cfg.data
+    if not every:
+        return
+    if not cfg.algorithm.meta_learns:
+        raise ConfigError(f"meta_train.validate_every={every} selects meta-learned weights; "
+                          f"algorithm={cfg.algorithm.name} learns nothing before meta-test: set "
+                          f"meta_train.validate_every=0.")
+    if data.validation_tasks():
+        return
+    if isinstance(data, OmniglotDataConfig):
+        how = ("set data.num_val_characters (172: the ProtoNets split) and data.num_val_tasks "
+               "> 0")
+    elif isinstance(data, ImagesDataConfig):
+        how = "set data.num_val_tasks > 0"
+    else:
+        how = "it has no validation split; set meta_train.validate_every=0"
+    raise ConfigError(f"meta_train.validate_every={every} needs validation tasks and "
+                      f"data={data.family} has none: {how}.")
 
 
 def validate(cfg: DictConfig | Config) -> Config:

@@ -1,14 +1,17 @@
 """Task data: every family produces a :class:`TaskSet` of fixed-shape support/query arrays.
 
-A task family is one module here with a ``generate(cfg, rng) -> (train, test, ...)``
-function, named by its schema in :mod:`pipeline.config.data`. Sizes are fixed per family config,
-so a whole split is one stacked array per field, ready to be sliced into vectorised
-meta-batches.
+A task family is one module here with a ``generate(cfg, rng) -> (train, test, task_type,
+num_outputs[, val])`` function, named by its schema in :mod:`pipeline.config.data`. Sizes are
+fixed per family config, so a whole split is one stacked array per field, ready to be sliced
+into vectorised meta-batches. A family read from files on disk may also define
+``source_digest(cfg) -> str``, a hash of those files' contents: it keys the cached task file
+too, so edited sources are never served from a stale cache.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ import numpy as np
 from pipeline import registry
 from pipeline.config.fields import CLASSIFICATION as CLASSIFICATION
 from pipeline.config.fields import REGRESSION as REGRESSION
-from pipeline.data.episodes import EpisodeSampler
+from pipeline.data.episodes import EpisodeSampler, EpisodeSet
 from pipeline.errors import ConfigError, DataError
 
 FIELDS = ("support_x", "support_y", "query_x", "query_y")
@@ -43,32 +46,45 @@ class TaskSplit:
         return TaskSplit(*(getattr(self, f)[idx] for f in FIELDS))
 
 
+#: Fixed tasks: stacked arrays, or episodes stored as indices into a pool of images.
+Episodes = TaskSplit | EpisodeSet
+
+
 @dataclass(frozen=True)
 class TaskSet:
     #: Fixed tasks, or (families too large to enumerate) an on-demand episode sampler.
     train: TaskSplit | EpisodeSampler
-    test: TaskSplit
+    test: Episodes
     task_type: str
     #: Number of classes (classification) or output dimension (regression).
     num_outputs: int
     #: sha256 of the arrays' contents (names, dtypes, shapes, bytes): the data's identity.
     fingerprint: str
     path: Path | None = None
+    #: Fixed validation tasks (model selection, ``meta_train.validate_every``), if the family
+    #: has a validation split.
+    val: Episodes | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.test.support_x.shape[2:])
+        return tuple(self.test.take(slice(0, 1)).support_x.shape[2:])
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in _arrays(self.train, self.test).values())
+        return sum(a.nbytes for a in _arrays(self.train, self.test, self.val).values())
 
 
-def _arrays(train: TaskSplit | EpisodeSampler, test: TaskSplit) -> dict[str, np.ndarray]:
-    out = {f"test_{f}": getattr(test, f) for f in FIELDS}
-    if isinstance(train, EpisodeSampler):
-        return out | {f"train_{k}": v for k, v in train.arrays().items()}
-    return out | {f"train_{f}": getattr(train, f) for f in FIELDS}
+def _split_arrays(name: str, split: TaskSplit | EpisodeSampler | EpisodeSet
+                  ) -> dict[str, np.ndarray]:
+    if isinstance(split, TaskSplit):
+        return {f"{name}_{f}": getattr(split, f) for f in FIELDS}
+    return {f"{name}_{k}": v for k, v in split.arrays().items()}
+
+
+def _arrays(train: TaskSplit | EpisodeSampler, test: Episodes,
+            val: Episodes | None = None) -> dict[str, np.ndarray]:
+    out = _split_arrays("test", test) | _split_arrays("train", train)
+    return out | (_split_arrays("val", val) if val is not None else {})
 
 
 def fingerprint_arrays(arrays: dict[str, np.ndarray]) -> str:
@@ -111,15 +127,29 @@ def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: 
     return take(x, sup_idx), take(y, sup_idx), take(x, qry_idx), take(y, qry_idx)
 
 
+def source_digest(cfg_dict: dict) -> str | None:
+    """The family's hash of its source files (``source_digest`` in its module), if it has one."""
+    module = importlib.import_module(str(registry.lookup("data", cfg_dict["family"]).builds)
+                                     .partition(":")[0])
+    digest = getattr(module, "source_digest", None)
+    return digest(cfg_dict) if digest is not None else None
+
+
 def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
-    """Cache path keyed by the family config and the seed: same inputs, same file."""
-    key = hashlib.sha256(json.dumps({"data": cfg_dict, "seed": seed}, sort_keys=True).encode())
+    """Cache path keyed by the family config and the seed (and the content of the family's
+    source files, where it reads any): same inputs, same file."""
+    key = {"data": cfg_dict, "seed": seed}
+    digest = source_digest(cfg_dict)
+    if digest is not None:
+        key["sources"] = digest
+    key = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     return Path(data_dir) / f"{cfg_dict['family']}-{key.hexdigest()[:16]}.npz"
 
 
-def save(path: Path, train: TaskSplit | EpisodeSampler, test: TaskSplit, meta: dict) -> str:
+def save(path: Path, train: TaskSplit | EpisodeSampler, test: Episodes, meta: dict,
+         val: Episodes | None = None) -> str:
     """Write the compressed array file atomically; return its content fingerprint."""
-    arrays = _arrays(train, test)
+    arrays = _arrays(train, test, val)
     fp = fingerprint_arrays(arrays)
     meta = {**meta, "fingerprint": fp}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,12 +197,21 @@ def load(path: Path, expected_fingerprint: str | None = None,
         if want is not None and fp != want:
             raise DataError(f"Data file {path} does not match {what}: content sha256 {fp[:12]}… "
                              f"!= {want[:12]}…. The file was altered; delete it to regenerate it.")
-    split = lambda name: TaskSplit(*(arrays[f"{name}_{f}"] for f in FIELDS))  # noqa: E731
-    train = (EpisodeSampler.from_arrays({k[6:]: v for k, v in arrays.items()
-                                         if k.startswith("train_")})
-             if "train_pool" in arrays else split("train"))
-    return TaskSet(train, split("test"), meta["task_type"], int(meta["num_outputs"]),
-                   fp, path)
+    train = (EpisodeSampler.from_arrays(_prefixed(arrays, "train"))
+             if "train_pool" in arrays else _episodes(arrays, "train"))
+    val = _episodes(arrays, "val") if "val_support_y" in arrays else None
+    return TaskSet(train, _episodes(arrays, "test"), meta["task_type"],
+                   int(meta["num_outputs"]), fp, path, val)
+
+
+def _prefixed(arrays: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    return {k[len(name) + 1:]: v for k, v in arrays.items() if k.startswith(f"{name}_")}
+
+
+def _episodes(arrays: dict[str, np.ndarray], name: str) -> Episodes:
+    if f"{name}_pool" in arrays:
+        return EpisodeSet.from_arrays(_prefixed(arrays, name))
+    return TaskSplit(*(arrays[f"{name}_{f}"] for f in FIELDS))
 
 
 def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = True) -> TaskSet:
@@ -181,16 +220,22 @@ def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = Tr
     path = data_file(cfg_dict, seed, data_dir)
     if cache and path.exists():
         return load(path, expected_origin={"config": cfg_dict, "seed": seed})
-    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAMS["data"],)))
-    train, test, task_type, num_outputs = registry.build("data", family, cfg_dict, rng)
+    rng = stream_rng(seed, "data")
+    train, test, task_type, num_outputs, *val = registry.build("data", family, cfg_dict, rng)
+    val = val[0] if val else None
     meta = {"family": family, "seed": seed, "config": cfg_dict, "task_type": task_type,
             "num_outputs": num_outputs}
-    fp = save(path, train, test, meta)
-    return TaskSet(train, test, task_type, num_outputs, fp, path)
+    fp = save(path, train, test, meta, val)
+    return TaskSet(train, test, task_type, num_outputs, fp, path, val)
 
 
 #: Independent random streams derived from the one seed (numpy SeedSequence spawn keys).
 SEED_STREAMS = {"data": 1, "init": 2, "sampling": 3, "scratch": 4}
+
+
+def stream_rng(seed: int, stream: str) -> np.random.Generator:
+    """The generator of one named stream (``data``: what a family's ``generate`` gets)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAMS[stream],)))
 
 
 def derive_seed(seed: int, stream: str) -> int:

@@ -5,7 +5,14 @@ distinct episodes is astronomical, so training episodes cannot be pre-generated 
 :class:`~pipeline.data.TaskSplit`. An :class:`EpisodeSampler` keeps the pool instead and draws
 meta-batches on demand from the caller's generator (the run's ``sampling`` stream), so the
 sequence of training episodes is still fixed by the one seed. Test episodes are drawn once with
-the same function and stored as an ordinary ``TaskSplit``.
+the same function and stored as an ordinary ``TaskSplit``, or, for large colour images, as an
+:class:`EpisodeSet`: indices into the split's pool (600 miniImageNet test episodes would be
+1.7 GB as images; the pool they index is 0.25 GB).
+
+Pools come in two shapes: *dense*, ``[classes, examples, H, W(, C)]`` with the same number of
+examples per class (Omniglot's 20 drawings), or *flat*, ``[images, H, W, C]`` with classes
+stored one after the other and ``class_sizes`` saying how many each has (image collections on
+disk, whose classes need not be the same size).
 """
 
 from __future__ import annotations
@@ -15,61 +22,143 @@ from dataclasses import dataclass
 import numpy as np
 
 #: Extra arrays a sampler is stored as (besides its pool), see :meth:`EpisodeSampler.arrays`.
-POOL, SHAPE, ROTATIONS = "pool", "episode_shape", "rotations"
+POOL, SHAPE, ROTATIONS, CLASS_SIZES = "pool", "episode_shape", "rotations", "class_sizes"
+#: The arrays of an :class:`EpisodeSet` (besides its pool).
+INDEX_FIELDS = ("support_idx", "support_y", "query_idx", "query_y")
 
 
-def sample_episodes(pool: np.ndarray, rotations: tuple[int, ...], num_tasks: int, n_way: int,
-                    k_shot: int, q_query: int, rng: np.random.Generator):
-    """``num_tasks`` episodes as stacked ``(support_x, support_y, query_x, query_y)``.
+def _sizes(pool: np.ndarray, class_sizes: np.ndarray | None) -> np.ndarray:
+    if class_sizes is None:
+        return np.full(pool.shape[0], pool.shape[1], dtype=np.int64)
+    return np.asarray(class_sizes, dtype=np.int64)
 
-    ``pool`` is [characters, examples, H, W]. A *class* is a (character, rotation) pair, so there
-    are ``characters * len(rotations)`` classes. Per episode: ``n_way`` distinct classes (their
+
+def draw(sizes: np.ndarray, num_rotations: int, num_tasks: int, n_way: int, k_shot: int,
+         q_query: int, rng: np.random.Generator) -> tuple[tuple[np.ndarray, ...], ...]:
+    """Which images make up ``num_tasks`` episodes, for the support and the query set.
+
+    A *class* is a (pool class, rotation) pair. Per episode: ``n_way`` distinct classes (their
     label order is random), ``k_shot + q_query`` distinct examples of each, the first ``k_shot``
-    for the support set; both sets are then shuffled so no position leaks a label. Images get a
-    trailing channel axis: [tasks, n_way * k_shot, H, W, 1].
+    for the support set; both sets are then shuffled so no position leaks a label. Returns
+    ``((cls, example, rotation, label) of the support set, (...) of the query set)``, each
+    ``[tasks, n_way * per_class]``.
     """
-    chars, examples = pool.shape[:2]
-    classes = chars * len(rotations)
-    if n_way > classes or k_shot + q_query > examples:
+    classes = len(sizes) * num_rotations
+    if n_way > classes or k_shot + q_query > sizes.min():
         raise ValueError(f"cannot draw {n_way}-way episodes with {k_shot}+{q_query} examples per "
-                         f"class from {classes} classes of {examples} examples each")
-    cls = np.argsort(rng.random((num_tasks, classes)), axis=1)[:, :n_way]
-    ex = np.argsort(rng.random((num_tasks, n_way, examples)), axis=2)[:, :, :k_shot + q_query]
-    char, rot = np.divmod(cls, len(rotations))
-    images = pool[char[..., None], ex]  # [tasks, n_way, k + q, H, W]
+                         f"class from {classes} classes of at least {sizes.min()} examples each")
+    picked = np.argsort(rng.random((num_tasks, classes)), axis=1)[:, :n_way]
+    cls, rot = np.divmod(picked, num_rotations)
+    keys = rng.random((num_tasks, n_way, int(sizes.max())))
+    if sizes.min() != sizes.max():  # positions past a class's end sort last, never drawn
+        keys[np.arange(keys.shape[2]) >= sizes[cls][..., None]] = 2.0
+    ex = np.argsort(keys, axis=2)[:, :, :k_shot + q_query]
+    labels = np.broadcast_to(np.arange(n_way, dtype=np.int32)[None, :, None], ex.shape)
+
+    def part(sl: slice, per_class: int) -> tuple[np.ndarray, ...]:
+        shape = (num_tasks, n_way * per_class)
+        c = np.broadcast_to(cls[..., None], ex.shape)[:, :, sl].reshape(shape)
+        r = np.broadcast_to(rot[..., None], ex.shape)[:, :, sl].reshape(shape)
+        e, y = ex[:, :, sl].reshape(shape), labels[:, :, sl].reshape(shape)
+        order = np.argsort(rng.random(shape), axis=1)
+        return tuple(np.ascontiguousarray(np.take_along_axis(a, order, axis=1))
+                     for a in (c, e, r, y))
+
+    return part(slice(0, k_shot), k_shot), part(slice(k_shot, k_shot + q_query), q_query)
+
+
+def _images(pool: np.ndarray, class_sizes: np.ndarray | None, rotations: tuple[int, ...],
+            cls: np.ndarray, ex: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """The drawn images, rotated, with a channel axis: [tasks, n, H, W, C]."""
+    images = pool[cls, ex] if class_sizes is None else pool[flat_index(class_sizes, cls, ex)]
+    if images.ndim == 4:  # grayscale: [tasks, n, H, W] -> one channel
+        images = images[..., None]
     for r, degrees in enumerate(rotations):
         if degrees % 360:
             hit = rot == r
-            images[hit] = np.rot90(images[hit], k=degrees // 90, axes=(-2, -1))
-    labels = np.broadcast_to(np.arange(n_way, dtype=np.int32)[None, :, None], images.shape[:3])
+            images[hit] = np.rot90(images[hit], k=degrees // 90, axes=(-3, -2))
+    return images
 
-    def part(sl: slice, per_class: int):
-        x = images[:, :, sl].reshape(num_tasks, n_way * per_class, *pool.shape[2:], 1)
-        y = labels[:, :, sl].reshape(num_tasks, n_way * per_class)
-        order = np.argsort(rng.random(y.shape), axis=1)
-        return (np.take_along_axis(x, order.reshape(*order.shape, 1, 1, 1), axis=1),
-                np.take_along_axis(y, order, axis=1))
 
-    sx, sy = part(slice(0, k_shot), k_shot)
-    qx, qy = part(slice(k_shot, k_shot + q_query), q_query)
-    return sx, np.ascontiguousarray(sy), qx, np.ascontiguousarray(qy)
+def flat_index(class_sizes: np.ndarray, cls: np.ndarray, ex: np.ndarray) -> np.ndarray:
+    """Position in a flat pool of example ``ex`` of class ``cls``."""
+    starts = np.concatenate([[0], np.cumsum(class_sizes)[:-1]]).astype(np.int64)
+    return starts[cls] + ex
+
+
+def sample_episodes(pool: np.ndarray, rotations: tuple[int, ...], num_tasks: int, n_way: int,
+                    k_shot: int, q_query: int, rng: np.random.Generator,
+                    class_sizes: np.ndarray | None = None):
+    """``num_tasks`` episodes as stacked ``(support_x, support_y, query_x, query_y)``.
+
+    ``pool`` is dense ``[classes, examples, H, W(, C)]`` or, with ``class_sizes``, flat
+    ``[images, H, W, C]``; there are ``classes * len(rotations)`` classes (see :func:`draw`).
+    Images get a channel axis if they have none: [tasks, n_way * k_shot, H, W, C].
+    """
+    support, query = draw(_sizes(pool, class_sizes), len(rotations), num_tasks, n_way, k_shot,
+                          q_query, rng)
+    sx = _images(pool, class_sizes, rotations, *support[:3])
+    qx = _images(pool, class_sizes, rotations, *query[:3])
+    return sx, support[3], qx, query[3]
+
+
+@dataclass(frozen=True)
+class EpisodeSet:
+    """Fixed episodes stored as indices into a flat pool of images; :meth:`take` materialises
+    the ones asked for, so only a chunk of episodes is ever held as images."""
+
+    #: [images, H, W, C] (uint8).
+    pool: np.ndarray
+    #: [tasks, n_way * k_shot] positions in ``pool`` and labels; likewise for the query set.
+    support_idx: np.ndarray
+    support_y: np.ndarray
+    query_idx: np.ndarray
+    query_y: np.ndarray
+
+    @classmethod
+    def sample(cls, pool: np.ndarray, class_sizes: np.ndarray, num_tasks: int, n_way: int,
+               k_shot: int, q_query: int, rng: np.random.Generator) -> EpisodeSet:
+        (sc, se, _, sy), (qc, qe, _, qy) = draw(np.asarray(class_sizes, np.int64), 1, num_tasks,
+                                                n_way, k_shot, q_query, rng)
+        return cls(pool, flat_index(class_sizes, sc, se), sy, flat_index(class_sizes, qc, qe), qy)
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.support_idx.shape[0])
+
+    def take(self, idx: np.ndarray | slice):
+        """The episodes at ``idx`` as images, a :class:`~pipeline.data.TaskSplit`."""
+        from pipeline.data import TaskSplit
+
+        return TaskSplit(self.pool[self.support_idx[idx]], self.support_y[idx],
+                         self.pool[self.query_idx[idx]], self.query_y[idx])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {POOL: self.pool} | {f: getattr(self, f) for f in INDEX_FIELDS}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> EpisodeSet:
+        return cls(arrays[POOL], *(arrays[f] for f in INDEX_FIELDS))
 
 
 @dataclass(frozen=True)
 class EpisodeSampler:
     """A training split given as a pool of class images, sampled into episodes on demand."""
 
-    #: [characters, examples, H, W] images (uint8).
+    #: Dense [characters, examples, H, W(, C)] or, with ``class_sizes``, flat [images, H, W, C]
+    #: images (uint8).
     pool: np.ndarray
     #: Rotations in degrees (multiples of 90); each (character, rotation) is its own class.
     rotations: tuple[int, ...]
     n_way: int
     k_shot: int
     q_query: int
+    #: Images per class of a flat pool (None: a dense pool).
+    class_sizes: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
-        return int(self.pool.shape[0]) * len(self.rotations)
+        return len(_sizes(self.pool, self.class_sizes)) * len(self.rotations)
 
     @property
     def num_tasks(self) -> int:
@@ -78,21 +167,26 @@ class EpisodeSampler:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return (*self.pool.shape[2:], 1)
+        image = self.pool.shape[2:] if self.class_sizes is None else self.pool.shape[1:]
+        return (*image, 1) if len(image) == 2 else tuple(image)
 
     def sample(self, rng: np.random.Generator, num_tasks: int):
         """A meta-batch of ``num_tasks`` fresh episodes, as a :class:`~pipeline.data.TaskSplit`."""
         from pipeline.data import TaskSplit
 
         return TaskSplit(*sample_episodes(self.pool, self.rotations, num_tasks, self.n_way,
-                                          self.k_shot, self.q_query, rng))
+                                          self.k_shot, self.q_query, rng, self.class_sizes))
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Everything that defines the sampler, as arrays (so the fingerprint covers it)."""
-        return {POOL: self.pool, SHAPE: np.array([self.n_way, self.k_shot, self.q_query]),
-                ROTATIONS: np.array(self.rotations, dtype=np.int64)}
+        out = {POOL: self.pool, SHAPE: np.array([self.n_way, self.k_shot, self.q_query]),
+               ROTATIONS: np.array(self.rotations, dtype=np.int64)}
+        if self.class_sizes is not None:
+            out[CLASS_SIZES] = np.asarray(self.class_sizes, dtype=np.int64)
+        return out
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> EpisodeSampler:
         n, k, q = (int(v) for v in arrays[SHAPE])
-        return cls(arrays[POOL], tuple(int(r) for r in arrays[ROTATIONS]), n, k, q)
+        return cls(arrays[POOL], tuple(int(r) for r in arrays[ROTATIONS]), n, k, q,
+                   arrays.get(CLASS_SIZES))

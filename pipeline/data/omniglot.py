@@ -18,6 +18,10 @@ drawers by name. Protocols (``data.protocol``):
   characters and the first 236 evaluation ones).
 * ``lake``: meta-train on the first zip's characters (background), meta-test on the second's.
 
+With ``num_val_characters`` > 0 the last that many training characters (in the order above) are
+held out as a validation split, from which ``num_val_tasks`` fixed validation episodes are drawn
+(``meta_train.validate_every``); 172 gives the ProtoNets code's 1,028 / 172 / 423 split.
+
 Every training character rotated by each of ``train_rotations`` is its own class (4 x 1,200 =
 4,800 classes); test characters by ``test_rotations`` (default: unrotated only). Training
 episodes are sampled on the fly (:class:`~pipeline.data.episodes.EpisodeSampler`) unless
@@ -31,7 +35,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
 import urllib.request
 import zipfile
@@ -40,7 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import CLASSIFICATION, TaskSplit
+from pipeline.data import CLASSIFICATION, TaskSplit, decoded
+from pipeline.data.decoded import sha256
 from pipeline.data.episodes import EpisodeSampler, sample_episodes
 from pipeline.errors import ConfigError
 
@@ -51,7 +55,6 @@ SOURCE = "https://github.com/brendenlake/omniglot (folder python/)"
 DECODE_VERSION = 1
 EXAMPLES_PER_CHARACTER = 20
 _PNG = re.compile(r"^[^/]+/([^/]+)/([^/]+)/([^/]+)\.png$")
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
 
 
 def _zip_names(cfg: dict) -> list[str]:
@@ -65,18 +68,6 @@ def _missing_error(path: Path, cfg: dict) -> ConfigError:
         f"{SOURCE}), point data.root at the folder that holds them, or set data.download=true to "
         f"fetch them from data.url={cfg['url']}. Nothing was written."
     )
-
-
-def sha256(path: Path) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _SHA_CACHE[key] = h.hexdigest()
-    return _SHA_CACHE[key]
 
 
 def expected_checksums(cfg: dict) -> dict[str, str]:
@@ -173,31 +164,25 @@ def load_images(cfg: dict) -> list[tuple[np.ndarray, list[str]]]:
     sources = check_sources(cfg)
     key = hashlib.sha256(json.dumps([[d for _, d in sources], cfg["image_size"], DECODE_VERSION])
                          .encode()).hexdigest()
-    cache = Path(cfg["cache_dir"]) / f"omniglot-images-{key[:16]}.npz"
-    if cache.is_file():
-        try:
-            with np.load(cache, allow_pickle=False) as f:
-                return [(f[f"images_{i}"], [str(n) for n in f[f"names_{i}"]])
-                        for i in range(len(sources))]
-        except Exception as e:  # a broken cache is rebuilt, never trusted
-            log.warning("decoded Omniglot cache %s is unreadable (%s); rebuilding it", cache, e)
-    decoded = [_decode_zip(path, cfg["image_size"]) for path, _ in sources]
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, **{f"images_{i}": im for i, (im, _) in enumerate(decoded)},
-             **{f"names_{i}": np.array(n) for i, (_, n) in enumerate(decoded)})
-    tmp.replace(cache)
-    return decoded
+    cache = decoded.cache_file(cfg["cache_dir"], "omniglot-images", key)
+    f = decoded.read(cache)
+    if f is not None:
+        return [(f[f"images_{i}"], [str(n) for n in f[f"names_{i}"]])
+                for i in range(len(sources))]
+    images = [_decode_zip(path, cfg["image_size"]) for path, _ in sources]
+    decoded.write(cache, {f"images_{i}": im for i, (im, _) in enumerate(images)}
+                  | {f"names_{i}": np.array(n) for i, (_, n) in enumerate(images)})
+    return images
 
 
 def split_characters(cfg: dict, rng: np.random.Generator):
     """``(train_images, train_names, test_images, test_names)`` under ``data.protocol``."""
-    decoded = load_images(cfg)
+    zips = load_images(cfg)
     if cfg["protocol"] == "lake":
-        (tr, trn), (te, ten) = decoded
+        (tr, trn), (te, ten) = zips
         return tr, trn, te, ten
-    images = np.concatenate([im for im, _ in decoded])
-    names = [n for _, ns in decoded for n in ns]
+    images = np.concatenate([im for im, _ in zips])
+    names = [n for _, ns in zips for n in ns]
     n_train = cfg["num_train_characters"]
     if n_train >= len(names):
         raise ConfigError(f"data.num_train_characters={n_train} leaves no test characters: the "
@@ -219,11 +204,15 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
     train_rot = _check_rotations("train_rotations", cfg["train_rotations"])
     test_rot = _check_rotations("test_rotations", cfg["test_rotations"])
     tr, _, te, _ = split_characters(cfg, rng)
+    tr, va = _validation_characters(tr, cfg["num_val_characters"])
     n, k, q = cfg["num_classes"], cfg["k_shot"], cfg["query_per_class"]
     train_n = cfg["train_num_classes"] or n
     train_q = cfg["train_query_per_class"] or q
-    for split, pool, rot, ways, queries in (("train", tr, train_rot, train_n, train_q),
-                                            ("test", te, test_rot, n, q)):
+    splits = [("train", tr, train_rot, train_n, train_q), ("test", te, test_rot, n, q)]
+    num_val = cfg["num_val_tasks"] if len(va) else 0
+    if num_val:
+        splits.append(("validation", va, test_rot, n, q))
+    for split, pool, rot, ways, queries in splits:
         if ways > len(pool) * len(rot) or k + queries > EXAMPLES_PER_CHARACTER:
             raise ConfigError(
                 f"{ways}-way episodes with data.k_shot={k} + {queries} queries per class do not "
@@ -232,4 +221,16 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
     sampler = EpisodeSampler(tr, train_rot, train_n, k, train_q)
     test = TaskSplit(*sample_episodes(te, test_rot, cfg["num_test_tasks"], n, k, q, rng))
     train = sampler.sample(rng, cfg["num_train_tasks"]) if cfg["num_train_tasks"] else sampler
-    return train, test, CLASSIFICATION, n
+    # Drawn last: the test episodes are the same with or without a validation split.
+    val = TaskSplit(*sample_episodes(va, test_rot, num_val, n, k, q, rng)) if num_val else None
+    return train, test, CLASSIFICATION, n, val
+
+
+def _validation_characters(train: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """The last ``count`` training characters become the validation split (the ProtoNets
+    code's 1,028 / 172 of the 1,200 Vinyals training characters); ``(train, validation)``."""
+    if count >= len(train):
+        raise ConfigError(f"data.num_val_characters={count} leaves no training characters: the "
+                          f"training split has {len(train)}, so it must be < {len(train)}.")
+    cut = len(train) - count
+    return train[:cut], train[cut:]

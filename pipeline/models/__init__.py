@@ -53,8 +53,10 @@ def fresh_weights(model: keras.Model, seed: int) -> list:
 
 
 def _owner(model: keras.Model, var) -> keras.layers.Layer:
-    for layer in model.layers:
-        if any(v is var for v in layer.trainable_variables):
+    """The layer that holds ``var`` itself (a convolution inside a residual block, not the
+    block)."""
+    for layer in model._flatten_layers(include_self=False):
+        if any(v is var for v in layer._trainable_variables):
             return layer
     raise ValueError(f"no layer of {model.name} owns {var.path}")
 

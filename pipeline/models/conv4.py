@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from pipeline.config import Conv4Config
-from pipeline.models.norm import BatchStatsNorm
+from pipeline.models.norm import norm_layer
 
 
 def body(cfg: Conv4Config) -> list[keras.layers.Layer]:
@@ -13,11 +13,8 @@ def body(cfg: Conv4Config) -> list[keras.layers.Layer]:
     layers: list[keras.layers.Layer] = [keras.layers.Rescaling(cfg.input_scale, name="scale")]
     for i in range(cfg.blocks):
         layers.append(keras.layers.Conv2D(cfg.filters, 3, padding="same", name=f"conv_{i}"))
-        if cfg.batch_norm == "transductive":
-            layers.append(BatchStatsNorm(name=f"bn_{i}"))
-        elif cfg.batch_norm == "running":
-            layers.append(keras.layers.BatchNormalization(momentum=cfg.bn_momentum,
-                                                          name=f"bn_{i}"))
+        norm = norm_layer(cfg.batch_norm, cfg.bn_momentum, f"bn_{i}")
+        layers += [norm] if norm is not None else []
         layers += [keras.layers.ReLU(name=f"relu_{i}"),
                    keras.layers.MaxPooling2D(2, name=f"pool_{i}")]
     layers.append(keras.layers.Flatten(name="features"))

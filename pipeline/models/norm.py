@@ -1,4 +1,5 @@
-"""Transductive batch norm (the MAML paper's) and its stock-Keras twin for logged models."""
+"""Batch norm for the image models: transductive (the MAML paper's), running, or none, and the
+stock-Keras twin of a model for logging."""
 
 from __future__ import annotations
 
@@ -27,33 +28,65 @@ class BatchStatsNorm(keras.layers.Layer):
         self.beta = self.add_weight(shape=dim, initializer=self.beta_initializer, name="beta")
 
     def call(self, x):
-        mean, var = keras.ops.moments(x, axes=list(range(len(x.shape) - 1)))
-        return (x - mean) * keras.ops.rsqrt(var + self.epsilon) * self.gamma + self.beta
+        # Not keras.ops.moments: TensorFlow's stops the gradient of the mean inside the
+        # variance, which leaves first-order gradients exact but makes second-order ones
+        # (MAML's meta-gradient through the inner step) wrong.
+        axes = list(range(len(x.shape) - 1))
+        centred = x - keras.ops.mean(x, axis=axes)
+        var = keras.ops.mean(keras.ops.square(centred), axis=axes)
+        return centred * keras.ops.rsqrt(var + self.epsilon) * self.gamma + self.beta
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
+def norm_layer(kind: str, momentum: float, name: str) -> keras.layers.Layer | None:
+    """The batch norm of ``model.batch_norm``: transductive, running, or None (``none``)."""
+    if kind == "transductive":
+        return BatchStatsNorm(name=name)
+    if kind == "running":
+        return keras.layers.BatchNormalization(momentum=momentum, name=name)
+    return None
+
+
+def stock_call(layer: keras.layers.Layer, x, suffix: str = ""):
+    """``layer`` applied to symbolic ``x`` as stock Keras layers with its weights.
+
+    A :class:`BatchStatsNorm` becomes a normalisation over the batch and spatial axes plus a
+    per-channel scale and shift (``EinsumDense``), numerically the same; a layer with a
+    ``stock(x)`` method (a residual block) rebuilds itself; any other layer is cloned from its
+    config. ``suffix`` keeps names unique when one layer is applied several times.
+    """
+    if isinstance(layer, BatchStatsNorm):
+        norm = keras.layers.LayerNormalization(
+            axis=list(range(len(x.shape) - 1)), center=False, scale=False,
+            epsilon=layer.epsilon, name=layer.name)
+        affine = keras.layers.EinsumDense("...c,c->...c", output_shape=layer.gamma.shape[0],
+                                          bias_axes="c", name=f"{layer.name}_affine")
+        out = affine(norm(x))
+        affine.set_weights([layer.gamma.numpy(), layer.beta.numpy()])
+        return out
+    if hasattr(layer, "stock"):
+        return layer.stock(x)
+    config = layer.get_config()
+    clone = layer.__class__.from_config({**config, "name": config["name"] + suffix})
+    out = clone(x)
+    clone.set_weights(layer.get_weights())
+    return out
+
+
 def portable(model: keras.Model) -> keras.Model:
     """``model`` rebuilt from stock Keras layers, with the same weights, for logging: it loads
-    wherever Keras does, without this project installed.
+    wherever Keras does, without this project installed (see :func:`stock_call`).
 
-    Each :class:`BatchStatsNorm` becomes a normalisation over the batch and spatial axes plus a
-    per-channel scale and shift (``EinsumDense``), numerically the same. Training keeps the
-    custom layer: under per-task weights (vectorised MAML) the stock pair runs ~5x slower.
+    Training keeps the custom layers: under per-task weights (vectorised MAML) the stock pair
+    that replaces a :class:`BatchStatsNorm` runs ~5x slower.
     """
-    if not any(isinstance(layer, BatchStatsNorm) for layer in model.layers):
+    custom = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, BatchStatsNorm) or hasattr(layer, "stock")]
+    if not custom:
         return model
-    layers: list[keras.layers.Layer] = [keras.Input(shape=model.input_shape[1:], name="x")]
+    x = inputs = keras.Input(shape=model.input_shape[1:], name="x")
     for layer in model.layers:
-        if isinstance(layer, BatchStatsNorm):
-            layers += [keras.layers.LayerNormalization(
-                           axis=[0, 1, 2], center=False, scale=False, epsilon=layer.epsilon,
-                           name=layer.name),
-                       keras.layers.EinsumDense("...c,c->...c", output_shape=layer.gamma.shape[0],
-                                                bias_axes="c", name=f"{layer.name}_affine")]
-        else:
-            layers.append(layer.__class__.from_config(layer.get_config()))
-    twin = keras.Sequential(layers, name=model.name)
-    twin.set_weights(model.get_weights())  # gamma, beta -> the affine's kernel, bias
-    return twin
+        x = stock_call(layer, x)
+    return keras.Model(inputs, x, name=model.name)

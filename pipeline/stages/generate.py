@@ -9,6 +9,7 @@ from pathlib import Path
 from pipeline import data
 from pipeline.config import DataConfig
 from pipeline.data import TaskSet, TaskSplit
+from pipeline.data.episodes import EpisodeSet
 from pipeline.tracking import Tracker, keys
 
 log = logging.getLogger(__name__)
@@ -22,21 +23,29 @@ def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | Non
     data_cfg = dataclasses.asdict(cfg)
     data_cfg.pop("cache")
     tasks = data.generate_or_load(data_cfg, seed, Path(data_dir), cfg.cache)
-    log.info("data %s: %d train / %d test tasks, fingerprint %s (%s)", cfg.family,
-             tasks.train.num_tasks, tasks.test.num_tasks, tasks.fingerprint[:12], tasks.path)
+    log.info("data %s: %d train / %d test%s tasks, fingerprint %s (%s)", cfg.family,
+             tasks.train.num_tasks, tasks.test.num_tasks,
+             f" / {tasks.val.num_tasks} validation" if tasks.val is not None else "",
+             tasks.fingerprint[:12], tasks.path)
     if tracker is not None:
         tracker.set_tags({keys.DATA_FINGERPRINT: tasks.fingerprint, keys.DATA_FILE: tasks.path})
         small = tasks.path.stat().st_size <= log_dataset_max_mb * 2**20
-        arrays = None
-        if small:  # named views of the arrays already in memory, not a copy
-            splits = {n: s for n, s in (("train", tasks.train), ("test", tasks.test))
-                      if isinstance(s, TaskSplit)}
-            arrays = {
-                "features": {f"{n}_{f}": getattr(s, f"{f}_x") for n, s in splits.items()
-                             for f in ("support", "query")},
-                "targets": {f"{n}_{f}": getattr(s, f"{f}_y") for n, s in splits.items()
-                            for f in ("support", "query")},
-            }
+        arrays = _named_views(tasks) if small else None
         tracker.log_dataset(tasks.path, tasks.fingerprint, f"{cfg.family}-{seed}",
                             {"data": data_cfg, "seed": seed}, arrays)
     return tasks
+
+
+def _named_views(tasks: TaskSet) -> dict[str, dict]:
+    """Named views of the arrays already in memory (not a copy), as the run's dataset input:
+    inputs as features, labels as targets (episodes stored as indices: their pool and labels)."""
+    features, targets = {}, {}
+    for name, split in (("train", tasks.train), ("test", tasks.test), ("val", tasks.val)):
+        if isinstance(split, TaskSplit):
+            for f in ("support", "query"):
+                features[f"{name}_{f}"] = getattr(split, f"{f}_x")
+                targets[f"{name}_{f}"] = getattr(split, f"{f}_y")
+        elif isinstance(split, EpisodeSet):
+            features[f"{name}_pool"] = split.pool
+            targets |= {f"{name}_{f}": getattr(split, f"{f}_y") for f in ("support", "query")}
+    return {"features": features, "targets": targets}

@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.algorithms import Algorithm
-from pipeline.data import TaskSplit
+from pipeline.data import Episodes, TaskSplit
 from pipeline.tracking.keys import AFTER, BEFORE, steps_phase
 
 log = logging.getLogger(__name__)
@@ -42,13 +42,13 @@ class Tested:
         return len(next(iter(self.diverged.values())))
 
 
-def run(algo: Algorithm, test: TaskSplit, task_batch_size: int,
-        eval_steps: tuple[int, ...] | list[int] = ()) -> Tested:
+def run(algo: Algorithm, test: Episodes, task_batch_size: int,
+        eval_steps: tuple[int, ...] | list[int] = (), quiet: bool = False) -> Tested:
     """Per-task query metrics before and after adaptation: ``{"acc_after": [tasks], ...}``.
 
     For each ``n`` in ``eval_steps`` also after exactly ``n`` inner steps (``acc_after_5steps``).
     Algorithms without a meaningful pre-adaptation state (``has_before=False``) get no
-    ``_before`` entries.
+    ``_before`` entries. ``quiet``: no log line (validation during meta-training).
     """
     start = time.perf_counter()
     parts: dict[str, list[np.ndarray]] = {}
@@ -77,11 +77,12 @@ def run(algo: Algorithm, test: TaskSplit, task_batch_size: int,
     if diverged[AFTER].any() and algo.cfg.has_inner_loop:
         steps = divergence_steps(algo, test, np.flatnonzero(diverged[AFTER]), algo.test_steps)
     seconds = time.perf_counter() - start
-    log.info("meta-tested %s on %d tasks in %.1f s", algo.name, test.num_tasks, seconds)
+    if not quiet:
+        log.info("meta-tested %s on %d tasks in %.1f s", algo.name, test.num_tasks, seconds)
     return Tested(per_task, diverged, steps, seconds)
 
 
-def divergence_steps(algo: Algorithm, test: TaskSplit, ids: np.ndarray,
+def divergence_steps(algo: Algorithm, test: Episodes, ids: np.ndarray,
                      max_steps: int) -> dict[int, int]:
     """For tasks ``ids``: how many first have a non-finite query loss after 0, 1, 2, ...
     inner steps (re-adapting only those tasks)."""

@@ -2,9 +2,11 @@
 
 Signals (Ctrl-C, SIGTERM) are held back while a chunk of meta-iterations runs and its metrics
 are recorded; one arriving meanwhile stops the run right after, with a checkpoint that agrees
-with every curve point logged (the open window of the curves is saved in it too), so a resumed
-run logs exactly the curves of an uninterrupted one. When meta-training ends a checkpoint is
-written as well: a run stopped during meta-test resumes straight at meta-test.
+with every curve point logged (the open window of the curves is saved in it too, and the model
+selection's state), so a resumed run logs exactly the curves of an uninterrupted one. When
+meta-training ends a checkpoint is written as well: a run stopped during meta-test resumes
+straight at meta-test. Validation (model selection) runs inside the same held-back block, right
+after the chunk that ends at its iteration.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.data import SEED_STREAMS, TaskSplit
 from pipeline.data.episodes import EpisodeSampler
 from pipeline.errors import DivergenceError
 from pipeline.optimizers import schedule_of
+from pipeline.stages.validation import STATE, Selection, Validation
 from pipeline.tracking import Tracker, keys
 
 log = logging.getLogger(__name__)
@@ -49,6 +52,8 @@ class Trained:
     #: The checkpoint written when meta-training ended (None without meta-learning).
     checkpoint: Path | None = None
     total: int = 0
+    #: Model selection: the iteration whose weights the model holds now (None: the last).
+    selected_iteration: int | None = None
 
 
 class _Curves:
@@ -99,10 +104,14 @@ class _Curves:
         self.last_flush = time.perf_counter()
 
 
-def save_checkpoint(algo: Algorithm, output_dir: Path, extra: dict | None = None) -> Path:
-    """The algorithm's state at its last recorded chunk, in ``<output_dir>/checkpoint/``."""
+def save_checkpoint(algo: Algorithm, output_dir: Path, extra: dict | None = None,
+                    selection: Selection | None = None) -> Path:
+    """The algorithm's state at its last recorded chunk (and the model selection's), in
+    ``<output_dir>/checkpoint/``."""
     assert algo.progress is not None
-    return checkpoint.save(checkpoint.capture(algo.state_variables, algo.progress, extra),
+    extra = {**(extra or {}), **({STATE: selection.state()} if selection else {})}
+    best = selection.best if selection else None
+    return checkpoint.save(checkpoint.capture(algo.state_variables, algo.progress, extra, best),
                            Path(output_dir) / keys.CHECKPOINT_DIR)
 
 
@@ -119,11 +128,18 @@ def log_checkpoint(tracker: Tracker | None, directory: Path, iteration: int) -> 
 
 def run(algo: Algorithm, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig, seed: int,
         output_dir: Path, tracker: Tracker | None,
-        resume: checkpoint.Checkpoint | None = None) -> Trained:
-    """Meta-train ``algo`` (from ``resume`` if given); return the curves and timing."""
+        resume: checkpoint.Checkpoint | None = None,
+        validation: Validation | None = None) -> Trained:
+    """Meta-train ``algo`` (from ``resume`` if given); return the curves and timing.
+
+    With ``validation``, the algorithm is scored on its tasks at every ``validation.every``
+    iterations (each right after the chunk that ends there) and, when training ends, holds the
+    weights that scored best (:mod:`pipeline.stages.validation`).
+    """
     total = algo.total_iterations(cfg)
     if not algo.meta_learns:
         return Trained()
+    selection = Selection(algo, validation, tracker, resume) if validation else None
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SEED_STREAMS["sampling"],)))
     curves = _Curves(cfg.log_every, total, tracker, schedule_of(algo.ctx.optimizer),
                      resume.extra.get(_WINDOW) if resume else None)
@@ -148,9 +164,11 @@ def run(algo: Algorithm, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig
                         bar.set_postfix({k: f"{v:.4f}" for k, v in means.items()}, refresh=False)
                     if bar.disable and done % tenth == 0:  # no terminal: progress to the log
                         log.info("meta-train %s: iteration %d/%d", algo.name, done, total)
+                if selection is not None and selection.due(done, total):
+                    selection.score(done)  # chunks end at validation points
     except KeyboardInterrupt:
         if algo.progress is not None:
-            directory = save_checkpoint(algo, output_dir, {_WINDOW: curves.window})
+            directory = save_checkpoint(algo, output_dir, {_WINDOW: curves.window}, selection)
             where = log_checkpoint(tracker, directory, algo.progress.iteration)
             log.warning("Interrupted: checkpoint after %d meta-iterations saved to %s",
                         algo.progress.iteration, where)
@@ -166,5 +184,8 @@ def run(algo: Algorithm, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig
     else:
         log.info("meta-training of %s skipped: no iterations left to run (%d of %d done)",
                  algo.name, done, total)
-    saved = save_checkpoint(algo, output_dir) if algo.progress is not None else None
-    return Trained(seconds, ran, curves.curves, saved, total)
+    saved = (save_checkpoint(algo, output_dir, None, selection) if algo.progress is not None
+             else None)
+    selected = selection.restore() if selection is not None else None
+    plotted = curves.curves | (selection.curves() if selection is not None else {})
+    return Trained(seconds, ran, plotted, saved, total, selected)

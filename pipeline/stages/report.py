@@ -160,7 +160,7 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
     if tracker is not None:
         _log_figures(tracker, algo, tasks, tested, baseline, trained, main)
         if log_model:
-            tracker.log_keras_model(portable(algo.model), tasks.test.query_x[0])
+            tracker.log_keras_model(portable(algo.model), tasks.test.take(slice(0, 1)).query_x[0])
     return Report(tested.per_task, baseline.per_task if baseline else None, found, gain,
                   after.mean, no_gain, int(tested.diverged[keys.AFTER].sum()),
                   {"meta_train_s": trained.seconds, "meta_test_s": tested.seconds,

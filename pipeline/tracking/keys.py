@@ -29,6 +29,9 @@ DIVERGED = "diverged_tasks"
 CHECKPOINT_ITERATION = "checkpoint_iteration"
 RESUMED_AT = "resumed_at_iteration"
 RERUN_OF, RERUN_IDENTICAL = "rerun_of", "rerun_identical"
+#: Model selection (``meta_train.validate_every``): the meta-iteration whose weights were
+#: meta-tested (iterations done when they scored best) and the validation metric that chose it.
+SELECTED_ITERATION, SELECTION_METRIC = "selected_iteration", "selection_metric"
 PARENT_RUN = "mlflow.parentRunId"
 
 # --- sweeps -----------------------------------------------------------------------------------
@@ -76,9 +79,10 @@ GAIN = "gain/"            # paired gain over scratch
 SEEDS = "seeds/"          # a group run's across-seed statistics of its jobs' aggregates
 PAIRED = "paired/"        # pipeline.compare --paired --log: per-task differences A - B
 TRAIN = "train/"          # meta-training curves (step = meta-iteration)
+VAL = "val/"              # scores on the validation tasks (step = meta-iterations done)
 TIME = "time/"
 #: Metrics compared value by value at every step by reruns (others: by their last value).
-PER_STEP_SCOPES = (TASK, SCRATCH_TASK, TRAIN)
+PER_STEP_SCOPES = (TASK, SCRATCH_TASK, TRAIN, VAL)
 #: Metrics that differ between identical runs by nature.
 UNREPRODUCIBLE_SCOPES = (TIME,)
 #: Phases of a test task's query metrics.
@@ -114,6 +118,8 @@ def diverged(scope: str, phase: str = AFTER) -> str:
 TIME_META_TRAIN, TIME_META_TRAIN_MS, TIME_META_TEST = ("time/meta_train_s",
                                                        "time/meta_train_ms_per_it",
                                                        "time/meta_test_s")
+#: Seconds of meta-training spent scoring the validation tasks (included in meta_train_s).
+TIME_VALIDATION = "time/validation_s"
 
 # --- artifacts --------------------------------------------------------------------------------
 CONFIG_FILE = "config/resolved_config.json"
