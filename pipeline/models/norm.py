@@ -27,8 +27,13 @@ class BatchStatsNorm(keras.layers.Layer):
         self.beta = self.add_weight(shape=dim, initializer=self.beta_initializer, name="beta")
 
     def call(self, x):
-        mean, var = keras.ops.moments(x, axes=list(range(len(x.shape) - 1)))
-        return (x - mean) * keras.ops.rsqrt(var + self.epsilon) * self.gamma + self.beta
+        # Not keras.ops.moments: TensorFlow's stops the gradient of the mean inside the
+        # variance, which leaves first-order gradients exact but makes second-order ones
+        # (MAML's meta-gradient through the inner step) wrong.
+        axes = list(range(len(x.shape) - 1))
+        centred = x - keras.ops.mean(x, axis=axes)
+        var = keras.ops.mean(keras.ops.square(centred), axis=axes)
+        return centred * keras.ops.rsqrt(var + self.epsilon) * self.gamma + self.beta
 
     def get_config(self):
         return {**super().get_config(), "epsilon": self.epsilon}
