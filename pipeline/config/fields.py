@@ -24,4 +24,5 @@ INNER_OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "step", "cosine")
 HEAD_INITS = ("glorot_uniform", "zeros")
 BATCH_NORM = ("transductive", "running", "none")
+DOWNSAMPLE = ("maxpool", "stride")
 CLASSIFICATION, REGRESSION = "classification", "regression"
