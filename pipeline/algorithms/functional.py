@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
+from pipeline.algorithms import conv4_batched
 from pipeline.losses import TaskLoss
 
 Params = list[tf.Tensor]
@@ -23,13 +24,17 @@ class FunctionalModel:
     :meth:`batched` runs per-task weights on per-task inputs. For a stack of plain ``Dense``
     layers (the MLPs here) it is a handful of batched matmuls, which differentiate (twice) into
     a few hundred fewer graph ops than ``tf.vectorized_map`` over ``stateless_call``: on a small
-    model that is most of a meta-iteration's time. Any other model takes the
-    ``tf.vectorized_map`` path (or always, with ``fast=False``); both give the same numbers.
+    model that is most of a meta-iteration's time. A conv4 runs
+    :mod:`~pipeline.algorithms.conv4_batched`'s per-task convolutions (:attr:`conv4`; there each
+    parameter may also be shared by every task). Any other model takes the
+    ``tf.vectorized_map`` path (or always, with ``fast=False``); all give the same numbers.
     """
 
     def __init__(self, model: keras.Model, fast: bool = True):
         self.model = model
         self._dense = _dense_stack(model) if fast else None
+        #: The conv4's layout where the fast conv path applies, else None.
+        self.conv4 = conv4_batched.spec_of(model) if fast else None
 
     def __call__(self, params: Sequence[tf.Tensor], x: tf.Tensor, training: bool = False):
         return self.call_with_state(params, x, training)[0]
@@ -60,6 +65,9 @@ class FunctionalModel:
 
     def batched(self, stacked: Sequence[tf.Tensor], x: tf.Tensor, training: bool = False):
         """Outputs [tasks, n, ...] of per-task weights ``stacked`` on per-task inputs ``x``."""
+        if self.conv4 is not None and conv4_batched.handles(self.conv4, stacked, x):
+            moving = [v.value for v in self.model.non_trainable_variables]
+            return conv4_batched.batched(self.conv4, stacked, x, training, moving)
         if self._dense is None:
             return tf.vectorized_map(lambda a: self(a[0], a[1], training), (list(stacked), x))
         h, i = x, 0

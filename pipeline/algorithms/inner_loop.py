@@ -59,7 +59,10 @@ class InnerLoop(Algorithm):
         with tf.GradientTape() as tape:
             tape.watch(params)
             value, metrics = self.meta_loss(params, Batch.of(batch))
-        return metrics, tape.gradient(value, params)
+        # Zeros, not None, for meta-parameters that provably do not move the loss (Meta-SGD's
+        # body rates when a zero head leaves the body's first inner step at exactly zero).
+        return metrics, tape.gradient(value, params,
+                                      unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
     def _apply_step(self, batch: Batch) -> dict[str, tf.Tensor]:
         metrics, grads = self.meta_gradients(batch)

@@ -5,12 +5,19 @@ task run at once on stacked per-task weights, and the outer tape differentiates 
 (second order), or through constant inner gradients when ``first_order`` is set (FOMAML,
 ``algorithm=fomaml``). ANIL and Meta-SGD are this class with another inner update rule
 (:meth:`MAML.inner_mask`, learned rates in :meth:`MAML.split`).
+
+On a conv4, inner steps that move only the head run on body features computed once, from body
+weights every task shares (plain convolutions over all tasks' images; :meth:`MAML._head_steps`):
+all of ANIL's, and with ``zero_head`` the first step of MAML, FOMAML and Meta-SGD. That is
+exact: with the head at zero the support loss's gradient with respect to the features, hence
+to every body weight, is exactly zero, so the first step leaves the body where it is.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
 
+from pipeline.algorithms import conv4_batched
 from pipeline.algorithms import functional as F
 from pipeline.algorithms.base import Batch, Context
 from pipeline.algorithms.inner_loop import InnerLoop
@@ -88,9 +95,52 @@ class MAML(InnerLoop):
     def _differentiable_inner(self, weights, lrs, sx, sy) -> F.Params:
         """``inner_steps`` SGD steps from shared ``weights`` that the outer tape sees through."""
         steps, first_order, mask = self.cfg.inner_steps, self.cfg.first_order, self.inner_mask()
+        head_only = self._head_only_steps()
+        if head_only:
+            adapted = self._head_steps(weights, lrs, sx, sy, head_only)
+            if head_only == steps:
+                return adapted  # the body stays shared: query features run shared too
+            nb = self.f.conv4.num_body
+            adapted = F.tile(adapted[:nb], F.num_tasks(sx)) + adapted[nb:]
+            return F.batched_sgd(self.f, self.loss, adapted, sx, sy, steps - head_only, lrs,
+                                 first_order, mask)
         if self.f._dense is None:
             return F.batched_sgd(self.f, self.loss, F.tile(weights, F.num_tasks(sx)), sx, sy,
                                  steps, lrs, first_order, mask)
         adapted = F.first_step_shared(self.f, self.loss, weights, sx, sy, lrs, first_order, mask)
         return F.batched_sgd(self.f, self.loss, adapted, sx, sy, steps - 1, lrs, first_order,
                              mask)
+
+    # --- head-only inner steps on shared body features (conv4) --------------------------------
+
+    def _head_only_steps(self) -> int:
+        """How many of the first training inner steps move only the head (0 = use the generic
+        path): all of them for ANIL, the first with ``zero_head``; only on a conv4 with a head."""
+        spec = self.f.conv4
+        if spec is None or spec.num_body == len(spec.ranks):
+            return 0
+        mask = self.inner_mask()
+        if mask is not None:
+            nb = spec.num_body
+            return self.cfg.inner_steps if (not any(mask[:nb]) and all(mask[nb:])) else 0
+        return 1 if self.cfg.zero_head else 0
+
+    @tf.autograph.experimental.do_not_convert  # static loops only; converting it costs tracing
+    def _head_steps(self, weights, lrs, sx, sy, steps: int) -> F.Params:
+        """``steps`` differentiable SGD steps of each task's head on its support features, the
+        body shared by every task: ``[*body, *stacked heads]``. Support features are computed
+        once (plain convolutions over all tasks' images, batch statistics per task)."""
+        spec = self.f.conv4
+        nb = spec.num_body
+        body, heads = list(weights[:nb]), F.tile(weights[nb:], F.num_tasks(sx))
+        rates = list(lrs[nb:]) if isinstance(lrs, (list, tuple)) else [lrs] * len(heads)
+        feats, _ = conv4_batched.shared_features(spec, body, sx, training=True)
+        for _ in range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(heads)
+                total = tf.reduce_sum(self.loss.batch_loss(conv4_batched.head(heads, feats), sy))
+            grads = tape.gradient(total, heads)
+            if self.cfg.first_order:
+                grads = [tf.stop_gradient(g) for g in grads]
+            heads = [h - a * g for h, a, g in zip(heads, rates, grads, strict=True)]
+        return body + heads

@@ -21,6 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from pipeline.algorithms import conv4_batched
 from pipeline.algorithms.base import Algorithm, Batch, Context
 from pipeline.config import ProtoNetConfig
 from pipeline.errors import ConfigError
@@ -66,8 +67,13 @@ class ProtoNet(Algorithm):
         """Embeddings of every task's batch (per-task batch statistics) and per-task BN state.
 
         The state is only tracked in training mode with running statistics; otherwise the model's
-        own (running or absent) statistics are used and no state is returned.
+        own (running or absent) statistics are used and no state is returned. A conv4 embeds all
+        tasks' images with plain convolutions at once (batch statistics still per task).
         """
+        if self.f.conv4 is not None:
+            moving = [v.value for v in self.model.non_trainable_variables]
+            return conv4_batched.shared_features(self.f.conv4, params, x, training, moving,
+                                                 state, track=True)
         if not (training and self.f.has_state):
             return tf.vectorized_map(lambda xi: self.f(params, xi, training), x), []
         if state is None:

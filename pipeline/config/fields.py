@@ -25,4 +25,5 @@ LR_SCHEDULES = ("constant", "step", "cosine")
 HEAD_INITS = ("glorot_uniform", "zeros")
 BATCH_NORM = ("transductive", "running", "none")
 IMAGE_LAYOUTS = ("folders", "csv", "pickle")
+DOWNSAMPLE = ("maxpool", "stride")
 CLASSIFICATION, REGRESSION = "classification", "regression"

@@ -8,7 +8,15 @@ from typing import ClassVar
 
 from omegaconf import MISSING
 
-from pipeline.config.fields import ACTIVATIONS, BATCH_NORM, HEAD_INITS, HEADS, choice, num
+from pipeline.config.fields import (
+    ACTIVATIONS,
+    BATCH_NORM,
+    DOWNSAMPLE,
+    HEAD_INITS,
+    HEADS,
+    choice,
+    num,
+)
 from pipeline.registry import option
 
 
@@ -70,6 +78,11 @@ class Conv4Config(ImageModelConfig):
     name: str = "conv4"
     filters: int = num(64, ge=1)
     blocks: int = num(4, ge=1)
+    #: How each block halves the image: ``maxpool`` (3x3 conv, then a 2x2 max-pool; flattened
+    #: features: Vinyals et al., ProtoNets, MAML on miniImageNet) or ``stride`` (a 3x3 conv with
+    #: stride 2 and no pooling, then the spatial mean of the last block: the MAML paper's Omniglot
+    #: net, learn2learn's ``OmniglotCNN``; ~3.7x fewer conv FLOPs on 28x28).
+    downsample: str = choice("maxpool", DOWNSAMPLE)
 
 
 @option("model", builds="pipeline.models.resnet12:body")
