@@ -63,7 +63,7 @@ def _differing(runs: list[RunRecord], first: list[str]) -> list[str]:
                                                                if k not in first]
 
 
-def _metric_columns(runs: list[RunRecord]) -> list[str]:
+def metric_columns(runs: list[RunRecord]) -> list[str]:
     names = {k for r in runs for k in r.metrics}
     out = []
     for pattern in _KEY_METRICS:
@@ -86,7 +86,7 @@ def table(runs: list[RunRecord], swept: list[str] | None = None) -> pd.DataFrame
     """One row per run: name, id, status, the params that differ, key metrics and CIs."""
     first = [_param_key(k, runs) for k in (swept or [])]
     params = _differing(runs, first)
-    metrics = _metric_columns(runs)
+    metrics = metric_columns(runs)
     rows = []
     for r in runs:
         row: dict[str, Any] = {"run_name": r.name, "run_id": r.run_id, "status": r.status}
@@ -239,74 +239,6 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
     return SweepSummary(df, best_id, finished)
 
 
-def log_paired(uri: str, result: Any, a: RunRecord, b: RunRecord) -> str:
-    """The paired comparison as a new MLflow run in A's experiment: the numbers as
-    ``paired/...`` metrics, each pair's difference at its step, a table and a plot."""
-    from pipeline import paired, plots
-
-    run_id = store.create_run(uri, a.experiment_id, f"paired {a.name} vs {b.name}", {
-        keys.SWEEP_ROLE: keys.ROLE_PAIRED, keys.PAIRED_A: a.run_id, keys.PAIRED_B: b.run_id,
-        keys.PAIRED_METRIC: result.metric})
-    name = result.metric.removeprefix(keys.TASK)
-    store.log_values(uri, run_id, metrics=paired.metrics(result))
-    store.log_series(uri, run_id, f"{keys.PAIRED}{name}_diff", list(result.pairs["diff"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        csv = Path(tmp) / Path(keys.PAIRED_TABLE).name
-        result.pairs.to_csv(csv, index=False)
-        fig = paired.figure(result, f"{a.name} - {b.name}: {result.verdict}")
-        store.log_files(uri, run_id, {str(Path(keys.PAIRED_TABLE).parent): csv},
-                        {keys.PAIRED_PLOT: fig})
-        plots.close(fig)
-    store.end_run(uri, run_id, keys.FINISHED)
-    return run_id
-
-
-def model_choice(uri: str, run_id: str) -> tuple[RunRecord, RunRecord]:
-    """The run whose model to register: the run itself; for a group, its best seed; for a sweep
-    parent, the best group's (or job's) best seed. Returns (chosen, the run it stands for)."""
-    from pipeline import groups
-
-    run = store.get_run(uri, run_id)
-    role = run.tags.get(keys.SWEEP_ROLE)
-    if role == keys.ROLE_PARENT:
-        best = run.tags.get(keys.BEST_RUN)
-        if not best:
-            raise ValueError(f"sweep {run_id} has no best run (tag {keys.BEST_RUN}): it did not "
-                             f"finish with a comparison.")
-        return model_choice(uri, best)
-    if role == keys.ROLE_GROUP:
-        members = [r for r in groups.effective(store.search_runs(uri, parent_run_id=run_id))
-                   .values() if r.status == keys.FINISHED]
-        name, higher = objective_metric({k for r in members for k in r.metrics})
-        if not members or name is None:
-            raise ValueError(f"group {run_id} has no FINISHED job with an objective.")
-        best = (max if higher else min)(members, key=lambda r: r.metrics.get(name, math.nan))
-        return best, run
-    return run, run
-
-
-def register(uri: str, run_id: str, name: str) -> tuple[str, str, str]:
-    """Register the chosen model under ``name`` with the key metrics in its description;
-    return (model name, version, the run whose model it is)."""
-    chosen, source = model_choice(uri, run_id)
-    shown = [k for k in _metric_columns([source]) if not k.startswith(keys.TIME)]
-    lines = [f"Registered by pipeline.compare from run {source.name} ({source.run_id})."]
-    if source is not chosen:
-        lines.append(f"Model of its best seed: {chosen.name} ({chosen.run_id}).")
-    for k in shown:
-        if k.endswith("_ci95"):
-            continue
-        ci = source.metrics.get(k.removesuffix("_mean") + "_ci95")
-        value = source.metrics.get(k, math.nan)
-        lines.append(f"- {k}: {value:.4f}" + (f" ± {ci:.4f} (95% CI)" if ci is not None else ""))
-    for k in (keys.DATA_FINGERPRINT, keys.GIT_COMMIT):
-        if k in chosen.tags:
-            lines.append(f"- {k}: {chosen.tags[k]}")
-    version = store.register_model(uri, chosen.run_id, name, "\n".join(lines),
-                                   {keys.REGISTERED_FROM: source.run_id})
-    return name, version, chosen.run_id
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -381,11 +313,13 @@ def _paired(uri: str, run_a: str, run_b: str, log: bool) -> int:
     a, b = store.get_run(uri, run_a), store.get_run(uri, run_b)
     print(paired.describe(result, a, b))
     if log:
-        print(f"logged as MLflow run {log_paired(uri, result, a, b)}")
+        print(f"logged as MLflow run {paired.log(uri, result, a, b)}")
     return 0
 
 
 def _register(uri: str, name: str, run_id: str | None) -> int:
+    from pipeline.registration import register
+
     if not run_id:
         print("--register NAME needs --run RUN_ID (a run or a group) or --parent "
               "PARENT_RUN_ID (its best group).", file=sys.stderr)

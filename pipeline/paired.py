@@ -10,7 +10,9 @@ fingerprints, task counts) are refused: their "differences" would mean nothing.
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -196,3 +198,25 @@ def figure(result: PairedResult, title: str):
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def log(uri: str, result: PairedResult, a: RunRecord, b: RunRecord) -> str:
+    """The paired comparison as a new MLflow run in A's experiment: the numbers as
+    ``paired/...`` metrics, each pair's difference at its step, a table and a plot."""
+    from pipeline import plots
+
+    run_id = store.create_run(uri, a.experiment_id, f"paired {a.name} vs {b.name}", {
+        keys.SWEEP_ROLE: keys.ROLE_PAIRED, keys.PAIRED_A: a.run_id, keys.PAIRED_B: b.run_id,
+        keys.PAIRED_METRIC: result.metric})
+    name = result.metric.removeprefix(keys.TASK)
+    store.log_values(uri, run_id, metrics=metrics(result))
+    store.log_series(uri, run_id, f"{keys.PAIRED}{name}_diff", list(result.pairs["diff"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        csv = Path(tmp) / Path(keys.PAIRED_TABLE).name
+        result.pairs.to_csv(csv, index=False)
+        fig = figure(result, f"{a.name} - {b.name}: {result.verdict}")
+        store.log_files(uri, run_id, {str(Path(keys.PAIRED_TABLE).parent): csv},
+                        {keys.PAIRED_PLOT: fig})
+        plots.close(fig)
+    store.end_run(uri, run_id, keys.FINISHED)
+    return run_id

@@ -15,6 +15,11 @@ from omegaconf import DictConfig
 from pipeline import PROJECT_ROOT, runtime_env
 from pipeline.config import Config, compose, validate
 
+#: The Omniglot zips: ``$OMNIGLOT_ROOT``, else where this workplace keeps them (the README's
+#: ``../shared/data/omniglot`` beside the project). Tests that need them skip without them.
+OMNIGLOT_ROOT = Path(os.environ.get("OMNIGLOT_ROOT",
+                                    PROJECT_ROOT.parent / "shared" / "data" / "omniglot"))
+
 runtime_env.import_tensorflow()
 
 #: Overrides that make any run tiny: few tasks, few iterations.

@@ -18,8 +18,9 @@ from pipeline import data, preflight
 from pipeline.config import ConfigError
 from pipeline.data import omniglot
 from pipeline.data.episodes import sample_episodes
+from tests.conftest import OMNIGLOT_ROOT
 
-SHARED = Path("/work/shared/data/omniglot")
+SHARED = OMNIGLOT_ROOT
 SMALL1, SMALL2 = "extras/images_background_small1.zip", "extras/images_background_small2.zip"
 SMALL = [f"data.root={SHARED}", f"data.background_zip={SMALL1}",
          f"data.evaluation_zip={SMALL2}", "data.num_train_characters=200",

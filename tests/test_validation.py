@@ -18,6 +18,7 @@ from pipeline.stages import meta_test, meta_train
 from pipeline.stages.validation import Validation
 from pipeline.tracking import keys
 from tests import image_sets
+from tests.conftest import OMNIGLOT_ROOT
 from tests.test_resume import _resume, _run, _start, _store, _wait_for
 
 #: ProtoNets (running batch norm: its statistics are part of what is selected), a learning rate
@@ -181,7 +182,7 @@ def test_sigterm_during_meta_training_with_validation_then_resume_is_bit_identic
     assert tags[0][keys.SELECTED_ITERATION] == tags[1][keys.SELECTED_ITERATION]
 
 
-SHARED = Path("/work/shared/data/omniglot")
+SHARED = OMNIGLOT_ROOT
 
 
 @pytest.mark.skipif(not (SHARED / "extras/images_background_small1.zip").is_file(),

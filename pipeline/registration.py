@@ -1,0 +1,56 @@
+"""``pipeline.compare --register``: put a run's model (a group's best seed, a sweep's best
+group's) in the MLflow Model Registry, its key metrics in the version's description."""
+
+from __future__ import annotations
+
+import math
+
+from pipeline.compare import metric_columns, objective_metric
+from pipeline.tracking import keys, store
+from pipeline.tracking.store import RunRecord
+
+
+def model_choice(uri: str, run_id: str) -> tuple[RunRecord, RunRecord]:
+    """The run whose model to register: the run itself; for a group, its best seed; for a sweep
+    parent, the best group's (or job's) best seed. Returns (chosen, the run it stands for)."""
+    from pipeline import groups
+
+    run = store.get_run(uri, run_id)
+    role = run.tags.get(keys.SWEEP_ROLE)
+    if role == keys.ROLE_PARENT:
+        best = run.tags.get(keys.BEST_RUN)
+        if not best:
+            raise ValueError(f"sweep {run_id} has no best run (tag {keys.BEST_RUN}): it did not "
+                             f"finish with a comparison.")
+        return model_choice(uri, best)
+    if role == keys.ROLE_GROUP:
+        members = [r for r in groups.effective(store.search_runs(uri, parent_run_id=run_id))
+                   .values() if r.status == keys.FINISHED]
+        name, higher = objective_metric({k for r in members for k in r.metrics})
+        if not members or name is None:
+            raise ValueError(f"group {run_id} has no FINISHED job with an objective.")
+        best = (max if higher else min)(members, key=lambda r: r.metrics.get(name, math.nan))
+        return best, run
+    return run, run
+
+
+def register(uri: str, run_id: str, name: str) -> tuple[str, str, str]:
+    """Register the chosen model under ``name`` with the key metrics in its description;
+    return (model name, version, the run whose model it is)."""
+    chosen, source = model_choice(uri, run_id)
+    shown = [k for k in metric_columns([source]) if not k.startswith(keys.TIME)]
+    lines = [f"Registered by pipeline.compare from run {source.name} ({source.run_id})."]
+    if source is not chosen:
+        lines.append(f"Model of its best seed: {chosen.name} ({chosen.run_id}).")
+    for k in shown:
+        if k.endswith("_ci95"):
+            continue
+        ci = source.metrics.get(k.removesuffix("_mean") + "_ci95")
+        value = source.metrics.get(k, math.nan)
+        lines.append(f"- {k}: {value:.4f}" + (f" ± {ci:.4f} (95% CI)" if ci is not None else ""))
+    for k in (keys.DATA_FINGERPRINT, keys.GIT_COMMIT):
+        if k in chosen.tags:
+            lines.append(f"- {k}: {chosen.tags[k]}")
+    version = store.register_model(uri, chosen.run_id, name, "\n".join(lines),
+                                   {keys.REGISTERED_FROM: source.run_id})
+    return name, version, chosen.run_id
