@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import resource
 import sys
 import time
 
@@ -28,6 +29,7 @@ RUNS = {
     "protonet_5w5s": ("omniglot_5w5s_protonet", 99.7),
     "protonet_20w1s": ("omniglot_20w1s_protonet", 96.0),
     "maml_5w1s": ("omniglot_5w1s_maml", 98.7),
+    "maml_20w1s": ("omniglot_20w1s_maml", 95.8),
 }
 
 
@@ -49,6 +51,8 @@ def run(name: str, root: str, extra: list[str]) -> dict:
         "meta_train_s": t["meta_train_s"], "train_eps_per_s": episodes / t["meta_train_s"],
         "meta_test_s": t["meta_test_s"], "test_eps_per_s": acc.n / t["meta_test_s"],
         "total_s": total, "cpu_s": cpu, "cpu_share": cpu / total, "overrides": overrides,
+        # The process's peak resident memory so far (Linux: KiB): one preset per process.
+        "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
     }
 
 
@@ -80,7 +84,8 @@ def main() -> None:
         print("| preset | acc % (95% CI) | published | meta-train its | train min | "
               "train episodes/s | test s | test episodes/s | CPU share |\n"
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
-        print(row(r), f"\nMLflow run {r['run_id']}", flush=True)
+        print(row(r), f"\nMLflow run {r['run_id']}; peak memory {r['peak_rss_gib']:.2f} GiB",
+              flush=True)
 
 
 if __name__ == "__main__":

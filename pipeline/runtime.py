@@ -13,7 +13,9 @@ def setup(cfg: RuntimeConfig, seed: int) -> None:
     """Apply thread limits (only possible before TF's first op) and determinism, then seed."""
     try:
         tf.config.threading.set_intra_op_parallelism_threads(cfg.intra_op_threads)
-        tf.config.threading.set_inter_op_parallelism_threads(cfg.inter_op_threads)
+        inter = cfg.inter_op_threads
+        tf.config.threading.set_inter_op_parallelism_threads(
+            cfg.intra_op_threads if inter is None else inter)
     except RuntimeError:
         pass  # TF already initialised in this process (tests share one): keep its settings
     if cfg.deterministic:

@@ -270,3 +270,21 @@ def test_logged_model_predicts_like_the_trained_one(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True)
     for ds, want in expected.items():
         np.testing.assert_allclose(np.load(tmp_path / f"{ds}.npy"), want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("downsample", ["maxpool", "stride"])
+def test_colour_images_of_odd_size_take_the_fast_path_exactly(downsample, float64):  # noqa: F811
+    """The image family's inputs (3 channels; sizes that pooling floors, 11 -> 5 -> 2) give
+    each task its own model's output on the fast path as on one task's ``stateless_call``."""
+    model = build_model(Conv4Config(filters=3, blocks=2, downsample=downsample), (11, 11, 3),
+                        WAYS, 0)
+    f = F.FunctionalModel(model)
+    assert f.conv4 is not None
+    rng = np.random.default_rng(4)
+    x = tf.constant(rng.integers(0, 256, (TASKS, 4, 11, 11, 3)).astype(np.uint8))
+    stacked = [tf.stack([p + 0.1 * rng.standard_normal(p.shape) for _ in range(TASKS)])
+               for p in f.params()]
+    out = f.batched(stacked, x, True)
+    for t in range(TASKS):
+        np.testing.assert_allclose(out[t], f([s[t] for s in stacked], x[t], True), rtol=1e-10,
+                                   atol=1e-10)
