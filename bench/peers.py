@@ -45,7 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +65,6 @@ class Workload:
     #: Meta-iterations per compiled call (tiny steps: amortise the call overhead).
     per_call: int = 1
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 def _maml(order: str, head: str, net: str) -> list[str]:
