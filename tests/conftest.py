@@ -66,6 +66,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def answers_health(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Poll ``url``/health until the MLflow server (or UI) there answers 200: True; False if
+    ``proc`` exits first or ``timeout`` seconds pass."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 class MlflowServer:
     """A real ``mlflow server`` process on 127.0.0.1, stoppable and restartable on its port."""
 
@@ -75,9 +92,6 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90) -> None:
-        import time
-        import urllib.request
-
         self.root.mkdir(parents=True, exist_ok=True)
         mlflow_bin = Path(sys.executable).with_name("mlflow")
         self.proc = subprocess.Popen(
@@ -86,14 +100,8 @@ class MlflowServer:
              "--artifacts-destination", str(self.root / "artifacts")],
             stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"),  # noqa: SIM115
             start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"{self.uri}/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
+        if answers_health(self.uri, self.proc, timeout):
+            return
         self.stop()
         raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()}")
 

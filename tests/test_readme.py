@@ -18,8 +18,6 @@ import re
 import shlex
 import signal
 import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -27,7 +25,7 @@ from mlflow import MlflowClient
 
 from pipeline import PROJECT_ROOT
 from pipeline.tracking import keys
-from tests.conftest import free_port
+from tests.conftest import answers_health, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -121,15 +119,9 @@ class Session:
         self.server = subprocess.Popen(["bash", "-c", command], cwd=self.tmp,
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                        start_new_session=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2):
-                    return
-            except OSError:
-                assert self.server.poll() is None, f"{command} exited"
-                time.sleep(0.5)
-        raise AssertionError(f"{command} did not answer /health")
+        if not answers_health(f"http://127.0.0.1:{self.port}", self.server, 120):
+            assert self.server.poll() is None, f"{command} exited"
+            raise AssertionError(f"{command} did not answer /health")
 
     def stop_server(self) -> None:
         if self.server is not None and self.server.poll() is None:

@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pipeline.config import ConfigError
 from pipeline.runner import execute
 from pipeline.tracking import keys
 from pipeline.tracking.store import get_run
-from tests.conftest import TINY, run_cli, store_overrides
+from tests.conftest import TINY, free_port, run_cli, store_overrides
 
 #: Smaller still than TINY: a multirun job is a whole pipeline run.
 SWEEP_TINY = [*TINY, "meta_train.iterations=8", "tracking.log_model=false"]
@@ -385,51 +384,15 @@ def test_objective_direction_must_fit_the_metric():
 # --- a real MLflow server ----------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """``mlflow server`` on 127.0.0.1 and a free port, stopped after the module."""
-    import urllib.request
-
-    root = tmp_path_factory.mktemp("server")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with open(root / "server.log", "w") as server_log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{root}/server.db",
-             "--artifacts-destination", str(root / "artifacts")],
-            stdout=server_log, stderr=subprocess.STDOUT,
-            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
-                time.sleep(0.5)
-        yield url
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 def test_rerun_from_a_server_is_bit_identical(mlflow_server, make_cfg, tmp_path, capsys):
-    cfg, raw = make_cfg(*TINY, "tracking=server", f"tracking.uri={mlflow_server}",
+    cfg, raw = make_cfg(*TINY, "tracking=server", f"tracking.uri={mlflow_server.uri}",
                         "tracking.log_model=false", "seed=3")
     overrides = [*store_overrides(tmp_path)[:2], *TINY, "tracking=server",
-                 f"tracking.uri={mlflow_server}", "tracking.log_model=false", "seed=3"]
+                 f"tracking.uri={mlflow_server.uri}", "tracking.log_model=false", "seed=3"]
     first = execute(cfg, raw, overrides)
-    assert rerun.main([first.run_id, "--tracking-uri", mlflow_server]) == 0
+    assert rerun.main([first.run_id, "--tracking-uri", mlflow_server.uri]) == 0
     assert "IDENTICAL" in capsys.readouterr().out
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(mlflow_server.uri)
     [new] = client.search_runs([client.get_run(first.run_id).info.experiment_id],
                                f"tags.rerun_of = '{first.run_id}'")
     got = {m.step: m.value for m in client.get_metric_history(new.info.run_id,

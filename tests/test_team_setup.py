@@ -13,7 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from mlflow import MlflowClient
 
 from pipeline import PROJECT_ROOT
 from pipeline.tracking import keys
-from tests.conftest import TINY, free_port
+from tests.conftest import TINY, answers_health, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -91,16 +90,9 @@ def server(postgres: Postgres, tmp_path_factory) -> Iterator[str]:
              "--port", str(port), "--workers", "2", "--backend-store-uri", postgres.uri,
              "--artifacts-destination", str(root / "artifacts")],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
-            time.sleep(1)
+    if not answers_health(url, proc, 240):
+        proc.kill()
+        pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
     yield url
     os.killpg(proc.pid, 15)
     proc.wait(timeout=60)

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ from mlflow import MlflowClient
 
 from pipeline import PROJECT_ROOT, compare
 from pipeline.tracking import keys, store
-from tests.conftest import free_port
+from tests.conftest import answers_health, free_port
 from tests.test_sweeps import multirun
 
 pytestmark = pytest.mark.slow
@@ -74,14 +73,7 @@ def ui(tmp_path_factory):
          "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2):
-                break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
-            time.sleep(0.5)
+    assert answers_health(url, proc, 120), "mlflow ui did not start"
     yield url, client, exp, tmp
     os.killpg(proc.pid, 15)
     proc.wait(timeout=30)
