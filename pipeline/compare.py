@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -27,86 +26,9 @@ from typing import Any
 import pandas as pd
 
 from pipeline.config import default_tracking_uri
+from pipeline.results import FIXED_COLUMNS, best_row, objective_metric, param_key, table
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
-
-#: Key metrics, in column order (each paired with its ``_ci95`` when there is one). Group runs
-#: have the same under ``seeds/`` (across-seed mean and CI of each job's value).
-_KEY_METRICS = (r"^seeds/n_seeds$", r"^seeds/test/query_(acc|mse)_after_mean_mean$",
-                r"^seeds/gain/query_[a-z]+_mean$",
-                r"^seeds/scratch/query_(acc|mse)_after_mean_mean$",
-                r"^seeds/test/query_(acc|mse)_before_mean_mean$",
-                r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
-                r"^scratch/query_(acc|mse)_after_mean$", r"^test/query_(acc|mse)_before_mean$",
-                r"^test/diverged_tasks$", r"^time/meta_train_s$")
-_FIXED = ["run_name", "run_id", "status"]
-
-
-def objective_metric(metrics: set[str]) -> tuple[str | None, bool]:
-    """The objective's metric name and whether higher is better (accuracy up, MSE down); for
-    group runs, its across-seed mean."""
-    for name, higher in (("test/query_acc_after_mean", True), ("test/query_mse_after_mean",
-                                                                False)):
-        if keys.seeds(name, "mean") in metrics:
-            return keys.seeds(name, "mean"), higher
-    if "test/query_acc_after_mean" in metrics:
-        return "test/query_acc_after_mean", True
-    if "test/query_mse_after_mean" in metrics:
-        return "test/query_mse_after_mean", False
-    return None, True
-
-
-def _differing(runs: list[RunRecord], first: list[str]) -> list[str]:
-    names = sorted({k for r in runs for k in r.params if not keys.is_location(k)})
-    varying = [k for k in names if len({r.params.get(k) for r in runs}) > 1]
-    return [k for k in first if k in varying or k in names] + [k for k in varying
-                                                               if k not in first]
-
-
-def metric_columns(runs: list[RunRecord]) -> list[str]:
-    names = {k for r in runs for k in r.metrics}
-    out = []
-    for pattern in _KEY_METRICS:
-        for name in sorted(n for n in names if re.match(pattern, n) and not n.endswith("_ci95")):
-            out.append(name)
-            ci = name.removesuffix("_mean") + "_ci95"
-            if ci in names:
-                out.append(ci)
-    return out
-
-
-def _param_key(k: str, runs: list[RunRecord] | None = None) -> str:
-    """A swept group (``algorithm``) is compared through its name param (``algorithm.name``)."""
-    if runs is not None and any(k in r.params for r in runs):
-        return k
-    return k if "." in k or k == "seed" else f"{k}.name"
-
-
-def table(runs: list[RunRecord], swept: list[str] | None = None) -> pd.DataFrame:
-    """One row per run: name, id, status, the params that differ, key metrics and CIs."""
-    first = [_param_key(k, runs) for k in (swept or [])]
-    params = _differing(runs, first)
-    metrics = metric_columns(runs)
-    rows = []
-    for r in runs:
-        row: dict[str, Any] = {"run_name": r.name, "run_id": r.run_id, "status": r.status}
-        row |= {k: r.params.get(k) for k in params}
-        row |= {k: r.metrics.get(k, math.nan) for k in metrics}
-        rows.append(row)
-    return pd.DataFrame(rows, columns=[*_FIXED, *params, *metrics])
-
-
-def best_row(df: pd.DataFrame, direction: str | None = None) -> int | None:
-    """Index of the best finished run by the objective (``direction`` overrides the metric's)."""
-    name, higher = objective_metric(set(df.columns))
-    if name is None:
-        return None
-    if direction is not None:
-        higher = direction.rsplit(".", 1)[-1].lower() == "maximize"
-    values = df[name].where(df["status"] == keys.FINISHED)
-    if values.isna().all():
-        return None
-    return int(values.idxmax() if higher else values.idxmin())
 
 
 def display(df: pd.DataFrame) -> str:
@@ -146,8 +68,8 @@ def plot(df: pd.DataFrame, swept: list[str]) -> Any:
 
     plt = plots.plt
     name, _higher = objective_metric(set(df.columns))
-    params = [k for k in (_param_key(s) for s in swept) if k in df.columns] or \
-        [c for c in df.columns if c not in _FIXED and "/" not in c][:2]
+    params = [k for k in (param_key(s) for s in swept) if k in df.columns] or \
+        [c for c in df.columns if c not in FIXED_COLUMNS and "/" not in c][:2]
     fig, axes = plt.subplots(1, max(len(params), 1), figsize=(5.5 * max(len(params), 1), 4),
                              squeeze=False)
     done = df[df["status"] == keys.FINISHED] if name else df.iloc[0:0]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.results import objective_metric
 from pipeline.stats import summarize
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
@@ -196,7 +197,7 @@ def write_if_complete(uri: str, group_run_id: str, sweep_dir: Path | None = None
 
 def _write(uri: str, group: RunRecord, runs: list[RunRecord], jobs: list[int],
            digest: str) -> None:
-    from pipeline import compare, plots
+    from pipeline import plots
 
     group_by = json.loads(group.tags.get(keys.GROUP_BY, '["seed"]'))
     stats = seed_statistics(runs)
@@ -205,7 +206,7 @@ def _write(uri: str, group: RunRecord, runs: list[RunRecord], jobs: list[int],
     table = pd.DataFrame([{"run_name": r.name, "run_id": r.run_id, "status": r.status,
                            **{k: r.params.get(k) for k in group_by},
                            **{m: r.metrics.get(m, math.nan) for m in names}} for r in runs])
-    objective, _ = compare.objective_metric(set(names))
+    objective, _ = objective_metric(set(names))
     with tempfile.TemporaryDirectory() as tmp:
         csv = Path(tmp) / Path(keys.SEEDS_TABLE).name
         table.to_csv(csv, index=False)

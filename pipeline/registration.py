@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import math
 
-from pipeline.compare import metric_columns, objective_metric
+from pipeline import groups
+from pipeline.results import metric_columns, objective_metric
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
@@ -13,8 +14,6 @@ from pipeline.tracking.store import RunRecord
 def model_choice(uri: str, run_id: str) -> tuple[RunRecord, RunRecord]:
     """The run whose model to register: the run itself; for a group, its best seed; for a sweep
     parent, the best group's (or job's) best seed. Returns (chosen, the run it stands for)."""
-    from pipeline import groups
-
     run = store.get_run(uri, run_id)
     role = run.tags.get(keys.SWEEP_ROLE)
     if role == keys.ROLE_PARENT:

@@ -70,9 +70,8 @@ def option(group: str, builds: str | None = None, name: str | None = None
 
 
 def options(group: str) -> dict[str, Option]:
-    """The registered options of ``group`` by name."""
-    import pipeline.config  # noqa: F401  (registers every schema)
-
+    """The registered options of ``group`` by name: those whose schema module has been
+    imported (``import pipeline.config`` registers every schema)."""
     return dict(_REGISTRY[group])
 
 

@@ -126,3 +126,15 @@ def mlflow_server(tmp_path_factory):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_stray_store():
+    """No test leaves an MLflow store at the project root: every store is under ``mlruns/`` or
+    a temporary folder (a client falling back to MLflow's relative default ``sqlite:///mlflow.db``
+    once left one there, and it got committed)."""
+    stray = PROJECT_ROOT / "mlflow.db"
+    before = stray.exists()
+    yield
+    assert before or not stray.exists(), f"a test created {stray}: some MLflow client was "
+    "given no tracking URI"

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from pipeline import groups
 from pipeline.config import TrackingConfig
+from pipeline.results import objective_metric
 from pipeline.sweep.plan import (
     NEW,
     PARENT_FILE,
@@ -98,8 +99,6 @@ def job_context(cfg: TrackingConfig, base_name: str) -> JobContext | None:
 def stored_objective(job: JobContext) -> tuple[float, bool]:
     """A skipped (FINISHED) job's objective, as the run logged it, and whether higher is
     better."""
-    from pipeline.compare import objective_metric
-
     assert job.previous is not None
     name, higher = objective_metric(set(job.previous.metrics))
     return (job.previous.metrics[name] if name else float("nan")), higher
