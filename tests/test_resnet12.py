@@ -113,9 +113,9 @@ def collection(tmp_path_factory):
     return image_sets.write(tmp_path_factory.mktemp("images") / "set", "folders")
 
 
+@pytest.mark.slow  # ~20-40 s of tracing each; the fast suite keeps the shapes and gradients
 @pytest.mark.parametrize("algorithm, batch_norm", [
-    ("protonet", "running"),
-    pytest.param("fomaml", "transductive", marks=pytest.mark.slow)])  # ~40 s of tracing
+    ("protonet", "running"), ("fomaml", "transductive")])
 def test_protonet_and_maml_train_resnet12_through_the_pipeline(algorithm, batch_norm, make_cfg,
                                                                collection):
     cfg, _ = make_cfg("data=images", "model=resnet12", f"algorithm={algorithm}",
@@ -136,6 +136,7 @@ def test_protonet_and_maml_train_resnet12_through_the_pipeline(algorithm, batch_
         assert result.baseline is not None and np.isfinite(result.baseline["loss_after"]).all()
 
 
+@pytest.mark.slow  # a ResNet-12 run, logged and loaded in a fresh process
 def test_logged_resnet12_loads_without_the_project(tmp_path):
     """The residual blocks and the transductive norms are logged as stock Keras layers: a fresh
     Python that never imports ``pipeline`` loads the models and gives the same logits."""

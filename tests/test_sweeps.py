@@ -384,6 +384,7 @@ def test_objective_direction_must_fit_the_metric():
 # --- a real MLflow server ----------------------------------------------------------------------
 
 
+@pytest.mark.slow  # two runs against a server; the fast suite reruns from the local store
 def test_rerun_from_a_server_is_bit_identical(mlflow_server, make_cfg, tmp_path, capsys):
     cfg, raw = make_cfg(*TINY, "tracking=server", f"tracking.uri={mlflow_server.uri}",
                         "tracking.log_model=false", "seed=3")

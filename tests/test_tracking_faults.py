@@ -43,6 +43,7 @@ def _metric_steps(client, run_id, key):
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
+@pytest.mark.slow  # a server stopped and started again (the fast suite: the import below)
 def test_server_outage_mid_run_loses_nothing(make_cfg, mlflow_server, tmp_path):
     cfg, _ = make_cfg(f"tracking.uri={mlflow_server.uri}", "tracking.artifact_location=null")
     tracker = Tracker(cfg.tracking, tmp_path / "out")
