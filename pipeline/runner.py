@@ -21,6 +21,7 @@ from pipeline import provenance, runtime
 from pipeline.algorithms import Algorithm, Context, build_algorithm
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import AlgorithmConfig, ClassificationDataConfig, Config, EpisodeDataConfig
+from pipeline.config.validate import warnings as config_warnings
 from pipeline.data import REGRESSION, TaskSet, derive_seed
 from pipeline.errors import ConfigError, DataError
 from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
@@ -159,6 +160,8 @@ def _validation(cfg: Config, tasks: TaskSet) -> Validation | None:
 
 
 def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) -> RunResult:
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
     tasks = generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, tracker,
                          cfg.tracking.log_dataset_max_mb)
     if resume is not None and tasks.fingerprint != resume.data_fingerprint:

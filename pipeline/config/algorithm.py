@@ -26,6 +26,9 @@ class AlgorithmConfig:
     running_batch_norm: ClassVar[bool] = False
     #: Learns anything before meta-test (False for the no-meta-learning baseline).
     meta_learns: ClassVar[bool] = True
+    #: Meta-learns its inner step sizes (Meta-SGD): they are tuned for ``inner_steps`` steps,
+    #: so testing with more is warned about.
+    learned_inner_rates: ClassVar[bool] = False
 
     name: str = MISSING
 
@@ -109,6 +112,7 @@ class MetaSGDConfig(MAMLConfig):
     ``inner_steps`` (so the test uses as many).
     """
 
+    learned_inner_rates: ClassVar[bool] = True
     name: str = "metasgd"
     test_inner_steps: int | None = num(1, ge=0)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config.algorithm import InnerLoopConfig
 from pipeline.config.data import (
     ClassificationDataConfig,
     ImagesDataConfig,
@@ -207,6 +208,24 @@ def _check_validation(cfg: Config) -> None:
         how = "it has no validation split; set meta_train.validate_every=0"
     raise ConfigError(f"meta_train.validate_every={every} needs validation tasks and "
                       f"data={data.family} has none: {how}.")
+
+
+def warnings(cfg: Config) -> list[str]:
+    """Settings that are allowed but likely wrong, one line each (logged when a run starts)."""
+    out = []
+    algorithm = cfg.algorithm
+    if isinstance(algorithm, InnerLoopConfig) and algorithm.learned_inner_rates:
+        trained = algorithm.inner_steps
+        test = trained if algorithm.test_inner_steps is None else algorithm.test_inner_steps
+        more = sorted({n for n in (test, *cfg.meta_test.eval_steps) if n > trained})
+        if more:
+            out.append(
+                f"algorithm={algorithm.name} meta-learns its inner learning rates for "
+                f"algorithm.inner_steps={trained} step(s) and is tested with {more} steps "
+                f"(algorithm.test_inner_steps, meta_test.eval_steps): rates tuned for fewer "
+                f"steps can overshoot, and tasks whose query loss blows up are counted as "
+                f"diverged. Train with as many inner steps as you test with.")
+    return out
 
 
 def validate(cfg: DictConfig | Config) -> Config:
