@@ -29,6 +29,8 @@ class AlgorithmConfig:
     #: Meta-learns its inner step sizes (Meta-SGD): they are tuned for ``inner_steps`` steps,
     #: so testing with more is warned about.
     learned_inner_rates: ClassVar[bool] = False
+    #: Meta-trains on meta-batches of ``meta_train.meta_batch_size`` training tasks.
+    meta_batches: ClassVar[bool] = True
 
     name: str = MISSING
 
@@ -52,6 +54,7 @@ class NotebookAlgorithmConfig(AlgorithmConfig):
     """The notebook's procedure: for each epoch, one epoch of ``fit`` on each training task in
     turn (``meta_train.iterations`` does not apply: ``epochs`` does)."""
 
+    meta_batches: ClassVar[bool] = False
     name: str = "notebook"
     epochs: int = num(10, ge=1)
     batch_size: int = num(32, ge=1)
