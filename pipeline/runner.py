@@ -178,7 +178,7 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
     if estimate is not None:
         log.info("memory estimate: %.2f GiB (step %.2f GiB, data %.2f GiB)", estimate.gib,
                  estimate.step / memory.GIB, estimate.data / memory.GIB)
-        if tracker is not None:
+        if tracker is not None and resume is None:  # a resumed run has it already
             tracker.log_metrics({keys.MEMORY_ESTIMATE: estimate.gib})
     algo = build(cfg, tasks)
     trained = meta_train.run(algo, tasks.train, cfg.meta_train, cfg.seed,
