@@ -166,7 +166,8 @@ def test_model_and_data_must_fit(make_cfg):
 def test_protonet_prototypes_and_logits_match_numpy(make_cfg, tmp_path):
     from pipeline.runner import build
 
-    cfg, _ = make_cfg("algorithm=protonet", "data.num_train_tasks=4", "data.num_test_tasks=6")
+    cfg, _ = make_cfg("algorithm=protonet", "data.num_train_tasks=4", "data.num_test_tasks=6",
+                      "meta_train.meta_batch_size=4")
     tasks = data.generate_or_load({k: v for k, v in dataclasses.asdict(cfg.data).items()
                                    if k != "cache"}, cfg.seed, tmp_path / "d")
     algo = build(cfg, tasks)
