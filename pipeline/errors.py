@@ -4,7 +4,16 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
+
+#: Terminal colour and cursor codes (Keras colours its messages): never stored in a tag.
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def plain_text(message: str) -> str:
+    """``message`` without terminal escape codes: an ``error`` tag is plain text, always."""
+    return _ANSI.sub("", message)
 
 
 class PipelineError(Exception):

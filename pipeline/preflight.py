@@ -1,6 +1,7 @@
 """Checks of the world a valid config points at, before anything is written: folders that must
 be creatable, a tracking store that must answer and take writes, source files that must be
-there (Omniglot's zips; an image collection's layout, splits and class sizes). Each failure is
+there (Omniglot's zips; an image collection's layout, splits and class sizes), memory enough
+for the run's largest step (:mod:`pipeline.memory`). Each failure is
 one line naming the key and what to do (exit status 2 at the CLI).
 
 :class:`OutputDirCheck` (``hydra.callbacks.preflight`` in ``conf/config.yaml``) checks Hydra's
@@ -19,6 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from pipeline import memory
 from pipeline.config import Config, ImagesDataConfig, OmniglotDataConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking import store
@@ -65,6 +67,7 @@ def check(cfg: Config) -> None:
         from pipeline.data import images, stream_rng
 
         images.check_sources(dataclasses.asdict(cfg.data), stream_rng(cfg.seed, "data"))
+    memory.check(cfg)
 
 
 class OutputDirCheck(Callback):

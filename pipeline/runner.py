@@ -17,10 +17,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import provenance, runtime
+from pipeline import memory, provenance, runtime
 from pipeline.algorithms import Algorithm, Context, build_algorithm
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import AlgorithmConfig, ClassificationDataConfig, Config, EpisodeDataConfig
+from pipeline.config.validate import check_image_size
+from pipeline.config.validate import warnings as config_warnings
 from pipeline.data import REGRESSION, TaskSet, derive_seed
 from pipeline.errors import ConfigError, DataError
 from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
@@ -159,6 +161,8 @@ def _validation(cfg: Config, tasks: TaskSet) -> Validation | None:
 
 
 def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) -> RunResult:
+    for warning in config_warnings(cfg):
+        log.warning("%s", warning)
     tasks = generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, tracker,
                          cfg.tracking.log_dataset_max_mb)
     if resume is not None and tasks.fingerprint != resume.data_fingerprint:
@@ -166,6 +170,16 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
                         f"{resume.data_fingerprint[:12]}…, the data now has "
                         f"{tasks.fingerprint[:12]}… ({tasks.path}). The data file or its config "
                         f"changed.")
+    if cfg.model.image_model:  # data.image_size=null: the images' own size, known only now
+        side = min(tasks.input_shape[:2])
+        check_image_size(cfg.model, side, f"The images' size ({tasks.input_shape[1]}x"
+                                          f"{tasks.input_shape[0]}, data.image_size=null)")
+    estimate = memory.check(cfg, tasks.input_shape, tasks.nbytes)
+    if estimate is not None:
+        log.info("memory estimate: %.2f GiB (step %.2f GiB, data %.2f GiB)", estimate.gib,
+                 estimate.step / memory.GIB, estimate.data / memory.GIB)
+        if tracker is not None and resume is None:  # a resumed run has it already
+            tracker.log_metrics({keys.MEMORY_ESTIMATE: estimate.gib})
     algo = build(cfg, tasks)
     trained = meta_train.run(algo, tasks.train, cfg.meta_train, cfg.seed,
                              Path(cfg.paths.output_dir), tracker,

@@ -87,6 +87,17 @@ BAD_VALUES = [
       "meta_train.validate_every=100"], "meta_train.validate_every", "data.num_val_tasks > 0"),
     (["algorithm=scratch", "meta_train.validate_every=100"], "meta_train.validate_every",
      "learns nothing"),
+    # issue 20: settings that cannot fit, found before the run
+    (["meta_train.meta_batch_size=100000"], "meta_train.meta_batch_size", "<= 2000"),
+    (["data=sinusoid", "meta_train.meta_batch_size=20001"], "meta_train.meta_batch_size",
+     "<= 20000"),
+    (["data=images", "model=conv4", "data.root=/x", "data.num_train_tasks=10",
+      "meta_train.meta_batch_size=11"], "meta_train.meta_batch_size", "<= 10"),
+    (["data=images", "model=conv4", "data.root=/x", "data.image_size=4"], "data.image_size",
+     "at least 16x16 px"),
+    (["data=images", "model=resnet12", "data.root=/x", "data.image_size=15"], "data.image_size",
+     "at least 16x16 px"),
+    (["data=omniglot", "model=conv4", "model.blocks=5"], "data.image_size", "at least 32x32 px"),
 ]
 
 # Refused while Hydra composes: unknown keys, wrong types, unknown group options.

@@ -1,4 +1,5 @@
-"""Test tasks whose adaptation diverges: counted, located, left out of the aggregates (never
+"""Test tasks whose adaptation diverges (a non-finite query loss, or one 1e3 times the loss
+before adaptation): counted, located, left out of the aggregates (never
 hidden in them), plotted around; a run whose every test task diverges fails with the reason."""
 
 from __future__ import annotations
@@ -7,10 +8,14 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from mlflow import MlflowClient
 
+from pipeline import data
+from pipeline.config.validate import warnings
 from pipeline.errors import DivergenceError
 from pipeline.runner import execute
+from pipeline.stages import meta_test
 from pipeline.tracking import keys
 
 #: Sinusoid regression with the classification inner rate (0.5) and 5 test-time steps: about
@@ -78,3 +83,53 @@ def test_the_default_sinusoid_config_does_not_diverge(make_cfg):
     assert result.diverged == 0
     assert result.summaries["test/query_mse_after"].mean < result.summaries[
         "test/query_mse_before"].mean
+
+
+def test_divergence_is_non_finite_or_a_thousand_times_the_loss_before():
+    before = np.array([1.0, 1.0, 2.0, np.nan, 1.0, 0.5])
+    after = np.array([0.5, 999.0, 2001.0, 3.0, np.inf, np.nan])
+    assert meta_test.DIVERGENCE_FACTOR == 1e3
+    assert meta_test.diverged(after, before).tolist() == [False, False, True, False, True, True]
+    assert meta_test.diverged(after, None).tolist() == [False, False, False, False, True, True]
+
+
+def test_finite_blow_ups_are_counted_and_left_out_like_nans(make_cfg, caplog):
+    """Issue 20: Meta-SGD tested with more inner steps than its rates were trained for blew up
+    to MSEs of ~1e27 that stayed finite and were averaged. Cheaper: learned rates started at
+    0.5 (the classification step), trained for 1 step, tested for 3; most blown-up tasks are
+    finite. They are counted, located and left out exactly as non-finite ones, and the
+    untrained step count is warned about."""
+    cfg, raw = make_cfg(*PARTIAL, "algorithm=metasgd", "algorithm.test_inner_steps=3",
+                        "tracking.run_name=finite-blow-ups")
+    result = execute(cfg, raw)
+    assert "meta-learns its inner learning rates for algorithm.inner_steps=1 step(s) and is " \
+           "tested with [3] steps" in caplog.text
+    algo, test = result.algorithm, result.tasks.test
+    state = algo.initial_state(np.arange(test.num_tasks))
+    sx, sy, qx, qy = (tf.constant(getattr(test, f)) for f in data.FIELDS)
+    before = algo.evaluate(state, qx, qy)["mse"]
+    raw_after = algo.evaluate(algo.adapt(state, sx, sy), qx, qy)["mse"]
+    finite_blow_ups = np.isfinite(raw_after) & (raw_after > 1e3 * before)
+    assert finite_blow_ups.sum() >= 5, raw_after  # what used to be averaged as a result
+    client = MlflowClient(cfg.tracking.uri)
+    run = client.get_run(result.run_id)
+    per_task = _history(client, result.run_id, "task/query_mse_after")
+    expected = ~np.isfinite(raw_after) | (raw_after > 1e3 * before)
+    np.testing.assert_array_equal(np.isnan(per_task), expected)
+    assert run.data.metrics["test/diverged_tasks"] == expected.sum() == result.diverged
+    assert run.data.metrics["test/query_mse_after_mean"] == pytest.approx(
+        raw_after[~expected].mean(), rel=1e-5)
+    assert run.data.metrics["test/query_mse_after_mean"] < 1e3 * np.nanmax(before)
+    note = run.data.tags[keys.DIVERGED]
+    assert f"{expected.sum()} of 60 test tasks diverged after adaptation (query mse not finite " \
+           f"or over 1000 x its value before adaptation), first diverged at inner step" in note
+
+
+def test_no_warning_when_learned_rates_are_tested_with_the_steps_they_learned(make_cfg):
+    cfg, _ = make_cfg("experiment=sinusoid_metasgd", "meta_test.eval_steps=[1]")
+    assert warnings(cfg) == []
+    cfg, _ = make_cfg("experiment=sinusoid_metasgd")  # the preset scores 1 and 10 steps
+    [line] = warnings(cfg)
+    assert "algorithm.inner_steps=1 step(s) and is tested with [10] steps" in line
+    cfg, _ = make_cfg("data=sinusoid", "algorithm.test_inner_steps=10")  # MAML: rates are fixed
+    assert warnings(cfg) == []

@@ -266,3 +266,76 @@ def test_decoded_cache_that_is_corrupt_is_rebuilt(make_cfg, tmp_path):
     cache.write_bytes(b"garbage")
     assert decoded.read(cache) is None
     np.testing.assert_array_equal(images.load_images(d)["train"][0], pool)
+
+
+# --- odd images and tampered caches (issue 20, point 6) ----------------------------------------
+
+
+def test_a_pickle_of_float_images_is_refused_not_cast(make_cfg, tmp_path):
+    """float32 in [0, 1] cast to uint8 would be all 0s and 1s: a run at chance accuracy."""
+    root = image_sets.write(tmp_path / "set", "pickle")
+    path = root / "mini-imagenet-cache-train.pkl"
+    with open(path, "rb") as f:
+        content = pickle.load(f)
+    content["image_data"] = content["image_data"].astype(np.float32) / 255
+    with open(path, "wb") as f:
+        pickle.dump(content, f)
+    _, d = _cfg(make_cfg, root, "pickle")
+    with pytest.raises(DataError, match=r"mini-imagenet-cache-train\.pkl .*images are float32, "
+                                        r"values 0\.\.1, not uint8") as e:
+        data.generate_or_load(d, 0, tmp_path / "data")
+    assert "\n" not in str(e.value)
+    assert not list(Path(d["cache_dir"]).glob("images-*.npz"))
+
+
+def test_a_tampered_decoded_cache_is_rebuilt_not_trusted(make_cfg, tmp_path, caplog):
+    """The cache holds the sha256 of its content: an edited pool gives the sources' pixels and
+    the same task fingerprint, with a warning, never a new fingerprint for the same sources."""
+    root = image_sets.write(tmp_path / "set", "folders")
+    _, d = _cfg(make_cfg, root)
+    honest = data.generate_or_load(d, 0, tmp_path / "a")
+    [cache] = Path(d["cache_dir"]).glob("images-*.npz")
+    with np.load(cache) as f:
+        arrays = {k: f[k] for k in f.files}
+    arrays["train_images"][0] = 0  # swap in other pixels, keep the stored hash
+    np.savez(cache, **arrays)
+    again = data.generate_or_load(d, 0, tmp_path / "b")
+    assert again.fingerprint == honest.fingerprint
+    np.testing.assert_array_equal(again.train.pool, honest.train.pool)
+    assert f"decoded cache {cache} does not match the sha256 stored in it" in caplog.text
+    with np.load(cache) as f:  # rebuilt: the right pixels again
+        np.testing.assert_array_equal(f["train_images"], honest.train.pool)
+
+
+def test_16_bit_pngs_are_scaled_to_8_bits_not_saturated(make_cfg, tmp_path):
+    root = image_sets.write(tmp_path / "set", "folders")
+    ramp = (np.arange(256, dtype=np.uint16).reshape(16, 16) * 257)  # 0..65535, 8-bit steps
+    Image.fromarray(ramp).save(root / "train/n00000000/0000.png")
+    with Image.open(root / "train/n00000000/0000.png") as im:
+        assert im.mode == "I;16"
+    _, d = _cfg(make_cfg, root)
+    first = images.load_images(d)["train"][0][0]
+    expected = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for channel in range(3):
+        np.testing.assert_array_equal(first[..., channel], expected)
+
+
+@pytest.mark.parametrize("layout", ["folders", "flat"])
+def test_hidden_files_and_folders_are_not_data(layout, make_cfg, tmp_path):
+    """macOS's ``._*.png`` beside the images and a ``.ipynb_checkpoints`` folder of PNGs among
+    the classes (and among the splits) are skipped, as ``.DS_Store`` is."""
+    root = image_sets.write(tmp_path / "set", layout)
+    cfg, d = _cfg(make_cfg, root, layout)
+    clean = data.generate_or_load(d, 0, tmp_path / "clean")
+    classes = root / "train" if layout == "folders" else root
+    first = sorted(p for p in classes.iterdir() if p.is_dir())[0]
+    (first / "._0000.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    (first / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    for where in (classes, root):
+        checkpoints = where / ".ipynb_checkpoints"
+        checkpoints.mkdir(exist_ok=True)
+        shutil.copy(first / "0000.png", checkpoints / "0000-checkpoint.png")
+    preflight.check(cfg)
+    dirty = data.generate_or_load(d, 0, tmp_path / "dirty")
+    assert dirty.fingerprint == clean.fingerprint
+    assert dirty.train.pool.shape == clean.train.pool.shape

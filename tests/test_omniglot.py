@@ -166,7 +166,8 @@ def test_model_and_data_must_fit(make_cfg):
 def test_protonet_prototypes_and_logits_match_numpy(make_cfg, tmp_path):
     from pipeline.runner import build
 
-    cfg, _ = make_cfg("algorithm=protonet", "data.num_train_tasks=4", "data.num_test_tasks=6")
+    cfg, _ = make_cfg("algorithm=protonet", "data.num_train_tasks=4", "data.num_test_tasks=6",
+                      "meta_train.meta_batch_size=4")
     tasks = data.generate_or_load({k: v for k, v in dataclasses.asdict(cfg.data).items()
                                    if k != "cache"}, cfg.seed, tmp_path / "d")
     algo = build(cfg, tasks)
@@ -318,3 +319,28 @@ def test_logged_conv4_loads_without_the_project(tmp_path):
             "assert not any(k.startswith('pipeline') for k in sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path, capture_output=True)
     np.testing.assert_allclose(np.load(tmp_path / "y.npy"), model(x).numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_hidden_members_of_a_zip_are_not_drawings(tmp_path):
+    """A zip made on a Mac holds ``._*.png`` resource forks beside the drawings; a Jupyter
+    checkpoint folder can sit among the characters: neither is data (issue 20)."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    def png(value: int) -> bytes:
+        out = io.BytesIO()
+        Image.fromarray(np.full((105, 105), value, np.uint8)).save(out, "PNG")
+        return out.getvalue()
+
+    path = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for i in range(omniglot.EXAMPLES_PER_CHARACTER):
+            z.writestr(f"images_background/Alpha/character01/0101_{i:02d}.png", png(255 - i))
+        z.writestr("images_background/Alpha/character01/._0101_00.png", b"\x00\x05\x16\x07")
+        z.writestr("images_background/Alpha/.ipynb_checkpoints/0101_00-checkpoint.png", png(0))
+    images, names = omniglot._decode_zip(path, 28)
+    assert names == ["images_background/Alpha/character01"]
+    assert images.shape == (1, omniglot.EXAMPLES_PER_CHARACTER, 28, 28)
+    assert images[0, 3].max() == 3  # inverted: 255 - (255 - 3)

@@ -26,6 +26,11 @@ class AlgorithmConfig:
     running_batch_norm: ClassVar[bool] = False
     #: Learns anything before meta-test (False for the no-meta-learning baseline).
     meta_learns: ClassVar[bool] = True
+    #: Meta-learns its inner step sizes (Meta-SGD): they are tuned for ``inner_steps`` steps,
+    #: so testing with more is warned about.
+    learned_inner_rates: ClassVar[bool] = False
+    #: Meta-trains on meta-batches of ``meta_train.meta_batch_size`` training tasks.
+    meta_batches: ClassVar[bool] = True
 
     name: str = MISSING
 
@@ -49,6 +54,7 @@ class NotebookAlgorithmConfig(AlgorithmConfig):
     """The notebook's procedure: for each epoch, one epoch of ``fit`` on each training task in
     turn (``meta_train.iterations`` does not apply: ``epochs`` does)."""
 
+    meta_batches: ClassVar[bool] = False
     name: str = "notebook"
     epochs: int = num(10, ge=1)
     batch_size: int = num(32, ge=1)
@@ -109,6 +115,7 @@ class MetaSGDConfig(MAMLConfig):
     ``inner_steps`` (so the test uses as many).
     """
 
+    learned_inner_rates: ClassVar[bool] = True
     name: str = "metasgd"
     test_inner_steps: int | None = num(1, ge=0)
 

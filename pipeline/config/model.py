@@ -59,6 +59,11 @@ class ImageModelConfig(ModelConfig):
     #: Inputs are multiplied by this first (uint8 images in 0..255 -> 0..1).
     input_scale: float = num(1 / 255, gt=0)
 
+    def min_image_size(self) -> int:
+        """The smallest image side the network takes: each 2x2 max-pool halves it (rounding
+        down), and a pool of a 1-pixel map has no output."""
+        return 1
+
 
 @option("model", builds="pipeline.models.conv4:body")
 @dataclass
@@ -84,6 +89,9 @@ class Conv4Config(ImageModelConfig):
     #: net, learn2learn's ``OmniglotCNN``; ~3.7x fewer conv FLOPs on 28x28).
     downsample: str = choice("maxpool", DOWNSAMPLE)
 
+    def min_image_size(self) -> int:
+        return 2 ** self.blocks if self.downsample == "maxpool" else 1
+
 
 @option("model", builds="pipeline.models.resnet12:body")
 @dataclass
@@ -99,3 +107,6 @@ class ResNet12Config(ImageModelConfig):
     #: Negative slope of the leaky ReLUs.
     leaky_slope: float = num(0.1, ge=0, lt=1)
     global_pool: bool = True
+
+    def min_image_size(self) -> int:
+        return 2 ** len(self.filters)

@@ -97,6 +97,9 @@ class RuntimeConfig:
     #: Independent ops run at once (a conv4's per-task convolutions); null: as many as
     #: ``intra_op_threads``.
     inter_op_threads: int | None = num(None, ge=0)
+    #: Refuse a run whose estimated memory (pipeline/memory.py: the meta-batch's tensors) is
+    #: more than the machine has available; false: run anyway (the estimate is still logged).
+    memory_check: bool = True
 
 
 @dataclass

@@ -12,6 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline.config.algorithm import InnerLoopConfig
 from pipeline.config.data import (
     ClassificationDataConfig,
     ImagesDataConfig,
@@ -19,7 +20,7 @@ from pipeline.config.data import (
     SinusoidDataConfig,
 )
 from pipeline.config.fields import REGRESSION
-from pipeline.config.model import MLPConfig, ResNet12Config
+from pipeline.config.model import Conv4Config, ImageModelConfig, MLPConfig, ResNet12Config
 from pipeline.config.run import Config
 from pipeline.errors import ConfigError
 
@@ -102,6 +103,7 @@ def _check_consistency(cfg: Config) -> None:
                           f"{algorithm.name}: it has no inner steps to vary. Set "
                           f"meta_test.eval_steps=[].")
     _check_images(cfg)
+    _check_meta_batch(cfg)
     _check_sweep(cfg)
     _check_validation(cfg)
     uri = cfg.tracking.uri
@@ -153,6 +155,9 @@ def _check_images(cfg: Config) -> None:
         return
     if isinstance(cfg.data, ImagesDataConfig):
         _check_image_collection(cfg.data)
+    size = getattr(cfg.data, "image_size", None)
+    if size is not None:
+        check_image_size(cfg.model, size, f"data.image_size={size}")
     algorithm, data = cfg.algorithm, cfg.data
     if cfg.model.batch_norm == "running" and not algorithm.running_batch_norm:
         raise ConfigError(
@@ -166,6 +171,29 @@ def _check_images(cfg: Config) -> None:
             f"{data.num_classes}: only algorithm=protonet (no classifier head) can train and "
             f"test with different N-way; set data.train_num_classes=null."
         )
+
+
+def check_image_size(model: ImageModelConfig, side: int, what: str) -> None:
+    """``side`` (the images' side, described by ``what``) must be at least ``model``'s minimum."""
+    smallest = model.min_image_size()
+    if side < smallest:
+        raise ConfigError(
+            f"{what} is too small for model={model.name}: its {round(math.log2(smallest))} 2x2 "
+            f"max-pools need images of at least {smallest}x{smallest} px. Set data.image_size "
+            f">= {smallest}" + (" (or model.downsample=stride, which has no minimum)"
+                                if isinstance(model, Conv4Config) else "") + ".")
+
+
+def _check_meta_batch(cfg: Config) -> None:
+    """A meta-batch draws distinct training tasks: no more than a fixed training set holds
+    (more was silently clamped to it, while the logged param said otherwise)."""
+    train, algorithm, tasks = cfg.meta_train, cfg.algorithm, cfg.data.num_train_tasks
+    if (algorithm.meta_learns and algorithm.meta_batches and train.iterations and tasks
+            and train.meta_batch_size > tasks):
+        raise ConfigError(
+            f"meta_train.meta_batch_size={train.meta_batch_size} is larger than "
+            f"data.num_train_tasks={tasks}: a meta-batch draws distinct training tasks, so it "
+            f"must be <= {tasks} (or raise data.num_train_tasks).")
 
 
 def _check_image_collection(data: ImagesDataConfig) -> None:
@@ -207,6 +235,24 @@ def _check_validation(cfg: Config) -> None:
         how = "it has no validation split; set meta_train.validate_every=0"
     raise ConfigError(f"meta_train.validate_every={every} needs validation tasks and "
                       f"data={data.family} has none: {how}.")
+
+
+def warnings(cfg: Config) -> list[str]:
+    """Settings that are allowed but likely wrong, one line each (logged when a run starts)."""
+    out = []
+    algorithm = cfg.algorithm
+    if isinstance(algorithm, InnerLoopConfig) and algorithm.learned_inner_rates:
+        trained = algorithm.inner_steps
+        test = trained if algorithm.test_inner_steps is None else algorithm.test_inner_steps
+        more = sorted({n for n in (test, *cfg.meta_test.eval_steps) if n > trained})
+        if more:
+            out.append(
+                f"algorithm={algorithm.name} meta-learns its inner learning rates for "
+                f"algorithm.inner_steps={trained} step(s) and is tested with {more} steps "
+                f"(algorithm.test_inner_steps, meta_test.eval_steps): rates tuned for fewer "
+                f"steps can overshoot, and tasks whose query loss blows up are counted as "
+                f"diverged. Train with as many inner steps as you test with.")
+    return out
 
 
 def validate(cfg: DictConfig | Config) -> Config:

@@ -50,8 +50,9 @@ from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-#: Bump when decoding changes, so old decoded caches are not reused.
-DECODE_VERSION = 1
+#: Bump when decoding changes, so old decoded caches are not reused (2: 16-bit images scaled
+#: to 8 bits, hidden files skipped; issue 20).
+DECODE_VERSION = 2
 SPLITS = ("train", "val", "test")
 #: The split a flat folder's classes are decoded as, before the seed splits them.
 ALL = "all"
@@ -87,9 +88,15 @@ def _no_val_hint(split: str) -> str:
             if split == "val" else "")
 
 
+def _hidden(path: Path) -> bool:
+    """Names starting with '.' are never data: macOS's ``._*.png`` resource forks and
+    ``.DS_Store``, Jupyter's ``.ipynb_checkpoints`` folders, editors' swap files."""
+    return path.name.startswith(".")
+
+
 def _images_in(folder: Path) -> tuple[Path, ...]:
     return tuple(sorted(p for p in folder.iterdir()
-                        if p.is_file() and p.suffix.lower() in EXTENSIONS))
+                        if p.is_file() and not _hidden(p) and p.suffix.lower() in EXTENSIONS))
 
 
 def _class_folders(folder: Path, split: str) -> list[ClassFiles]:
@@ -100,7 +107,7 @@ def _class_folders(folder: Path, split: str) -> list[ClassFiles]:
             f"{_no_val_hint(split)}, or set data.class_split=[0.64,0.16,0.2] to split a flat "
             f"folder of classes by the seed.")
     classes = [ClassFiles(d.name, _images_in(d), str(d))
-               for d in sorted(folder.iterdir()) if d.is_dir()]
+               for d in sorted(folder.iterdir()) if d.is_dir() and not _hidden(d)]
     if not classes:
         raise ConfigError(f"Image folder {folder} is empty: it holds no class folders "
                           f"(<class>/*{'|'.join(EXTENSIONS)}).")
@@ -252,12 +259,28 @@ def source_digest(cfg: dict) -> str:
 # --- decoding -----------------------------------------------------------------------------------
 
 
+#: Pillow's modes of 16-bit (and 32-bit integer) single-channel images, which
+#: ``convert("RGB")`` clips to 255 instead of scaling: scaled to 8 bits by 1/257 (65535 -> 255).
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _to_rgb(im):
+    """An RGB image of 8 bits per channel; 16-bit greyscale scaled, not saturated."""
+    from PIL import Image
+
+    if im.mode not in _WIDE_MODES:
+        return im.convert("RGB")
+    wide = np.asarray(im).astype(np.float64)
+    grey = np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8)
+    return Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
+
+
 def _decode_file(path: Path, size: int | None) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
+            rgb = _to_rgb(im)
             if size is not None and rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.LANCZOS)
             return np.asarray(rgb, dtype=np.uint8)
@@ -318,6 +341,12 @@ def _decode_pickle(path: Path, size: int | None) -> tuple[np.ndarray, ...]:
             raise ValueError(f"image_data must be an [N, H, W, 3] array, got "
                              f"{getattr(data, 'shape', type(data).__name__)}")
         flat = np.concatenate(index) if index else np.zeros(0, np.int64)
+        if data.dtype != np.uint8:  # refused, not guessed: [0, 1] and [0, 255] floats both occur
+            values = f", values {data.min():.4g}..{data.max():.4g}" if data.size else ""
+            raise ValueError(
+                f"its images are {data.dtype}{values}, not uint8 0..255; a cast would turn "
+                f"[0, 1] floats into 0s and 1s, so convert them yourself, e.g. "
+                f"(x * 255).round().astype(np.uint8) for [0, 1] data")
         if flat.size and (flat.min() < 0 or flat.max() >= len(data)):
             raise ValueError(f"class_dict names image {int(flat.max())}, image_data has "
                              f"{len(data)}")

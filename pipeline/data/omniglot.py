@@ -137,7 +137,7 @@ def _decode_zip(path: Path, size: int) -> tuple[np.ndarray, list[str]]:
                 raise zipfile.BadZipFile(f"CRC error in member {bad}")
             for member in sorted(z.namelist()):
                 m = _PNG.match(member)
-                if m:
+                if m and not any(p.startswith(".") for p in m.groups()):  # ._*.png: not data
                     chars.setdefault(f"{path.stem}/{m[1]}/{m[2]}", []).append(member)
             images = np.empty((len(chars), EXAMPLES_PER_CHARACTER, size, size), np.uint8)
             for i, (name, members) in enumerate(chars.items()):

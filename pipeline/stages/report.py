@@ -2,8 +2,9 @@
 
 Per-task metrics, their aggregates over test tasks (mean, std, 95% CI), the same for the
 no-meta-learning baseline and the paired gain over it, the adaptation curve over inner steps,
-timings, plots and the model, named as in :mod:`pipeline.tracking.keys`. Tasks that diverged are
-counted beside every aggregate (``test/diverged_tasks``...) and left out of it; if every test
+timings, plots and the model, named as in :mod:`pipeline.tracking.keys`. Tasks that diverged
+(:func:`pipeline.stages.meta_test.diverged`: not finite, or 1e3 x worse than before adaptation)
+are counted beside every aggregate (``test/diverged_tasks``...) and left out of it; if every test
 task diverged, the run fails with that reason.
 """
 
@@ -84,9 +85,10 @@ def _divergence_note(name: str, tested: Tested, metric: str) -> str | None:
     if not bad:
         return None
     where = ", ".join(f"step {s}: {n}" for s, n in tested.divergence_steps.items())
-    return (f"{name}: {bad} of {tested.num_tasks} test tasks diverged after adaptation "
-            f"(non-finite query {metric})" + (f", first non-finite at inner {where}" if where
-                                              else ""))
+    why = (f"query {metric} not finite or over {meta_test.DIVERGENCE_FACTOR:g} x its value "
+           f"before adaptation" if keys.BEFORE in tested.diverged else f"non-finite query {metric}")
+    return (f"{name}: {bad} of {tested.num_tasks} test tasks diverged after adaptation ({why})"
+            + (f", first diverged at inner {where}" if where else ""))
 
 
 def per_task(tested: Tested, scope: str = keys.TASK) -> dict[str, np.ndarray]:

@@ -120,6 +120,7 @@ TIME_META_TRAIN, TIME_META_TRAIN_MS, TIME_META_TEST = ("time/meta_train_s",
                                                        "time/meta_test_s")
 #: Seconds of meta-training spent scoring the validation tasks (included in meta_train_s).
 TIME_VALIDATION = "time/validation_s"
+MEMORY_ESTIMATE = "memory/estimate_gib"  # the run's estimated peak memory (pipeline/memory.py)
 
 # --- artifacts --------------------------------------------------------------------------------
 CONFIG_FILE = "config/resolved_config.json"

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrackingConfig
-from pipeline.errors import TrackingError
+from pipeline.errors import TrackingError, plain_text
 from pipeline.tracking import keys, store
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Tracker:
             yield self
         except BaseException as e:
             killed = isinstance(e, KeyboardInterrupt | SystemExit)
-            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            reason = plain_text(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
             self.set_tags({keys.ERROR: reason})
             self._end(keys.KILLED if killed else keys.FAILED)
             raise
