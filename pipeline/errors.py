@@ -27,6 +27,10 @@ class TrackingError(PipelineError, RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
 
 
+#: Whether the pipeline's own code started (Hydra's composition errors come before it and are
+#: refusals, exit status 2, not failures).
+started = False
+
 #: The signal that stopped this process's run, if one did (a sweep's parent is then KILLED).
 stopped_by: int | None = None
 
