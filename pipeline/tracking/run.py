@@ -175,7 +175,8 @@ class Tracker:
         self._wake.set()
         lost = self._lost_store()
         if lost:
-            log.warning("%s", lost)
+            if status != keys.FINISHED:  # the run's own error is raised; say this beside it
+                log.warning("%s", lost)
             raise StoreLost(lost)
         if delivered:
             try:
@@ -280,11 +281,12 @@ class Tracker:
                 try:
                     _apply(self.client, record)
                 except Exception as e:
-                    self._why = f"{type(e).__name__}: {str(e)[:200]}"
+                    self._why = f"{type(e).__name__}: {keys.plain_text(str(e))[:200]}"
                     if not self._degraded:
                         log.warning("Tracking store %s refused a write (%s: %s); keeping records "
                                     "in order in %s and retrying on each later write.",
-                                    self.cfg.uri, type(e).__name__, str(e)[:200],
+                                    self.cfg.uri, type(e).__name__,
+                                    keys.plain_text(str(e))[:200],
                                     self.fallback_file)
                     self._degraded = True
                     break
