@@ -31,9 +31,21 @@ from tests.conftest import TINY, compose_raw, store_overrides
 TRACKING = ["-m", "pipeline.tracking"]
 
 
-def _tracking_cfg(root: Path) -> TrackingConfig:
-    return TrackingConfig(uri=f"sqlite:///{root}/mlflow.db",
+def _tracking_cfg(root: Path, experiment: str = "meta-learning") -> TrackingConfig:
+    return TrackingConfig(uri=f"sqlite:///{root}/mlflow.db", experiment_name=experiment,
                           artifact_location=str(root / "artifacts"))
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> Path:
+    """One store for the module (a fresh SQLite store's schema takes seconds): each test has its
+    own experiment in it."""
+    return tmp_path_factory.mktemp("store") / "mlruns"
+
+
+@pytest.fixture
+def cfg(shared, request) -> TrackingConfig:
+    return _tracking_cfg(shared, request.node.name[:60])
 
 
 @contextlib.contextmanager
@@ -123,8 +135,7 @@ def test_a_store_deleted_mid_run_is_said_lost(tmp_path):
     assert "\n" not in message and str(tmp_path / "out") in message
 
 
-def test_error_tag_is_plain_text(tmp_path):
-    cfg = _tracking_cfg(tmp_path / "mlruns")
+def test_error_tag_is_plain_text(cfg, tmp_path):
     tracker = Tracker(cfg, tmp_path / "out")
     with pytest.raises(ValueError), tracker.run("ansi", {"seed": 0}):
         raise ValueError("\x1b[1mInput 0 of layer \x1b[31m'conv'\x1b[0m is\n  incompatible\t!")
@@ -132,7 +143,7 @@ def test_error_tag_is_plain_text(tmp_path):
     assert tags[keys.ERROR] == "ValueError: Input 0 of layer 'conv' is incompatible !"
 
 
-def test_values_over_mlflows_limits_are_kept_whole(tmp_path):
+def test_values_over_mlflows_limits_are_kept_whole(cfg, tmp_path):
     """A tag over 8,000 characters (MLflow 3.17's limit; params: 6,000) is cut in the store and
     kept whole as an artifact, which a rerun reads its overrides from."""
     from mlflow.utils import validation
@@ -141,7 +152,6 @@ def test_values_over_mlflows_limits_are_kept_whole(tmp_path):
                                                         validation.MAX_PARAM_VAL_LENGTH)
     assert store.MAX_EXPERIMENT_NAME_LEN <= validation.MAX_EXPERIMENT_NAME_LENGTH
     overrides = [f"+x{i}={'v' * 90}" for i in range(120)]  # 11,760 characters of JSON
-    cfg = _tracking_cfg(tmp_path / "mlruns")
     tracker = Tracker(cfg, tmp_path / "out")
     with tracker.run("long", {keys.HYDRA_OVERRIDES: json.dumps(overrides)}):
         tracker.log_params({"long.param": "p" * 7000})
@@ -172,9 +182,8 @@ def _plant(client: MlflowClient, exp: str, beat: datetime | None, status: str = 
     return run.info.run_id
 
 
-def test_heartbeat_is_written_while_the_run_is_open(tmp_path, monkeypatch):
+def test_heartbeat_is_written_while_the_run_is_open(cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(keys, "HEARTBEAT_S", 0.3)
-    cfg = _tracking_cfg(tmp_path / "mlruns")
     tracker = Tracker(cfg, tmp_path / "out")
     client = MlflowClient(cfg.uri)
     with tracker.run("beating", {"seed": 0}):
@@ -186,8 +195,7 @@ def test_heartbeat_is_written_while_the_run_is_open(tmp_path, monkeypatch):
         assert liveness.is_alive(store.get_run(cfg.uri, tracker.run_id), older_than=5)
 
 
-def test_reap_ends_lost_runs_and_leaves_live_ones(tmp_path):
-    cfg = _tracking_cfg(tmp_path / "mlruns")
+def test_reap_ends_lost_runs_and_leaves_live_ones(cfg, tmp_path):
     exp = store.prepare_store(cfg)
     client = MlflowClient(cfg.uri)
     now = datetime.now(UTC)
@@ -205,8 +213,8 @@ def test_reap_ends_lost_runs_and_leaves_live_ones(tmp_path):
                                                   keys.PARENT_RUN: live_parent})
     done = _plant(client, exp, now - timedelta(hours=1), status="FINISHED")
     out = subprocess.run([sys.executable, *TRACKING, "reap", "--older-than", "60",
-                          "--tracking-uri", cfg.uri], capture_output=True, text=True,
-                         timeout=120)
+                          "--tracking-uri", cfg.uri, "--experiment", cfg.experiment_name],
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "4 lost run(s) marked FAILED" in out.stdout, out.stdout
     status = {r: client.get_run(r).info.status for r in
@@ -220,27 +228,26 @@ def test_reap_ends_lost_runs_and_leaves_live_ones(tmp_path):
     assert error == f"process lost (no heartbeat since {since}; host node7, pid 4242)"
 
 
-def test_compare_never_shows_a_dead_run_as_running(tmp_path, capsys):
-    cfg = _tracking_cfg(tmp_path / "mlruns")
+def test_compare_never_shows_a_dead_run_as_running(cfg, tmp_path, capsys):
     exp = store.prepare_store(cfg)
     client = MlflowClient(cfg.uri)
     lost = _plant(client, exp, datetime.now(UTC) - timedelta(hours=2))
-    assert compare.main(["--tracking-uri", cfg.uri]) == 0
+    assert compare.main(["--tracking-uri", cfg.uri, "--experiment", cfg.experiment_name]) == 0
     out = capsys.readouterr()
     assert "RUNNING" not in out.out and "FAILED" in out.out
     assert out.err.startswith(f"Run {lost} (") and "marked FAILED: process lost" in out.err
 
 
-def test_sweep_resume_refuses_to_run_a_live_job_twice(tmp_path):
+def test_sweep_resume_refuses_to_run_a_live_job_twice(shared, tmp_path):
     """A sweep whose launcher is gone (its parent's heartbeat stopped) but whose job 0 still
     runs elsewhere: the resume reaps the parent's lost job 1, then refuses in one line naming
     the live run, its host and pid, before any job starts."""
-    cfg = _tracking_cfg(tmp_path / "mlruns")
+    cfg = _tracking_cfg(shared, "resume-refused")
     exp = store.prepare_store(cfg)
     client = MlflowClient(cfg.uri)
     grid = ["seed=0,1"]
-    command = ["-m", *TINY, *grid, f"paths.mlruns_dir={tmp_path}/mlruns",
-               f"paths.data_dir={tmp_path}/data"]
+    command = ["-m", *TINY, *grid, f"paths.mlruns_dir={shared}",
+               f"paths.data_dir={tmp_path}/data", f"tracking.experiment_name={cfg.experiment_name}"]
     sweep_dir = f"hydra.sweep.dir={tmp_path}/multirun"  # not an override of the job config
     now = datetime.now(UTC)
     parent = _plant(client, exp, now - timedelta(hours=1), **{
@@ -300,8 +307,7 @@ def test_sigkilled_run_is_reaped_as_lost(tmp_path):
 # --- messages -----------------------------------------------------------------------------
 
 
-def test_paired_with_a_failed_run_says_it_failed(tmp_path):
-    cfg = _tracking_cfg(tmp_path / "mlruns")
+def test_paired_with_a_failed_run_says_it_failed(cfg, tmp_path):
     exp = store.prepare_store(cfg)
     client = MlflowClient(cfg.uri)
     fp = {keys.DATA_FINGERPRINT: "f" * 64}
@@ -313,8 +319,7 @@ def test_paired_with_a_failed_run_says_it_failed(tmp_path):
         paired.compare(cfg.uri, done, failed)
 
 
-def test_register_twice_is_skipped_unless_forced(tmp_path):
-    cfg = _tracking_cfg(tmp_path / "mlruns")
+def test_register_twice_is_skipped_unless_forced(cfg, tmp_path):
     tracker = Tracker(cfg, tmp_path / "out")
     model_cfg = validate(compose_raw(*store_overrides(tmp_path)[:3])).model
     with tracker.run("with a model", {"seed": 0}):
@@ -329,10 +334,8 @@ def test_register_twice_is_skipped_unless_forced(tmp_path):
     assert register(cfg.uri, tracker.run_id, "m", force=True)[1] == "2"
 
 
-def test_unknown_run_ids_are_refused(tmp_path, capsys):
+def test_unknown_run_ids_are_refused(cfg, tmp_path, capsys):
     from pipeline import rerun, resume
-
-    cfg = _tracking_cfg(tmp_path / "mlruns")
     store.prepare_store(cfg)
     missing = uuid.uuid4().hex
     for main in (rerun.main, resume.main):
