@@ -342,3 +342,37 @@ def test_unknown_run_ids_are_refused(cfg, tmp_path, capsys):
         assert main([missing, "--tracking-uri", cfg.uri]) == 2
         err = capsys.readouterr().err
         assert err.startswith("Refused: no run with id") and missing in err, err
+
+
+@pytest.mark.slow
+def test_double_ctrl_c_on_a_sweep_ends_in_one_line(tmp_path):
+    """Ctrl-C twice to a joblib sweep's launcher: the second stops waiting for the workers,
+    without a traceback, exit 130; nothing is left RUNNING that a reap would not end."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-m", *TINY, "seed=0,1",
+                             "meta_train.iterations=20000", "meta_train.log_every=50",
+                             "tracking.log_model=false", "hydra/launcher=joblib",
+                             "hydra.launcher.n_jobs=2", *store_overrides(tmp_path)[:3],
+                             f"hydra.sweep.dir={tmp_path}/multirun"],
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    assert proc.stdout is not None
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if "/20000" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=300)
+    out = "".join(lines) + rest
+    assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert "Sweep stopped again by signal 2" in out
+    uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("meta-learning").experiment_id
+    [parent] = client.search_runs([exp], "tags.sweep_role = 'parent'")
+    assert parent.info.status == "KILLED"
+    liveness.reap(uri, older_than=0)
+    assert not client.search_runs([exp], "attributes.status = 'RUNNING'")

@@ -74,6 +74,11 @@ class SweepCallback(Callback):
             preflight.check_names(cfg)
         except errors.PipelineError as e:
             _refuse(str(e))
+        given = json.dumps(list(config.hydra.overrides.task))
+        if len(given) > store.MAX_TAG_LEN:  # the parent's tag a resume compares: never cut
+            _refuse(f"the sweep's overrides are {len(given)} characters long (as JSON); the "
+                    f"parent run's {keys.SWEEP_OVERRIDES} tag holds at most {store.MAX_TAG_LEN}."
+                    f" Move values into a config file (conf/experiment/) and select it.")
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         overrides = list(config.hydra.overrides.task)
         sweeper_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
