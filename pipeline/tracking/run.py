@@ -262,7 +262,7 @@ class Tracker:
     def _beat(self) -> None:
         """The run's heartbeat, straight to the store (not queued: a late beat means nothing);
         skipped while the store refuses writes."""
-        if self.run_id is None or self._degraded or \
+        if self.run_id is None or self._degraded or self._closed or \
                 time.monotonic() - self._last_beat < keys.HEARTBEAT_S:
             return
         self._last_beat = time.monotonic()
