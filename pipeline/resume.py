@@ -43,8 +43,11 @@ def resume(run_id: str, uri: str, out=print) -> str:
     """Finish run ``run_id`` from its checkpoint; return its final status."""
     original = store.get_run(uri, run_id)
     if original.status not in RESUMABLE:
+        lost = (f" If its process is gone (heartbeat {original.tags.get(keys.HEARTBEAT)}), "
+                f"`python -m pipeline.tracking reap` marks it FAILED first."
+                if original.status == keys.RUNNING else "")
         raise Refused(f"run {run_id} is {original.status}: only KILLED or FAILED runs with a "
-                      f"checkpoint can be resumed.")
+                      f"checkpoint can be resumed.{lost}")
     out_dir = PROJECT_ROOT / "outputs" / "resumed" / f"{run_id[:12]}-{datetime.now():%H%M%S%f}"
     raw, cfg, overrides = recompose(uri, original, out_dir)
     for warning in code_differences(original.tags):
