@@ -2,8 +2,9 @@
 
 Only the config schemas are imported up front, so a bad config is refused in a second, before
 TensorFlow or MLflow load and before anything is written. Then the surroundings are checked
-(:mod:`pipeline.preflight`), then the run starts (:mod:`pipeline.runner`). Exit status: 0 done,
-1 the run failed (marked FAILED in MLflow), 2 refused before it started, 130 interrupted.
+(:mod:`pipeline.preflight`), then the run starts (:mod:`pipeline.runner`). Exit status (README,
+"Exit status"): 0 done, 1 the run failed (marked FAILED in MLflow), 2 refused before it started
+(Hydra's own composition errors too), 130 interrupted, 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ def _fail(e: PipelineError, what: str, status: int) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from pipeline import sweep
+    from pipeline import errors, sweep
 
+    errors.started = True
     with sweep.job_guard():  # multirun jobs: SIGTERM stops the job, not the worker
         return _main(cfg)
 
@@ -86,6 +88,10 @@ def _main(cfg: DictConfig) -> float:
     except PipelineError as e:
         if job is not None:
             sweep.job_ended(job)
+        from pipeline.tracking.run import StoreLost, Undelivered
+
+        if isinstance(e, Undelivered | StoreLost):  # the message says what the store holds
+            _fail(e, "Run not recorded in full", 1)
         _fail(e, "Run failed (marked FAILED in MLflow)", 1)
     except KeyboardInterrupt:
         if hc.mode == RunMode.MULTIRUN:
@@ -128,5 +134,18 @@ def _resume_job(config, raw: DictConfig, job):
     return execute(config, raw, resume=Resume(previous.run_id, ckpt,
                                               previous.tags.get(keys.DATA_FINGERPRINT, "")))
 
+def cli() -> None:
+    """``main`` with Hydra's composition errors (a wrong type, an unknown key or option; Hydra
+    prints them and exits 1 before any pipeline code runs) as refusals: exit status 2."""
+    from pipeline import errors
+
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == 1 and not errors.started:
+            sys.exit(2)
+        raise
+
+
 if __name__ == "__main__":
-    main()
+    cli()

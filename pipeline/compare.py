@@ -27,7 +27,7 @@ import pandas as pd
 
 from pipeline.config import default_tracking_uri
 from pipeline.results import FIXED_COLUMNS, best_row, objective_metric, param_key, table
-from pipeline.tracking import keys, store
+from pipeline.tracking import keys, liveness, store
 from pipeline.tracking.store import RunRecord
 
 
@@ -181,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--register", metavar="NAME", help="register a model in the Model Registry "
                    "under NAME: that of --run, or of the best group of --parent (its best seed)")
     p.add_argument("--run", help="with --register: the run (or group) whose model to register")
+    p.add_argument("--force", action="store_true", help="with --register: register a new "
+                   "version even if that run's model is already registered under NAME")
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
     if args.paired:
@@ -189,11 +191,12 @@ def main(argv: list[str] | None = None) -> int:
         print("--log goes with --paired RUN_A RUN_B.", file=sys.stderr)
         return 2
     if args.register:
-        return _register(uri, args.register, args.run or args.parent)
+        return _register(uri, args.register, args.run or args.parent, args.force)
     try:
+        _reap(uri, args.experiment)
         runs = store.search_runs(uri, args.experiment, args.filter, args.parent)
     except Exception as e:  # bad filter syntax, unknown experiment or run, unreachable server
-        print(f"Cannot search runs in {uri}: {e}", file=sys.stderr)
+        print(f"Cannot search runs in {uri}: {keys.plain_text(str(e))}", file=sys.stderr)
         return 2
     if not runs:
         print(f"No runs match in {uri}.", file=sys.stderr)
@@ -204,20 +207,36 @@ def main(argv: list[str] | None = None) -> int:
     df = table(runs, swept)
     print(display(df))
     written = []
-    if args.csv:
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(args.csv, index=False)
-        written.append(f"table: {args.csv}")
-    if args.plot:
-        from pipeline import plots
+    try:
+        if args.csv:
+            where = f"--csv {args.csv}"
+            args.csv.parent.mkdir(parents=True, exist_ok=True)
+            df.to_csv(args.csv, index=False)
+            written.append(f"table: {args.csv}")
+        if args.plot:
+            from pipeline import plots
 
-        fig = plot(df, swept)
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.plot, dpi=100)
-        plots.close(fig)
-        written.append(f"plot: {args.plot}")
+            where = f"--plot {args.plot}"
+            fig = plot(df, swept)
+            try:
+                args.plot.parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(args.plot, dpi=100)
+            finally:
+                plots.close(fig)
+            written.append(f"plot: {args.plot}")
+    except OSError as e:
+        print(f"Refused: cannot write {where}: {e.strerror or e}. Give a path in a folder you "
+              f"can write.", file=sys.stderr)
+        return 2
     print(f"\n{len(df)} runs" + (f"; {', '.join(written)}" if written else ""))
     return 0
+
+
+def _reap(uri: str, experiments: list[str] | None) -> None:
+    """A run whose process is gone is never shown RUNNING: mark it FAILED first (said here)."""
+    for lost in liveness.reap(uri, experiment_names=experiments):
+        print(f"Run {lost.run.run_id} ({lost.run.name}) marked FAILED: {lost.reason}",
+              file=sys.stderr)
 
 
 def _paired(uri: str, run_a: str, run_b: str, log: bool) -> int:
@@ -239,17 +258,21 @@ def _paired(uri: str, run_a: str, run_b: str, log: bool) -> int:
     return 0
 
 
-def _register(uri: str, name: str, run_id: str | None) -> int:
-    from pipeline.registration import register
+def _register(uri: str, name: str, run_id: str | None, force: bool = False) -> int:
+    from pipeline.registration import AlreadyRegistered, register
 
     if not run_id:
         print("--register NAME needs --run RUN_ID (a run or a group) or --parent "
               "PARENT_RUN_ID (its best group).", file=sys.stderr)
         return 2
     try:
-        model, version, chosen = register(uri, run_id, name)
+        model, version, chosen = register(uri, run_id, name, force)
+    except AlreadyRegistered as e:
+        print(f"Not registered again: {e}")
+        return 0
     except Exception as e:
-        print(f"Cannot register a model from run {run_id}: {e}", file=sys.stderr)
+        print(f"Cannot register a model from run {run_id}: {keys.plain_text(str(e))}",
+              file=sys.stderr)
         return 2
     print(f"registered model {model!r} version {version} from run {chosen}")
     return 0

@@ -4,16 +4,7 @@
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
-
-#: Terminal colour and cursor codes (Keras colours its messages): never stored in a tag.
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
-
-
-def plain_text(message: str) -> str:
-    """``message`` without terminal escape codes: an ``error`` tag is plain text, always."""
-    return _ANSI.sub("", message)
 
 
 class PipelineError(Exception):
@@ -35,6 +26,10 @@ class DivergenceError(PipelineError, RuntimeError):
 class TrackingError(PipelineError, RuntimeError):
     """The MLflow tracking store cannot be reached or written."""
 
+
+#: Whether the pipeline's own code started (Hydra's composition errors come before it and are
+#: refusals, exit status 2, not failures).
+started = False
 
 #: The signal that stopped this process's run, if one did (a sweep's parent is then KILLED).
 stopped_by: int | None = None

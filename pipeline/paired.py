@@ -123,7 +123,12 @@ def compare(uri: str, run_a: str, run_b: str) -> PairedResult:
         rb = b.by_seed[seed] if b.is_group else next(iter(b.by_seed.values()))
         va, vb = store.metric_history(uri, ra.run_id, metric), \
             store.metric_history(uri, rb.run_id, metric)
-        if not va or set(va) != set(vb):
+        for run, values in ((ra, va), (rb, vb)):
+            if not values:
+                raise NotPaired(f"run {run.run_id} ({run.name}) is {run.status} and has no test "
+                                f"tasks ({metric} was never logged): compare runs that finished "
+                                f"meta-testing.")
+        if set(va) != set(vb):
             raise NotPaired(f"runs {ra.run_id} and {rb.run_id} have different test task counts "
                             f"({len(va)} vs {len(vb)} values of {metric}).")
         rows += [{"seed": seed, "task": t, "a": va[t], "b": vb[t], "diff": va[t] - vb[t]}

@@ -21,7 +21,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline import memory
-from pipeline.config import Config, ImagesDataConfig, OmniglotDataConfig
+from pipeline.config import Config, ImagesDataConfig, OmniglotDataConfig, TrackingConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking import store
 
@@ -47,8 +47,20 @@ def check_folder(key: str, value: str) -> None:
                           f"write.") from e
 
 
+def check_names(cfg: TrackingConfig) -> None:
+    """Names MLflow's store cannot hold whole are refused, not cut (a run name is also part of
+    the overrides a rerun reads back)."""
+    for key, value, limit in (("tracking.experiment_name", cfg.experiment_name,
+                               store.MAX_EXPERIMENT_NAME_LEN),
+                              ("tracking.run_name", cfg.run_name or "", store.MAX_RUN_NAME_LEN)):
+        if len(value) > limit:
+            raise ConfigError(f"{key}={value[:24]!r}... is {len(value)} characters long: MLflow "
+                              f"stores at most {limit}. Give a shorter {key}.")
+
+
 def check(cfg: Config) -> None:
     """Everything a run needs from its surroundings, in the order it would need it."""
+    check_names(cfg.tracking)
     check_folder("paths.data_dir", cfg.paths.data_dir)
     check_folder("paths.output_dir", cfg.paths.output_dir)
     db = store.sqlite_path(cfg.tracking.uri)

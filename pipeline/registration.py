@@ -6,9 +6,14 @@ from __future__ import annotations
 import math
 
 from pipeline import groups
+from pipeline.errors import PipelineError
 from pipeline.results import metric_columns, objective_metric
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
+
+
+class AlreadyRegistered(PipelineError):
+    """The chosen run's model is already a version of that registered model."""
 
 
 def model_choice(uri: str, run_id: str) -> tuple[RunRecord, RunRecord]:
@@ -33,10 +38,17 @@ def model_choice(uri: str, run_id: str) -> tuple[RunRecord, RunRecord]:
     return run, run
 
 
-def register(uri: str, run_id: str, name: str) -> tuple[str, str, str]:
+def register(uri: str, run_id: str, name: str, force: bool = False) -> tuple[str, str, str]:
     """Register the chosen model under ``name`` with the key metrics in its description;
-    return (model name, version, the run whose model it is)."""
+    return (model name, version, the run whose model it is). A model already registered
+    under ``name`` from the same run is not registered again (:class:`AlreadyRegistered`)
+    unless ``force``: a second version of one model would read as a new model."""
     chosen, source = model_choice(uri, run_id)
+    existing = store.registered_version(uri, name, chosen.run_id)
+    if existing is not None and not force:
+        raise AlreadyRegistered(
+            f"registered model {name!r} version {existing} already holds the model of run "
+            f"{chosen.run_id} ({chosen.name}); add --force to register it as a new version.")
     shown = [k for k in metric_columns([source]) if not k.startswith(keys.TIME)]
     lines = [f"Registered by pipeline.compare from run {source.name} ({source.run_id})."]
     if source is not chosen:

@@ -61,6 +61,27 @@ def verify_data(cfg: Config, expected: str | None) -> str:
     return f"{path} matches the run's fingerprint {expected[:12]}…"
 
 
+def logged_overrides(uri: str, run: RunRecord) -> list[str]:
+    """The run's command-line overrides, whole: from the ``hydra_overrides`` tag, or from the
+    ``full_values/`` artifact the tracker keeps when the tag had to be cut."""
+    text = run.tags[keys.HYDRA_OVERRIDES]
+    if len(text) >= store.MAX_TAG_LEN:
+        artifact = keys.full_value(keys.HYDRA_OVERRIDES)
+        with tempfile.TemporaryDirectory() as tmp:
+            full = store.download_artifacts(uri, run.run_id, artifact, Path(tmp))
+            if full is None:
+                raise Refused(f"run {run.run_id}'s {keys.HYDRA_OVERRIDES} tag was cut at "
+                              f"{store.MAX_TAG_LEN} characters and the run has no {artifact} "
+                              f"artifact: its overrides cannot be read whole.")
+            text = full.read_text()
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise Refused(f"run {run.run_id}'s {keys.HYDRA_OVERRIDES} tag is not the JSON list this "
+                      f"pipeline writes ({e}).") from e
+    return [str(o) for o in overrides]
+
+
 def recompose(uri: str, original: RunRecord,
               out_dir: Path) -> tuple[DictConfig, Config, list[str]]:
     """The run's config, recomposed from its logged overrides and checked against the logged
@@ -69,7 +90,7 @@ def recompose(uri: str, original: RunRecord,
     if keys.HYDRA_OVERRIDES not in original.tags:
         raise Refused(f"run {run_id} has no {keys.HYDRA_OVERRIDES} tag: it was not logged by "
                       f"this pipeline.")
-    overrides = json.loads(original.tags[keys.HYDRA_OVERRIDES])
+    overrides = logged_overrides(uri, original)
     raw = compose([*overrides, f"tracking.uri={uri}", f"paths.output_dir={out_dir}"])
     with tempfile.TemporaryDirectory() as tmp:
         logged_file = store.download_artifacts(uri, run_id, keys.CONFIG_FILE, Path(tmp))

@@ -5,8 +5,9 @@ from the tracking store, recomposes the config from the overrides and refuses to
 longer matches the logged one (the config files changed since). Then checks the data file against
 the run's ``data_fingerprint`` (refuses a file that was altered), warns when the code or package
 versions differ, runs again as a new run tagged ``rerun_of=RUN_ID``, and compares every per-task
-metric, training curve and aggregate value by value. Exit status: 0 identical, 1 different,
-2 refused (run not finished, config drift, data altered), 3 the rerun itself failed.
+metric, training curve and aggregate value by value. Exit status (README, "Exit status"): 0
+identical, 3 different, 2 refused (no such run, run not finished, config drift, data altered),
+1 the rerun itself failed.
 
 ``--tracking-uri http://host:port`` reruns a run of an MLflow server (the new run goes there too).
 """
@@ -26,7 +27,7 @@ from pipeline import PROJECT_ROOT, runtime_env
 from pipeline.config import default_tracking_uri
 from pipeline.replay import Refused, code_differences, recompose, verify_data
 from pipeline.tracking import keys, store
-from pipeline.tracking.store import RunRecord
+from pipeline.tracking.store import RunNotFound, RunRecord
 
 
 @dataclass(frozen=True)
@@ -109,9 +110,13 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as e:
         print(f"Refused: not an exact rerun of {args.run_id}: {e}", file=sys.stderr)
         return 2
+    except RunNotFound as e:
+        print(f"Refused: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # the store or the run itself failed
-        print(f"Rerun of {args.run_id} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 3
+        print(f"Rerun of {args.run_id} failed: {type(e).__name__}: {keys.plain_text(str(e))}",
+              file=sys.stderr)
+        return 1
     if comparison.identical:
         print(f"IDENTICAL: rerun {new_id} reproduces run {args.run_id} bit for bit "
               f"({comparison.compared} metrics compared, per-task values at every step).")
@@ -120,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(comparison.differences)} of {comparison.compared} metrics differ:")
     for d in comparison.differences:
         print(f"  {d}")
-    return 1
+    return 3
 
 
 if __name__ == "__main__":

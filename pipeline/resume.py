@@ -7,7 +7,7 @@ command recomposes the run's config from its logged overrides (refusing if the c
 changed since), checks the data against the run's fingerprint, restores the checkpoint and
 finishes the run in place: the same MLflow run ends FINISHED, with curves and per-task metrics
 bit-identical to an uninterrupted run.
-Exit status: 0 finished, 2 refused (not resumable), 3 the resumed run failed.
+Exit status: 0 finished, 2 refused (no such run, not resumable), 1 the resumed run failed.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pipeline import PROJECT_ROOT, checkpoint, runtime_env
 from pipeline.config import default_tracking_uri
 from pipeline.replay import Refused, code_differences, recompose
 from pipeline.tracking import keys, store
+from pipeline.tracking.store import RunNotFound
 
 RESUMABLE = (keys.KILLED, keys.FAILED)
 
@@ -42,8 +43,11 @@ def resume(run_id: str, uri: str, out=print) -> str:
     """Finish run ``run_id`` from its checkpoint; return its final status."""
     original = store.get_run(uri, run_id)
     if original.status not in RESUMABLE:
+        lost = (f" If its process is gone (heartbeat {original.tags.get(keys.HEARTBEAT)}), "
+                f"`python -m pipeline.tracking reap` marks it FAILED first."
+                if original.status == keys.RUNNING else "")
         raise Refused(f"run {run_id} is {original.status}: only KILLED or FAILED runs with a "
-                      f"checkpoint can be resumed.")
+                      f"checkpoint can be resumed.{lost}")
     out_dir = PROJECT_ROOT / "outputs" / "resumed" / f"{run_id[:12]}-{datetime.now():%H%M%S%f}"
     raw, cfg, overrides = recompose(uri, original, out_dir)
     for warning in code_differences(original.tags):
@@ -74,9 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     except Refused as e:
         print(f"Refused: cannot resume run {args.run_id}: {e}", file=sys.stderr)
         return 2
+    except RunNotFound as e:
+        print(f"Refused: {e}", file=sys.stderr)
+        return 2
     except Exception as e:  # the store or the run itself failed
-        print(f"Resuming run {args.run_id} failed: {type(e).__name__}: {e}", file=sys.stderr)
-        return 3
+        print(f"Resuming run {args.run_id} failed: {type(e).__name__}: "
+              f"{keys.plain_text(str(e))}", file=sys.stderr)
+        return 1
     print(f"Run {args.run_id} resumed and {status}.")
     return 0
 

@@ -3,12 +3,15 @@ key, the value and what is allowed; nothing is written to the tracking store."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from mlflow import MlflowClient
 from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import ConfigError, validate
+from pipeline.errors import PipelineError
 from pipeline.runner import execute
 from tests.conftest import TINY, compose_raw, run_cli, store_overrides
 
@@ -150,7 +153,7 @@ def test_bad_key_type_or_option_is_refused_at_composition(override, name):
 ])
 def test_cli_prints_one_message_no_traceback_and_writes_nothing(overrides, expected, tmp_path):
     out = run_cli(*overrides, *store_overrides(tmp_path), timeout=60)
-    assert out.returncode != 0
+    assert out.returncode == 2, out.stderr  # refused (Hydra's composition errors too)
     assert expected in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "data").exists()
@@ -172,3 +175,43 @@ def test_error_found_after_the_run_started_marks_it_failed(make_cfg):
     assert run.info.status == "FAILED"
     assert "data.k_shot=45 is too large" in run.data.tags["error"]
     assert run.data.params["data.k_shot"] == "45"  # what was logged before the failure stays
+
+
+def _csv_with_an_empty_filename(root: Path) -> None:
+    (root / "images").mkdir(parents=True)
+    (root / "train.csv").write_text("filename,label\n,n0153282900\n")
+
+
+def _garbage_store(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "mlflow.db").write_bytes(b"not an SQLite file " * 100)
+
+
+# Refused by the checks of the surroundings (pipeline.preflight), before anything is written:
+# (overrides, files to make under the folder {root}, the key or file named, what is said).
+BAD_SURROUNDINGS = [
+    (["tracking.experiment_name=" + "e" * 2000], None, "tracking.experiment_name=",
+     "at most 256"),
+    (["tracking.run_name=" + "r" * 20000], None, "tracking.run_name=", "at most 250"),
+    (["paths.mlruns_dir={root}"], _garbage_store, "mlflow.db", "not a valid SQLite database"),
+    (["data=images", "model=conv4", "data.layout=csv", "data.root={root}"],
+     _csv_with_an_empty_filename, "train.csv, line 2, column 'filename'", "is empty"),
+]
+
+
+@pytest.mark.parametrize("overrides, make, named, said", BAD_SURROUNDINGS,
+                         ids=[o[0][:40] for o, *_ in BAD_SURROUNDINGS])
+def test_bad_surroundings_are_refused_in_one_line(overrides, make, named, said, tmp_path):
+    from pipeline import preflight
+
+    root = tmp_path / "given"
+    if make is not None:
+        make(root)
+    cfg = validate(compose_raw(*store_overrides(tmp_path)[:3],
+                               *(o.format(root=root) for o in overrides)))
+    with pytest.raises(PipelineError) as e:
+        preflight.check(cfg)
+    message = str(e.value)
+    assert named in message and said in message, message
+    assert "\n" not in message
+    assert not (tmp_path / "data").exists()

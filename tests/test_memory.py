@@ -9,9 +9,9 @@ from mlflow import MlflowClient
 
 from bench.memory import peak_rss
 from pipeline import memory
-from pipeline.errors import ConfigError, plain_text
+from pipeline.errors import ConfigError
 from pipeline.runner import execute
-from pipeline.tracking import Tracker, keys
+from pipeline.tracking import keys
 from tests import image_sets
 from tests.conftest import TINY, run_cli, store_overrides
 
@@ -85,18 +85,6 @@ def test_images_smaller_than_the_model_takes_fail_in_one_line(make_cfg, tmp_path
     client = MlflowClient(cfg.tracking.uri)
     [run] = client.search_runs([client.get_experiment_by_name("meta-learning").experiment_id])
     assert run.info.status == "FAILED" and "at least 16x16 px" in run.data.tags[keys.ERROR]
-
-
-def test_the_error_tag_is_plain_text(make_cfg, tmp_path):
-    """Keras colours its messages: the escape codes never reach the ``error`` tag."""
-    cfg, _ = make_cfg()
-    coloured = "\x1b[1mInput 0 of layer\x1b[0m is \x1b[31mincompatible\x1b[0m"
-    assert plain_text(coloured) == "Input 0 of layer is incompatible"
-    tracker = Tracker(cfg.tracking, tmp_path / "out")
-    with pytest.raises(ValueError), tracker.run("coloured", {}):
-        raise ValueError(coloured)
-    run = MlflowClient(cfg.tracking.uri).get_run(tracker.run_id)
-    assert run.data.tags[keys.ERROR] == "ValueError: Input 0 of layer is incompatible"
 
 
 #: Within this factor either way of the measured peak, where the step dominates.

@@ -14,6 +14,7 @@ from pipeline.errors import TrackingError
 from pipeline.runner import execute
 from pipeline.tracking import Tracker
 from pipeline.tracking.keys import FALLBACK_FILE
+from pipeline.tracking.run import Undelivered
 from pipeline.tracking.store import check_reachable
 from tests.conftest import TINY, free_port, run_cli, store_overrides
 
@@ -70,22 +71,25 @@ def test_server_outage_mid_run_loses_nothing(make_cfg, mlflow_server, tmp_path):
 def test_records_left_at_the_end_can_be_imported(make_cfg, mlflow_server, tmp_path):
     cfg, _ = make_cfg(f"tracking.uri={mlflow_server.uri}", "tracking.artifact_location=null")
     tracker = Tracker(cfg.tracking, tmp_path / "out")
-    with tracker.run("ends-during-outage", {"seed": 0}):
+    with pytest.raises(Undelivered, match=r"python -m pipeline\.tracking import"), \
+            tracker.run("ends-during-outage", {"seed": 0}):
         tracker.log_metrics({"m": [0.0]})
         assert tracker.flush() is True
         mlflow_server.stop()
         tracker.log_metrics({"m": [1.0, 2.0]}, steps=[1, 2])
     fallback = tmp_path / "out" / FALLBACK_FILE
-    assert fallback.exists()  # metrics and the FINISHED status wait there
+    assert fallback.exists()  # metrics and the FINISHED status (last) wait there
+    assert json.loads(fallback.read_text().splitlines()[-1])["status"] == "FINISHED"
     mlflow_server.start()
     out = subprocess.run([sys.executable, "-m", "pipeline.tracking", "import", str(fallback),
                           "--tracking-uri", mlflow_server.uri], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0, out.stderr
-    assert "Delivered 2 records" in out.stdout and not fallback.exists()
+    assert "Delivered 3 records" in out.stdout and not fallback.exists()
     client = MlflowClient(mlflow_server.uri)
     assert _metric_steps(client, tracker.run_id, "m") == [0, 1, 2]
-    assert client.get_run(tracker.run_id).info.status == "FINISHED"
+    run = client.get_run(tracker.run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
 
 
 def test_full_run_against_a_server(make_cfg, mlflow_server):

@@ -137,6 +137,9 @@ def _csv_classes(root: Path, split: str) -> list[ClassFiles]:
             if len(row) < 2:
                 raise ConfigError(f"Split file {path}, line {line}, is not 'filename,label': "
                                   f"{','.join(row)!r}.")
+            if not row[0].strip():
+                raise ConfigError(f"Split file {path}, line {line}, column 'filename' is empty: "
+                                  f"each row names an image file in {root / 'images'}.")
             image = root / "images" / row[0].strip()
             if not image.is_file():
                 raise ConfigError(f"Image {image} (named in {path}, line {line}) is missing.")

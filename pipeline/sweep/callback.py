@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from pipeline.sweep.plan import (
     swept_keys,
     without_resume,
 )
-from pipeline.tracking import keys, store
+from pipeline.tracking import keys, liveness, store
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,19 @@ class SweepCallback(Callback):
         self._stopped: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from pipeline import errors, preflight
+
+        errors.started = True
         cfg = _tracking_cfg(config)
+        try:
+            preflight.check_names(cfg)
+        except errors.PipelineError as e:
+            _refuse(str(e))
+        given = json.dumps(list(config.hydra.overrides.task))
+        if len(given) > store.MAX_TAG_LEN:  # the parent's tag a resume compares: never cut
+            _refuse(f"the sweep's overrides are {len(given)} characters long (as JSON); the "
+                    f"parent run's {keys.SWEEP_OVERRIDES} tag holds at most {store.MAX_TAG_LEN}."
+                    f" Move values into a config file (conf/experiment/) and select it.")
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         overrides = list(config.hydra.overrides.task)
         sweeper_params = OmegaConf.select(config, "hydra.sweeper.params", default=None)
@@ -91,6 +104,7 @@ class SweepCallback(Callback):
         workers.mark_launcher()
         atexit.register(self._abandon)
         self._handle_signals()
+        self._start_heartbeat(cfg.uri)
         log.info("Sweep %s: MLflow parent run %s%s", sweep_id, self.parent_run_id,
                  f", {len(self.group_ids)} seed groups" if self.group_ids else "")
         url = store.ui_url(cfg.uri, store.get_run(cfg.uri, self.parent_run_id).experiment_id,
@@ -105,7 +119,8 @@ class SweepCallback(Callback):
                 keys.SWEEP_DIR: str(sweep_dir), keys.SWEEP_OVERRIDES: json.dumps(overrides),
                 keys.SWEEP_PARAMS: json.dumps(swept),
                 keys.SWEEP_LAUNCHER: config.hydra.launcher._target_.rsplit(".", 1)[-1],
-                keys.SWEEP_SWEEPER: config.hydra.sweeper._target_.rsplit(".", 1)[-1]}
+                keys.SWEEP_SWEEPER: config.hydra.sweeper._target_.rsplit(".", 1)[-1],
+                **liveness.start_tags()}
         name = " ".join(["sweep", sweep_id, *([cfg.run_name] if cfg.run_name else [])])
         self.parent_run_id = store.start_parent_run(cfg, name, tags)
         planned = groups.plan(jobs, swept, group_by, cfg.run_name or _base_name(config)) \
@@ -147,10 +162,25 @@ class SweepCallback(Callback):
         if before != without_resume(overrides):
             _refuse(f"sweep.resume={found.run_id}: that sweep ran the overrides {before}, this "
                     f"command has {without_resume(overrides)}; resume with the same command.")
+        if liveness.is_alive(found):
+            _refuse(f"sweep.resume={found.run_id}: that sweep is still running "
+                    f"({liveness.where(found)}, heartbeat {found.tags.get(keys.HEARTBEAT)}): "
+                    f"let it end, or stop it, before resuming it.")
+        # Runs whose process is gone (SIGKILL, OOM, a lost launcher) are FAILED before planning.
+        for lost in liveness.reap(uri, experiment_names=[cfg.experiment_name]):
+            log.warning("Run %s (%s) marked FAILED: %s", lost.run.run_id, lost.run.name,
+                        lost.reason)
         self.parent_run_id = found.run_id
         mapping = group_map(uri, found.run_id)
         self.group_ids = set(mapping.values())
         standing = job_runs(uri, found.run_id, self.group_ids)
+        for n, run in sorted(standing.items()):  # never run a job twice at once
+            if liveness.is_alive(run):
+                self.parent_run_id = None
+                _refuse(f"sweep.resume={found.run_id}: job {n}'s run {run.run_id} is still "
+                        f"running ({liveness.where(run)}, heartbeat "
+                        f"{run.tags.get(keys.HEARTBEAT)}): let it end, or stop that process, "
+                        f"before resuming the sweep.")
         n_jobs = len(jobs) if jobs is not None else max(standing, default=-1) + 1
         counts = dict.fromkeys((SKIP, RESUME, RERUN, NEW), 0)
         for n in range(n_jobs):
@@ -163,7 +193,7 @@ class SweepCallback(Callback):
         store.set_status(uri, found.run_id, keys.RUNNING)
         store.delete_tag(uri, found.run_id, keys.ERROR)
         resumed = int(found.tags.get(keys.RESUMED_SWEEP, "0")) + 1
-        store.set_tags(uri, found.run_id, {
+        store.set_tags(uri, found.run_id, {**liveness.start_tags(),
             keys.SWEEP_DIR: str(sweep_dir), keys.RESUMED_SWEEP: resumed,
             **dict(zip(keys.RESUME_COUNTS, (counts[SKIP], counts[RESUME], counts[RERUN],
                                            counts[NEW]), strict=True))})
@@ -217,6 +247,21 @@ class SweepCallback(Callback):
             store.end_run(self.uri, self.parent_run_id, status)
         self.parent_run_id = None
 
+    def _start_heartbeat(self, uri: str) -> None:
+        """The parent run's heartbeat, from this (the launching) process while the sweep runs:
+        a lost launcher leaves a parent that ``reap`` ends."""
+
+        def beat() -> None:
+            while True:
+                time.sleep(keys.HEARTBEAT_S)
+                run_id = self.parent_run_id
+                if run_id is None:
+                    return
+                with contextlib.suppress(Exception):
+                    store.set_tags(uri, run_id, {keys.HEARTBEAT: liveness.now()})
+
+        threading.Thread(target=beat, daemon=True, name="sweep-heartbeat").start()
+
     # --- SIGTERM / Ctrl-C in the launching process --------------------------------------------
 
     def _handle_signals(self) -> None:
@@ -228,8 +273,16 @@ class SweepCallback(Callback):
         """Stop the sweep: no job starts any more (a stop file in the sweep folder), SIGTERM goes
         to the worker processes running a job (Ctrl-C to a terminal reaches them already), and
         once their runs are marked KILLED (with checkpoints) the sweep ends."""
-        if self._stopped or self.sweep_dir is None:
+        if self.sweep_dir is None:
             raise KeyboardInterrupt(f"signal {signum}")
+        if self._stopped:  # a second Ctrl-C: stop waiting for the workers
+            parent = self.parent_run_id
+            self._abandon()
+            print(f"Sweep stopped again by signal {signum}: not waiting for its workers. Runs "
+                  f"they leave RUNNING are marked FAILED by `python -m pipeline.tracking reap` "
+                  f"or by resuming with the same command and sweep.resume={parent}",
+                  file=sys.stderr, flush=True)
+            raise SystemExit(128 + signum)
         self._stopped = signum
         with contextlib.suppress(OSError):
             (self.sweep_dir / workers.STOP_FILE).write_text(str(signum))

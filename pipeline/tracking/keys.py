@@ -6,6 +6,8 @@ Metric names follow ``<scope>/query_<metric>_<phase>[_<stat>]`` (README, "What M
 
 from __future__ import annotations
 
+import re
+
 # --- run statuses (MLflow's) ----------------------------------------------------------------
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
 
@@ -21,8 +23,15 @@ VERSION_PREFIX = "version/"
 DATA_FINGERPRINT, DATA_FILE = "data_fingerprint", "data_file"
 #: ``positive`` / ``none`` / ``n/a``: whether the gain over scratch is above 0 with 95% CI.
 NO_GAIN = "meta_learning_gain"
-#: Why a run failed or was stopped.
+#: Why a run failed or was stopped (plain text, one paragraph: :func:`plain_text`).
 ERROR = "error"
+#: Liveness of a running job: where it runs, and the UTC time (ISO 8601) its tracker's
+#: background thread last wrote, every :data:`HEARTBEAT_S` seconds while the run is open.
+HOST, PID, HEARTBEAT = "host", "pid", "heartbeat"
+HEARTBEAT_S = 5.0
+#: A RUNNING run whose heartbeat is older than this is lost (``python -m pipeline.tracking
+#: reap``): many beats missed, not one slow write.
+REAP_AFTER_S = 120.0
 #: How many test tasks diverged (non-finite query metrics), with the inner step where.
 DIVERGED = "diverged_tasks"
 #: The meta-iteration a checkpoint holds / a resumed run continued from.
@@ -141,6 +150,14 @@ PAIRED_TABLE = "paired/per_task_differences.csv"
 PAIRED_PLOT = "paired/per_task_differences.png"
 #: In a run's output folder: records a tracking store refused, kept for import.
 FALLBACK_FILE = "mlflow_fallback.jsonl"
+#: Tag and param values longer than MLflow takes are cut there; the whole value is kept in this
+#: artifact folder, one ``<name>.txt`` per value (reruns read ``hydra_overrides`` from it).
+FULL_VALUES_DIR = "full_values"
+
+
+def full_value(name: str) -> str:
+    """The artifact holding a cut tag's or param's whole value."""
+    return f"{FULL_VALUES_DIR}/{name.replace('/', '_')}.txt"
 
 
 def per_task_plot(metric: str) -> str:
@@ -163,6 +180,17 @@ def split_params(flat: dict[str, object]) -> tuple[dict[str, object], dict[str, 
     """A flattened config as (params, tags): locations become tags (:data:`LOCATION_PARAMS`)."""
     tags = {k: v for k, v in flat.items() if is_location(k)}
     return {k: v for k, v in flat.items() if k not in tags}, tags
+
+
+#: Terminal escapes: CSI (colours, cursor), OSC (titles, links) and two-character ones.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]")
+
+
+def plain_text(text: str) -> str:
+    """``text`` as one readable paragraph: no terminal escapes (Keras colours its errors), no
+    line breaks or runs of blanks. The ``error`` tag is always this."""
+    text = _ANSI.sub("", text)
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
 def params(config: dict, prefix: str = "") -> dict[str, object]:

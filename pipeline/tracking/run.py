@@ -10,7 +10,15 @@ Nothing is dropped when a tracking server goes away mid-run: every write is a *r
 of metrics/params/tags, an artifact file, the final status) queued in order; records the store
 refuses stay queued, are written to ``mlflow_fallback.jsonl`` in the run's output folder, and are
 retried on every later write and at the end. Whatever is still undelivered then can be imported
-with ``python -m pipeline.tracking import FILE`` (:func:`import_fallback`).
+with ``python -m pipeline.tracking import FILE`` (:func:`import_fallback`). Such a run is never
+ended FINISHED: it is marked FAILED with that reason if the store takes the status, the FINISHED
+status waits last in the file, and :class:`Undelivered` is raised (the CLI exits non-zero). A
+SQLite store deleted or replaced mid-run is found at the end (:class:`StoreLost`): what went
+with it is said, not "nothing is lost".
+
+While a run is open the same thread writes its ``heartbeat`` tag every few seconds, beside the
+``host`` and ``pid`` tags set at its start: ``python -m pipeline.tracking reap`` ends runs whose
+heartbeat stopped (:mod:`pipeline.tracking.liveness`).
 """
 
 from __future__ import annotations
@@ -26,10 +34,26 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import TrackingConfig
-from pipeline.errors import TrackingError, plain_text
-from pipeline.tracking import keys, store
+from pipeline.errors import TrackingError
+from pipeline.tracking import keys, liveness, store
 
 log = logging.getLogger(__name__)
+
+
+class Undelivered(TrackingError):
+    """The run's records were not all accepted by the store: they wait in the fallback file."""
+
+
+class StoreLost(TrackingError):
+    """The SQLite store file was deleted or replaced while the run wrote to it."""
+
+
+def _file_id(path: Path | None) -> tuple[int, int] | None:
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if st else None
 
 
 def _apply(client: Any, record: dict) -> None:
@@ -60,6 +84,9 @@ def _apply(client: Any, record: dict) -> None:
                   pip_requirements=record["pip_requirements"])
     elif kind == "status":
         client.set_terminated(run_id, record["status"])
+    elif kind == "delete_tag":  # the reason a run was FAILED for while its records waited
+        with contextlib.suppress(Exception):  # absent already
+            client.delete_tag(run_id, record["key"])
     else:
         raise ValueError(f"unknown record kind {kind!r}")
 
@@ -90,6 +117,11 @@ class Tracker:
         self.delivered = 0
         #: Seconds spent inside MLflow calls (tracking overhead).
         self.seconds = 0.0
+        #: The SQLite store's file as it was at the start (a deleted store is told at the end).
+        self._db = store.sqlite_path(cfg.uri)
+        self._db_id = _file_id(self._db)
+        self._last_beat = 0.0
+        self._why = ""  # the store's last refusal
 
     @contextlib.contextmanager
     def _timed(self) -> Iterator[None]:
@@ -103,7 +135,10 @@ class Tracker:
     def run(self, run_name: str | None, tags: Mapping[str, str],
             run_id: str | None = None) -> Iterator[Tracker]:
         """Start a run (or reopen ``run_id`` to continue it); end it FINISHED, or FAILED/KILLED
-        with the reason if the body raises."""
+        with the reason if the body raises. Raises :class:`Undelivered` or :class:`StoreLost`
+        after a body that succeeded if the store did not keep every record."""
+        tags = {**tags, **liveness.start_tags()}
+        full = {k: v for k, v in tags.items() if len(str(v)) > store.MAX_TAG_LEN}
         tags = {k: v for batch in store.tag_batches(tags) for k, v in batch}
         with self._timed():
             if run_id is None:
@@ -115,38 +150,89 @@ class Tracker:
                 self.client.delete_tag(run_id, keys.ERROR)
                 self.set_tags(tags)
         self.run_id = active.info.run_id
+        self._keep_whole(full, "tag")
+        self._last_beat = time.monotonic()
+        self._start_thread()
         try:
             yield self
         except BaseException as e:
             killed = isinstance(e, KeyboardInterrupt | SystemExit)
-            reason = plain_text(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             self.set_tags({keys.ERROR: reason})
-            self._end(keys.KILLED if killed else keys.FAILED)
+            with contextlib.suppress(TrackingError):  # said in the log; the run's error wins
+                self._end(keys.KILLED if killed else keys.FAILED)
             raise
         self._end(keys.FINISHED)
 
     def _end(self, status: str) -> None:
         """Flush the queue, then end the run: its status is written only after every record
-        before it was accepted (or, the store refusing, queued after them, in the fallback
-        file), so a FINISHED run has all of its records."""
+        before it was accepted, so a FINISHED run has all of its records. If the store refused
+        some, they wait in order in the fallback file with the status last, the run is marked
+        FAILED with where they wait (if the store takes that much), and :class:`Undelivered` is
+        raised; a store deleted mid-run raises :class:`StoreLost`."""
         delivered = self.flush()
-        try:
-            with self._timed():
-                self.mlflow.end_run(status)  # leaves the fluent run even if the store is down
-            ended = True
-        except Exception:
-            ended = False
-        if not ended or not delivered:  # the status goes after the records still queued
-            self._send({"kind": "status", "status": status})
-            self.flush()
         self._closed = True
         self._wake.set()
-        if self._pending:
-            log.warning(
-                "The tracking store at %s still refuses %d record(s) of run %s; nothing is lost: "
-                "they are in %s. Import them when the store is back with: "
-                "python -m pipeline.tracking import %s", self.cfg.uri, len(self._pending),
-                self.run_id, self.fallback_file, self.fallback_file)
+        lost = self._lost_store()
+        if lost:
+            if status != keys.FINISHED:  # the run's own error is raised; say this beside it
+                log.warning("%s", lost)
+            raise StoreLost(lost)
+        if delivered:
+            try:
+                with self._timed():
+                    self.mlflow.end_run(status)
+                return
+            except Exception as e:
+                self._why = f"{type(e).__name__}: {str(e)[:200]}"
+        # The status goes after the records still queued; a FINISHED run's error goes on import.
+        if status == keys.FINISHED:
+            self._send({"kind": "delete_tag", "key": keys.ERROR})
+        self._send({"kind": "status", "status": status})
+        if self.flush():  # the store is back: everything, status last, was delivered
+            return
+        message = (f"Run {self.run_id}: {len(self._pending)} records were not delivered to the "
+                   f"tracking store {self.cfg.uri} ({self._why or 'it refused them'}); they "
+                   f"wait in {self.fallback_file}, the run's status last. Import them when the "
+                   f"store takes writes again: {self.import_command()}")
+        with contextlib.suppress(Exception), self._timed():
+            self.client.set_tag(self.run_id, keys.ERROR, store.tag_value(keys.ERROR, message))
+        with contextlib.suppress(Exception), self._timed():  # leaves the fluent run regardless
+            self.mlflow.end_run(keys.FAILED if status == keys.FINISHED else status)
+        if status != keys.FINISHED:
+            log.warning("%s", message)
+            return
+        raise Undelivered(message)
+
+    def import_command(self) -> str:
+        return (f"python -m pipeline.tracking import {self.fallback_file} --tracking-uri "
+                f"{self.cfg.uri}")
+
+    def _lost_store(self) -> str | None:
+        """Why the records sent are gone, if the SQLite store was deleted or replaced."""
+        if self._db is None or self._db_id is None or _file_id(self._db) == self._db_id:
+            return None
+        how = "deleted" if not self._db.exists() else "replaced by another file"
+        with contextlib.suppress(Exception):
+            self.mlflow.end_run(keys.FAILED)  # leave the fluent run; the write has no store
+        self._pending.clear()
+        self.fallback_file.unlink(missing_ok=True)
+        return (f"The tracking store {self._db} was {how} while run {self.run_id} wrote to it: "
+                f"the run and the {self.delivered} records delivered to it (params, tags, "
+                f"metrics, artifacts' records) went with it and are lost. The run's output "
+                f"folder {self.local_dir} keeps its files (config, plots, checkpoint); run it "
+                f"again to record it.")
+
+    def _keep_whole(self, values: Mapping[str, Any], what: str) -> None:
+        """Values MLflow would cut: the whole value as an artifact (``full_values/<name>.txt``);
+        the tag or param holds its first characters."""
+        for name, value in values.items():
+            path = self._local(keys.full_value(name))
+            path.write_text(str(value))
+            self.log_artifact(path, keys.FULL_VALUES_DIR)
+            log.warning("The %s %s is %d characters, over MLflow's limit: the %s holds its start, "
+                        "the artifact %s the whole value.", what, name, len(str(value)), what,
+                        keys.full_value(name))
 
     # --- ordered delivery ---------------------------------------------------------------------
 
@@ -155,17 +241,33 @@ class Tracker:
         on computing (:meth:`flush` waits for it). Only the enqueueing is on the caller's time."""
         with self._lock:
             self._pending.append({"run_id": self.run_id, **record})
+        self._start_thread()
+        self._wake.set()
+
+    def _start_thread(self) -> None:
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._deliver_loop, daemon=True,
                                             name="mlflow-delivery")
             self._thread.start()
-        self._wake.set()
 
     def _deliver_loop(self) -> None:
         while not self._closed:
-            self._wake.wait()
+            self._wake.wait(timeout=keys.HEARTBEAT_S)
             self._wake.clear()
+            if self._closed:
+                break
             self._drain()
+            self._beat()
+
+    def _beat(self) -> None:
+        """The run's heartbeat, straight to the store (not queued: a late beat means nothing);
+        skipped while the store refuses writes."""
+        if self.run_id is None or self._degraded or self._closed or \
+                time.monotonic() - self._last_beat < keys.HEARTBEAT_S:
+            return
+        self._last_beat = time.monotonic()
+        with self._delivering, contextlib.suppress(Exception):
+            self.client.set_tag(self.run_id, keys.HEARTBEAT, liveness.now())
 
     def _drain(self) -> bool:
         """Deliver everything queued, in order, as far as the store accepts; True if the queue
@@ -179,10 +281,12 @@ class Tracker:
                 try:
                     _apply(self.client, record)
                 except Exception as e:
+                    self._why = f"{type(e).__name__}: {keys.plain_text(str(e))[:200]}"
                     if not self._degraded:
                         log.warning("Tracking store %s refused a write (%s: %s); keeping records "
                                     "in order in %s and retrying on each later write.",
-                                    self.cfg.uri, type(e).__name__, str(e)[:200],
+                                    self.cfg.uri, type(e).__name__,
+                                    keys.plain_text(str(e))[:200],
                                     self.fallback_file)
                     self._degraded = True
                     break
@@ -224,10 +328,14 @@ class Tracker:
         items = [[k, str(v)[:store.MAX_PARAM_LEN]] for k, v in sorted(params.items())]
         for chunk in store.chunks(items, store.MAX_PARAMS_PER_BATCH):
             self._send({"kind": "batch", "params": chunk})
+        self._keep_whole({k: v for k, v in params.items()
+                          if len(str(v)) > store.MAX_PARAM_LEN}, "param")
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for chunk in store.tag_batches(tags):
             self._send({"kind": "batch", "tags": chunk})
+        self._keep_whole({k: v for k, v in tags.items()
+                          if k != keys.ERROR and len(str(v)) > store.MAX_TAG_LEN}, "tag")
 
     def log_metrics(self, series: Mapping[str, Any], steps: Any = None) -> None:
         """Log metrics in batches of 1,000.
@@ -305,7 +413,8 @@ class Tracker:
                         time.sleep(0.2 * (attempt + 1))
         except Exception as e:  # the fingerprint is also a tag and in generating_config.json
             log.warning("Could not record the data set as a run input (%s); its fingerprint "
-                        "is kept in the run's tags and data/generating_config.json.", e)
+                        "is kept in the run's tags and data/generating_config.json.",
+                        keys.plain_text(str(e))[:300])
 
     def log_keras_model(self, model: Any, example_x: Any, name: str = keys.MODEL_DIR) -> None:
         """Queue a Keras model, with a signature and explicit requirements, as the run's logged

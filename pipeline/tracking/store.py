@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import sqlite3
 import tempfile
@@ -22,6 +23,14 @@ MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
 MAX_PARAM_LEN = 6000
 MAX_TAG_LEN = 8000
+#: MLflow's SQL schema: ``runs.name`` is VARCHAR(250), ``experiments.name`` VARCHAR(256)
+#: (SQLite ignores the sizes; PostgreSQL and MySQL behind a server refuse longer names).
+MAX_RUN_NAME_LEN = 250
+MAX_EXPERIMENT_NAME_LEN = 256
+
+
+class RunNotFound(TrackingError):
+    """No run with that id in the store (a typo, or another store)."""
 
 
 def configure_http(timeout_s: int = 10, max_retries: int = 2) -> None:
@@ -36,6 +45,9 @@ def client(uri: str) -> Any:
     """An ``MlflowClient`` on ``uri`` (HTTP retries bounded by :func:`configure_http`)."""
     if "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ:
         configure_http()
+    # MLflow logs each SQL error with a traceback before raising it; the pipeline says, in
+    # one line, what a refused write means for the run.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     import mlflow
 
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
@@ -46,9 +58,15 @@ def chunks(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
+def tag_value(name: str, value: Any) -> str:
+    """A tag's value as stored: the ``error`` tag as plain text; cut to MLflow's limit."""
+    text = keys.plain_text(str(value)) if name == keys.ERROR else str(value)
+    return text[:MAX_TAG_LEN]
+
+
 def tag_batches(tags: Mapping[str, Any]) -> Iterator[list[list[str]]]:
     """``[name, value]`` pairs, values cut to MLflow's limit, in batches of 100."""
-    return chunks([[k, str(v)[:MAX_TAG_LEN]] for k, v in tags.items()], MAX_PARAMS_PER_BATCH)
+    return chunks([[k, tag_value(k, v)] for k, v in tags.items()], MAX_PARAMS_PER_BATCH)
 
 
 # --- checks before anything is written --------------------------------------------------------
@@ -95,6 +113,12 @@ def check_writable(uri: str) -> None:
             con.execute("CREATE TABLE main.pipeline_write_probe (x INTEGER)")
             con.rollback()
     except sqlite3.Error as e:
+        if "not a database" in str(e) or "malformed" in str(e):
+            raise TrackingError(
+                f"The MLflow store {db} (tracking.uri) is not a valid SQLite database ({e}): "
+                f"the file is damaged or is something else. Move it aside (nothing in it can "
+                f"be read) or point tracking.uri / paths.mlruns_dir at another store. Nothing "
+                f"was run.") from e
         raise TrackingError(
             f"The MLflow store {db} (tracking.uri) cannot be written: {e}. Make the file and its "
             f"folder writable (check `ls -l` and `lsattr`), or point tracking.uri / "
@@ -173,7 +197,7 @@ def _record(run: Any) -> RunRecord:
 def start_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
     """Create the store if needed and a RUNNING parent run for a sweep; return its id."""
     exp_id = prepare_store(cfg)
-    run = client(cfg.uri).create_run(exp_id, run_name=run_name,
+    run = client(cfg.uri).create_run(exp_id, run_name=run_name[:MAX_RUN_NAME_LEN],
                                      tags={k: v for batch in tag_batches(tags) for k, v in batch})
     return run.info.run_id
 
@@ -191,7 +215,16 @@ def end_run(uri: str, run_id: str, status: str = keys.FINISHED) -> None:
 
 
 def get_run(uri: str, run_id: str) -> RunRecord:
-    return _record(client(uri).get_run(run_id))
+    """A stored run; :class:`RunNotFound` if the store has no run with that id."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _record(client(uri).get_run(run_id))
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST" or "not found" in str(e).lower():
+            raise RunNotFound(f"no run with id {run_id!r} in {uri} (see python -m "
+                              f"pipeline.compare for the runs there).") from e
+        raise
 
 
 def search_runs(uri: str, experiment_names: list[str] | None = None, filter_string: str = "",
@@ -272,7 +305,7 @@ def log_comparison(uri: str, run_id: str, table: Any, files: Mapping[str, Path],
 def create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any]) -> str:
     """A RUNNING run in experiment id ``experiment`` (a sweep's group run: its parent link is
     the ``mlflow.parentRunId`` tag); return its id."""
-    run = client(uri).create_run(experiment, run_name=run_name,
+    run = client(uri).create_run(experiment, run_name=run_name[:MAX_RUN_NAME_LEN],
                                  tags={k: v for batch in tag_batches(tags) for k, v in batch})
     return run.info.run_id
 
@@ -362,6 +395,17 @@ def register_model(uri: str, run_id: str, name: str, description: str,
                                     tags={k: str(v) for k, v in tags.items()})
     c.update_model_version(name, version.version, description=description)
     return str(version.version)
+
+
+def registered_version(uri: str, name: str, run_id: str) -> str | None:
+    """The version of registered model ``name`` that holds run ``run_id``'s model, if any."""
+    c = client(uri)
+    try:
+        versions = c.search_model_versions(f"name = '{name}'")
+    except Exception:  # no such registered model yet
+        return None
+    same = [v for v in versions if v.run_id == run_id]
+    return str(max(int(v.version) for v in same)) if same else None
 
 
 def _logged_model(c: Any, run_id: str) -> bool:
