@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline.config import Config, ImagesDataConfig, OmniglotDataConfig
+from pipeline.config import Config, ImagesDataConfig, OmniglotDataConfig, TabularDataConfig
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking import store
 
@@ -65,6 +65,10 @@ def check(cfg: Config) -> None:
         from pipeline.data import images, stream_rng
 
         images.check_sources(dataclasses.asdict(cfg.data), stream_rng(cfg.seed, "data"))
+    if isinstance(cfg.data, TabularDataConfig):
+        from pipeline.data import stream_rng, tabular
+
+        tabular.check_sources(dataclasses.asdict(cfg.data), stream_rng(cfg.seed, "data"))
 
 
 class OutputDirCheck(Callback):
