@@ -194,9 +194,9 @@ def _check_image_collection(data: ImagesDataConfig) -> None:
 def _check_tabular(data: TabularDataConfig) -> None:
     if not data.root:
         raise ConfigError(
-            "data.root is required with data=tabular: set data.root to your CSV/Parquet file "
-            "(data.layout=long) or folder of per-task files (data.layout=per_task); README: "
-            "'Tabular tasks from disk'.")
+            "data.root is required with data=tabular: set data.root=/path/to/tasks.csv (a CSV "
+            "or Parquet file with a task column, data.layout=long) or data.root=/path/to/folder "
+            "(one file per task, data.layout=per_task); README: 'Tabular tasks from disk'.")
     split = data.task_split
     if split is not None and (len(split) != 3 or any(f < 0 for f in split) or split[0] <= 0
                               or split[2] <= 0 or abs(sum(split) - 1) > 1e-6):
