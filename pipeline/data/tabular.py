@@ -43,11 +43,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
 
 from pipeline.data import CLASSIFICATION, REGRESSION, decoded
 from pipeline.data.episodes import TaskRowSampler
@@ -65,15 +70,26 @@ LABELS, REAL = "labels", "real"
 
 @dataclass(frozen=True)
 class Task:
-    """One task's rows as read: where they come from, features and target as read."""
+    """One task's rows as read: where they come from, its features and target."""
 
     name: str
     source: Path
     #: 1-based data row of each row in its file (for messages).
     rows: np.ndarray
-    #: Feature and target columns (numeric ones as float64, NaN = missing).
-    frame: pd.DataFrame
+    #: [rows, numeric features] float64 (NaN = missing), in ``feature_columns`` order.
+    numeric: np.ndarray
+    #: [rows, categorical features] str or None (missing), in ``data.categorical`` order.
+    categorical: np.ndarray
+    #: [rows] the target as text (None = missing).
+    target: np.ndarray
+    #: The target as numbers, if every value is one (else None).
+    target_numbers: np.ndarray | None
     split: str | None
+    #: Names of the numeric, then the categorical columns.
+    columns: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 # --- reading ------------------------------------------------------------------------------------
@@ -84,18 +100,59 @@ def _where(path: Path, row: int) -> str:
     return f"{path}, row {row}{line}"
 
 
-def _read_file(path: Path, text_columns: list[str]) -> pd.DataFrame:
+def _read_file(path: Path, text_columns: list[str]) -> pa.Table:
+    """The table, ``text_columns`` as strings (empty cells and NA markers as nulls)."""
     try:
         if path.suffix.lower() == ".parquet":
-            frame = pd.read_parquet(path)
-            for c in text_columns:
-                if c in frame:
-                    frame[c] = frame[c].astype("string").astype(object)
-            return frame
-        return pd.read_csv(path, dtype={c: str for c in text_columns}, skipinitialspace=True)
-    except (OSError, ValueError, pd.errors.ParserError) as e:
-        raise ConfigError(f"Table {path} cannot be read ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0] if str(e) else ''}). Fix or remove it.") from e
+            table = pq.read_table(path)
+        else:
+            big = path.stat().st_size > 1 << 22  # threads pay off on large files only
+            table = pcsv.read_csv(
+                path, read_options=pcsv.ReadOptions(use_threads=big),
+                convert_options=pcsv.ConvertOptions(
+                    column_types={c: pa.string() for c in text_columns},
+                    strings_can_be_null=True))
+        for c in text_columns:
+            if c in table.column_names and not pa.types.is_string(table.schema.field(c).type):
+                i = table.column_names.index(c)
+                table = table.set_column(i, c, pc.cast(table.column(c), pa.string()))
+        return table
+    except (OSError, pa.ArrowException) as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ConfigError(f"Table {path} cannot be read ({type(e).__name__}: {first}). Fix or "
+                          f"remove it.") from e
+
+
+def _text(column: pa.ChunkedArray) -> np.ndarray:
+    return np.array([None if v is None else v.strip() for v in column.to_pylist()], dtype=object)
+
+
+def _numbers(values: np.ndarray) -> np.ndarray | None:
+    """Text as float64, or None if some value is not a number (or missing)."""
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError):
+        return None
+
+
+def _numeric_column(path: Path, table: pa.Table, col: str, rows: np.ndarray) -> np.ndarray:
+    """A numeric feature column as float64 (NaN = missing); a non-numeric value is refused."""
+    column = table.column(col)
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) \
+            or pa.types.is_null(kind) or pa.types.is_decimal(kind):
+        return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+    out = np.full(len(column), np.nan)
+    for i, v in enumerate(column.to_pylist()):
+        if v is None:
+            continue
+        try:
+            out[i] = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"Table {_where(path, int(rows[i]))}, column {col!r}: {v!r} is not "
+                              f"a number. Fix the value, or list the column in "
+                              f"data.categorical if it holds categories.") from None
+    return out
 
 
 def _files_in(folder: Path) -> list[Path]:
@@ -205,22 +262,10 @@ def _check_columns(cfg: dict, path: Path, columns: list[str], first: tuple[Path,
                           f"columns: add features or list them in data.features.")
 
 
-def _as_numbers(cfg: dict, path: Path, frame: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
-    """Numeric feature columns as float64 (NaN = missing); a non-numeric value is refused."""
-    out = frame.copy()
-    for col in feature_columns(cfg, list(frame.columns)):
-        if col in cfg["categorical"]:
-            continue
-        raw = frame[col]
-        values = pd.to_numeric(raw, errors="coerce").astype(np.float64)
-        bad = values.isna().to_numpy() & raw.notna().to_numpy()
-        if bad.any():
-            i = int(np.argmax(bad))
-            raise ConfigError(f"Table {_where(path, int(rows[i]))}, column {col!r}: "
-                              f"{raw.iloc[i]!r} is not a number. Fix the value, or list the "
-                              f"column in data.categorical if it holds categories.")
-        out[col] = values.to_numpy()
-    return out
+def _task(cfg: dict, name: str, path: Path, rows: np.ndarray, numeric: np.ndarray,
+          categorical: np.ndarray, target: np.ndarray, split: str | None,
+          columns: tuple[str, ...]) -> Task:
+    return Task(name, path, rows, numeric, categorical, target, _numbers(target), split, columns)
 
 
 def _read_tasks(cfg: dict) -> list[Task]:
@@ -228,79 +273,103 @@ def _read_tasks(cfg: dict) -> list[Task]:
     _, text = _columns(cfg)
     tasks: list[Task] = []
     first = None
-    for split, path in source_files(cfg):
-        frame = _read_file(path, text)
-        columns = [str(c) for c in frame.columns]
-        frame.columns = columns
-        _check_columns(cfg, path, columns, first)
-        first = first or (path, columns)
-        rows = np.arange(1, len(frame) + 1)
-        keep = [*feature_columns(cfg, columns), cfg["target"]]
-        if cfg["layout"] == "per_task":
-            if frame.empty:
-                raise ConfigError(f"Table {path} has no rows: task {path.stem!r} needs at least "
-                                  f"data.k_shot + 1 rows per class.")
-            tasks.append(Task(path.stem, path, rows, _as_numbers(cfg, path, frame[keep], rows),
-                              split))
-            continue
-        if frame.empty:
-            raise ConfigError(f"Table {path} has no rows.")
-        ids = frame[cfg["task_column"]]
-        if ids.isna().any():
-            i = int(np.argmax(ids.isna().to_numpy()))
-            raise ConfigError(f"Table {_where(path, int(rows[i]))}: the task column "
-                              f"{cfg['task_column']!r} is empty. Every row needs its task.")
-        numeric = _as_numbers(cfg, path, frame[keep], rows)
-        for name, idx in sorted(frame.groupby(ids.astype(str), sort=True).indices.items()):
-            split_of = _split_value(cfg, path, frame, rows, name, idx)
-            tasks.append(Task(name, path, rows[idx], numeric.iloc[idx].reset_index(drop=True),
-                              split_of))
+    sources = source_files(cfg)
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # Arrow frees the GIL
+        tables = pool.map(lambda source: _read_file(source[1], text), sources)
+        for (split, path), table in zip(sources, tables, strict=True):
+            tasks += _tasks_of(cfg, split, path, table, first)
+            first = first or (path, [str(c) for c in table.column_names])
     return tasks
 
 
-def _split_value(cfg: dict, path: Path, frame: pd.DataFrame, rows: np.ndarray, name: str,
+def _tasks_of(cfg: dict, split: str | None, path: Path, table: pa.Table,
+              first: tuple[Path, list[str]] | None) -> list[Task]:
+    """The tasks of one file (per_task: one; long: every task it names)."""
+    columns = [str(c) for c in table.column_names]
+    _check_columns(cfg, path, columns, first)
+    rows = np.arange(1, table.num_rows + 1)
+    numeric_cols = [c for c in feature_columns(cfg, columns) if c not in cfg["categorical"]]
+    numeric = np.column_stack([_numeric_column(path, table, c, rows) for c in numeric_cols]
+                              or [np.zeros((table.num_rows, 0))])
+    categorical = np.column_stack([_text(table.column(c)) for c in cfg["categorical"]]
+                                  or [np.zeros((table.num_rows, 0), dtype=object)])
+    target = _text(table.column(cfg["target"]))
+    names_of = (*numeric_cols, *cfg["categorical"])
+    if cfg["layout"] == "per_task":
+        if not table.num_rows:
+            raise ConfigError(f"Table {path} has no rows: task {path.stem!r} needs at least "
+                              f"data.k_shot + 1 rows per class.")
+        return [_task(cfg, path.stem, path, rows, numeric, categorical, target, split,
+                      names_of)]
+    if not table.num_rows:
+        raise ConfigError(f"Table {path} has no rows.")
+    ids = _text(table.column(cfg["task_column"]))
+    if any(v is None or v == "" for v in ids):
+        i = next(i for i, v in enumerate(ids) if v is None or v == "")
+        raise ConfigError(f"Table {_where(path, int(rows[i]))}: the task column "
+                          f"{cfg['task_column']!r} is empty. Every row needs its task.")
+    splits = (_text(table.column(cfg["split_column"])) if cfg["task_split"] is None
+              else None)
+    tasks = []
+    names, which = np.unique(ids.astype(str), return_inverse=True)
+    order = np.argsort(which, kind="stable")
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(which, minlength=len(names)))])
+    for t, name in enumerate(names):
+        idx = order[bounds[t]:bounds[t + 1]]
+        split_of = _split_value(cfg, path, splits, str(name), idx)
+        tasks.append(_task(cfg, str(name), path, rows[idx], numeric[idx], categorical[idx],
+                           target[idx], split_of, names_of))
+    return tasks
+
+
+def _split_value(cfg: dict, path: Path, splits: np.ndarray | None, name: str,
                  idx: np.ndarray) -> str | None:
-    if cfg["task_split"] is not None:
+    if splits is None:
         return None
-    values = frame[cfg["split_column"]].iloc[idx].astype(str).str.strip().unique()
+    values = sorted({str(v) for v in splits[idx]})
     if len(values) != 1 or values[0] not in SPLITS:
         raise ConfigError(f"Task {name!r} in {path}: its split column {cfg['split_column']!r} "
-                          f"holds {sorted(values)}; each task needs one of "
-                          f"{', '.join(SPLITS)} on all its rows.")
-    return str(values[0])
+                          f"holds {values}; each task needs one of {', '.join(SPLITS)} on all "
+                          f"its rows.")
+    return values[0]
 
 
 # --- checks -------------------------------------------------------------------------------------
 
 
-def _target_kind(task: Task, target: str) -> str:
-    values = pd.to_numeric(task.frame[target], errors="coerce")
-    if values.isna().any():
+def _target_kind(task: Task) -> str:
+    if task.target_numbers is None:
         return LABELS  # text labels
-    return LABELS if np.all(np.mod(values.to_numpy(np.float64), 1) == 0) else REAL
+    return LABELS if np.all(np.mod(task.target_numbers, 1) == 0) else REAL
+
+
+def _missing_features(task: Task) -> np.ndarray:
+    """[rows, numeric + categorical columns] True where a feature value is missing."""
+    return np.concatenate([np.isnan(task.numeric), task.categorical == None], axis=1)  # noqa: E711
 
 
 def _check_missing(cfg: dict, tasks: list[Task]) -> None:
     target = cfg["target"]
     for t in tasks:
-        holes = t.frame.isna().to_numpy()
-        if not holes.any():
-            continue
-        cols = list(t.frame.columns)
-        r, c = (int(v[0]) for v in np.nonzero(holes))
-        if cols[c] == target:
-            r = int(np.argmax(holes[:, c]))
+        holes = t.target == None  # noqa: E711
+        if holes.any():
+            r = int(np.argmax(holes))
             raise ConfigError(f"Table {_where(t.source, int(t.rows[r]))}: the target "
                               f"{target!r} is missing (task {t.name!r}). Every row needs its "
                               f"target: fill or remove the row.")
-        if cfg["missing"] == "refuse":
-            raise ConfigError(f"Table {_where(t.source, int(t.rows[r]))}, column {cols[c]!r}: "
-                              f"the value is missing (task {t.name!r}). Fill it, or set "
-                              f"data.missing=impute to use the training tasks' medians.")
+        if cfg["missing"] != "refuse":
+            continue
+        holes = _missing_features(t)
+        if holes.any():
+            r, c = (int(v[0]) for v in np.nonzero(holes))
+            raise ConfigError(f"Table {_where(t.source, int(t.rows[r]))}, column "
+                              f"{t.columns[c]!r}: the value is missing (task {t.name!r}). Fill "
+                              f"it, or set data.missing=impute to use the training tasks' "
+                              f"medians.")
 
 
 def _check_task_types(cfg: dict, tasks: list[Task]) -> None:
-    kinds = {t.name: _target_kind(t, cfg["target"]) for t in tasks}
+    kinds = {t.name: _target_kind(t) for t in tasks}
     real = [n for n, k in kinds.items() if k == REAL]
     labels = [n for n, k in kinds.items() if k == LABELS]
     target = cfg["target"]
@@ -314,13 +383,12 @@ def _check_task_types(cfg: dict, tasks: list[Task]) -> None:
                           f"{real[0]!r}), not class labels: set data.task_type=regression.")
     if cfg["task_type"] == REGRESSION:
         for t in tasks:
-            values = pd.to_numeric(t.frame[target], errors="coerce")
-            if values.isna().any():
-                r = int(np.argmax(values.isna().to_numpy()))
+            if t.target_numbers is None:
+                r = next(i for i, v in enumerate(t.target) if _numbers(np.array([v])) is None)
                 raise ConfigError(
                     f"Table {_where(t.source, int(t.rows[r]))}, column {target!r}: "
-                    f"{t.frame[target].iloc[r]!r} is not a number, and data.task_type="
-                    f"regression needs numeric targets (or set data.task_type=classification).")
+                    f"{t.target[r]!r} is not a number, and data.task_type=regression needs "
+                    f"numeric targets (or set data.task_type=classification).")
 
 
 def _names(names: list[str], most: int = 3) -> str:
@@ -328,12 +396,10 @@ def _names(names: list[str], most: int = 3) -> str:
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _classes(task: Task, target: str) -> tuple[np.ndarray, np.ndarray]:
+def _classes(task: Task) -> tuple[np.ndarray, np.ndarray]:
     """A task's classes (sorted: numerically for numbers, else as text) and each row's class."""
-    values = task.frame[target]
-    numbers = pd.to_numeric(values, errors="coerce")
-    keys = numbers.to_numpy(np.float64) if not numbers.isna().any() else values.astype(str)
-    classes, y = np.unique(np.asarray(keys), return_inverse=True)
+    keys = task.target_numbers if task.target_numbers is not None else task.target.astype(str)
+    classes, y = np.unique(keys, return_inverse=True)
     return classes, y.astype(np.int64)
 
 
@@ -342,14 +408,14 @@ def _check_sizes(cfg: dict, tasks: list[Task]) -> int:
     k = cfg["k_shot"]
     if cfg["task_type"] == REGRESSION:
         for t in tasks:
-            if len(t.frame) < k + 1:
-                raise ConfigError(f"Task {t.name!r} ({t.source}) has {len(t.frame)} rows, fewer "
+            if len(t) < k + 1:
+                raise ConfigError(f"Task {t.name!r} ({t.source}) has {len(t)} rows, fewer "
                                   f"than data.k_shot + 1 = {k + 1} (support and at least one "
                                   f"query row): lower data.k_shot or remove the task.")
         return 1
     counts = {}
     for t in tasks:
-        classes, y = _classes(t, cfg["target"])
+        classes, y = _classes(t)
         if len(classes) < 2:
             raise ConfigError(f"Task {t.name!r} ({t.source}) has one class in its target "
                               f"{cfg['target']!r} ({classes[0]!r}): a classification task "
@@ -442,36 +508,35 @@ class Preprocessing:
 
 
 def fit(cfg: dict, train: list[Task]) -> Preprocessing:
-    columns = feature_columns(cfg, [*train[0].frame.columns])
-    numeric = [c for c in columns if c not in cfg["categorical"]]
-    values = np.concatenate([t.frame[numeric].to_numpy(np.float64) for t in train])
-    if values.size and np.isnan(values).all(axis=0).any():
-        col = numeric[int(np.argmax(np.isnan(values).all(axis=0)))]
-        raise ConfigError(f"Column {col!r} has no value in any training task: nothing to impute "
-                          f"it with. Remove it from the features.")
-    medians = np.nanmedian(values, axis=0) if values.size else np.zeros(0)
+    numeric = list(train[0].columns[:train[0].numeric.shape[1]])
+    values = np.concatenate([t.numeric for t in train])
+    empty = np.isnan(values).all(axis=0)
+    if empty.any():
+        raise ConfigError(f"Column {numeric[int(np.argmax(empty))]!r} has no value in any "
+                          f"training task: nothing to impute it with. Remove it from the "
+                          f"features.")
+    medians = np.nanmedian(values, axis=0) if values.size else np.zeros(len(numeric))
     values = np.where(np.isnan(values), medians, values)
     if cfg["normalize"] == "train":
         mean, std = values.mean(axis=0), values.std(axis=0)
         std = np.where(std > 1e-12, std, 1.0)
     else:
         mean, std = np.zeros(len(numeric)), np.ones(len(numeric))
-    cats = {c: sorted({str(v) for t in train for v in t.frame[c].dropna()})
-            for c in cfg["categorical"]}
+    cats = {c: sorted({v for t in train for v in t.categorical[:, j] if v is not None})
+            for j, c in enumerate(cfg["categorical"])}
     return Preprocessing(numeric, cats, medians, mean, std)
 
 
 def transform(prep: Preprocessing, task: Task) -> tuple[np.ndarray, int, int]:
     """A task's feature matrix (float32) and its counts of imputed cells and unseen categories."""
-    x = task.frame[prep.numeric].to_numpy(np.float64)
-    holes = np.isnan(x)
-    x = (np.where(holes, prep.medians, x) - prep.mean) / prep.std
+    holes = np.isnan(task.numeric)
+    x = (np.where(holes, prep.medians, task.numeric) - prep.mean) / prep.std
     blocks, imputed, unseen = [x], int(holes.sum()), 0
-    for col, cats in prep.categories.items():
-        raw = task.frame[col]
+    for j, cats in enumerate(prep.categories.values()):
         index = {c: i for i, c in enumerate(cats)}
-        pos = np.array([index.get(str(v), -1) if pd.notna(v) else -2 for v in raw])
-        onehot = np.zeros((len(raw), len(cats)))
+        pos = np.array([-2 if v is None else index.get(v, -1) for v in task.categorical[:, j]],
+                       dtype=np.int64)
+        onehot = np.zeros((len(task), len(cats)))
         hit = pos >= 0
         onehot[np.flatnonzero(hit), pos[hit]] = 1.0
         imputed += int((pos == -2).sum())
@@ -490,10 +555,10 @@ def _pool(cfg: dict, prep: Preprocessing, tasks: list[Task], ways: int, q: int
         imputed, unseen = imputed + i, unseen + u
         if regression:
             xs.append(x)
-            ys.append(pd.to_numeric(t.frame[cfg["target"]]).to_numpy(np.float32))
+            ys.append(t.target_numbers.astype(np.float32))
             sizes.append([len(x)])
             continue
-        _, y = _classes(t, cfg["target"])
+        _, y = _classes(t)
         order = np.argsort(y, kind="stable")
         xs.append(x[order])
         ys.append(y[order])
@@ -511,9 +576,9 @@ def _pool(cfg: dict, prep: Preprocessing, tasks: list[Task], ways: int, q: int
 def _query_size(cfg: dict, tasks: list[Task]) -> int:
     """``query_per_class``, capped by what the smallest class (regression: task) leaves."""
     if cfg["task_type"] == REGRESSION:
-        smallest = min(len(t.frame) for t in tasks)
+        smallest = min(len(t) for t in tasks)
     else:
-        smallest = min(int(np.bincount(_classes(t, cfg["target"])[1]).min()) for t in tasks)
+        smallest = min(int(np.bincount(_classes(t)[1]).min()) for t in tasks)
     return min(cfg["query_per_class"], smallest - cfg["k_shot"])
 
 
@@ -542,7 +607,7 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
         train = train.sample(rng, cfg["num_train_tasks"])
     info = {f"tasks_{s}": len(ts) for s, ts in splits.items()} | {
         "files": len({str(t.source) for t in every}),
-        "rows": sum(len(t.frame) for t in every),
+        "rows": sum(len(t) for t in every),
         "features_numeric": len(prep.numeric),
         "features_categorical": len(prep.categories),
         "input_width": prep.width,
