@@ -139,6 +139,8 @@ def _numeric_column(path: Path, table: pa.Table, col: str, rows: np.ndarray) -> 
     """A numeric feature column as float64 (NaN = missing); a non-numeric value is refused."""
     column = table.column(col)
     kind = column.type
+    if kind == pa.float64():  # the usual case: no cast (nulls come out as NaN)
+        return column.to_numpy()
     if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) \
             or pa.types.is_null(kind) or pa.types.is_decimal(kind):
         return pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
