@@ -130,11 +130,14 @@ def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: 
     return take(x, sup_idx), take(y, sup_idx), take(x, qry_idx), take(y, qry_idx)
 
 
+def _family_module(cfg_dict: dict):
+    return importlib.import_module(str(registry.lookup("data", cfg_dict["family"]).builds)
+                                   .partition(":")[0])
+
+
 def source_digest(cfg_dict: dict) -> str | None:
     """The family's hash of its source files (``source_digest`` in its module), if it has one."""
-    module = importlib.import_module(str(registry.lookup("data", cfg_dict["family"]).builds)
-                                     .partition(":")[0])
-    digest = getattr(module, "source_digest", None)
+    digest = getattr(_family_module(cfg_dict), "source_digest", None)
     return digest(cfg_dict) if digest is not None else None
 
 
@@ -150,14 +153,15 @@ def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
 
 
 def save(path: Path, train: TaskSplit | EpisodeSampler | TaskRowSampler, test: Episodes, meta: dict,
-         val: Episodes | None = None) -> str:
-    """Write the compressed array file atomically; return its content fingerprint."""
+         val: Episodes | None = None, compress: bool = True) -> str:
+    """Write the (compressed) array file atomically; return its content fingerprint."""
     arrays = _arrays(train, test, val)
     fp = fingerprint_arrays(arrays)
     meta = {**meta, "fingerprint": fp}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel jobs may write it at once
-    np.savez_compressed(tmp, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
+    write = np.savez_compressed if compress else np.savez
+    write(tmp, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
     tmp.replace(path)
     return fp
 
@@ -233,7 +237,9 @@ def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = Tr
     info = rest[1] if len(rest) > 1 else {}  # a family's account of what it did (optional)
     meta = {"family": family, "seed": seed, "config": cfg_dict, "task_type": task_type,
             "num_outputs": num_outputs} | ({"info": info} if info else {})
-    fp = save(path, train, test, meta, val)
+    # A family of real-valued features (tables) gains little from compression and pays for it.
+    compress = getattr(_family_module(cfg_dict), "COMPRESS", True)
+    fp = save(path, train, test, meta, val, compress)
     return TaskSet(train, test, task_type, num_outputs, fp, path, val, info)
 
 
