@@ -3,8 +3,10 @@ reads, so the tabular presets can be tried (and benchmarked) before pointing the
 
 The tasks are the synthetic family's (``pipeline/data/synthetic.py``, the same functions and
 settings): a shared nonlinear map ``phi`` and prior rule ``W0``, each task its own rule
-``W_t = W0 + task_diversity * E_t`` and balanced classes; so a meta-learner gains on these files
-what it gains on ``data=synthetic`` with the same settings. ``--task-type regression`` writes
+``W_t = W0 + task_diversity * E_t`` and balanced classes. ``--seed S`` draws ``phi`` and ``W0``
+as ``data=synthetic`` does with ``seed=S`` (the same family, not just the same settings; the
+first tasks are its first training tasks), so a meta-learner should gain on these files what it
+gains on ``data=synthetic``. ``--task-type regression`` writes
 ``target = phi(x) . w_t`` (first column of the task's rule) plus ``--noise`` Gaussian noise.
 
     python scripts/make_fake_tabular.py OUT [--tasks 300] [--samples-per-task 60]
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data import synthetic
+from pipeline.data import stream_rng, synthetic
 
 TASK, TARGET = "task", "target"
 
@@ -39,7 +41,7 @@ def make_tasks(args: argparse.Namespace) -> list[pd.DataFrame]:
            "num_classes": args.classes, "latent_dim": args.latent_dim,
            "map_scale": args.map_scale, "task_diversity": args.task_diversity,
            "label_noise": args.label_noise}
-    rng = np.random.default_rng(args.seed)
+    rng = stream_rng(args.seed, "data")  # data=synthetic's stream: the same phi and W0
     phi, w0 = synthetic.draw_family(cfg, rng)
     columns = [f"x{i:02d}" for i in range(args.features)]
     if args.task_type == "classification":

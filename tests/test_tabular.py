@@ -223,6 +223,9 @@ def test_training_episodes_are_drawn_within_one_task_and_by_the_seed(tmp_path):
         assert len(set(rows)) == len(rows)  # no row twice in an episode
         labels = np.concatenate([sy, qy])
         np.testing.assert_array_equal(labels, rows.astype(int) % 2)  # labels follow the rows
+    fixed = tabular.generate({**cfg, "num_train_tasks": 6}, stream_rng(0, "data"))[0]
+    assert isinstance(fixed, data.TaskSplit)  # one fixed episode per training task
+    assert sorted(fixed.support_x[:, 0, 0]) == sorted(set(train.rows[:, 0]))
 
 
 def test_named_splits_by_column_and_by_folders(tmp_path):

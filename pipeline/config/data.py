@@ -231,8 +231,11 @@ class TabularDataConfig(DataConfig):
     k_shot: int = num(5, ge=1)
     #: Query rows per class (regression: per task), capped by what the smallest class leaves.
     query_per_class: int = num(15, ge=1)
-    #: 0: training episodes drawn on the fly from the seed; > 0: this many fixed ones.
+    #: 0: training episodes drawn on the fly from the seed; > 0: this many fixed ones, cycling
+    #: over the training tasks (as many as tasks: one support/query split each, like
+    #: data=synthetic).
     num_train_tasks: int = num(0, ge=0)
+    #: Fixed test (validation) episodes, cycling over the test (validation) tasks.
     num_test_tasks: int = num(600, ge=2)
     num_val_tasks: int = num(100, ge=0)
     #: Standardise numeric features with the training tasks' statistics (``train``), each

@@ -608,8 +608,8 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
     if cfg["num_val_tasks"] and "val" in samplers:
         val = _fixed(samplers["val"], cfg["num_val_tasks"], rng)
     train = samplers["train"]
-    if cfg["num_train_tasks"]:
-        train = train.sample(rng, cfg["num_train_tasks"])
+    if cfg["num_train_tasks"]:  # fixed episodes, cycling over the training tasks like the test
+        train = _fixed(train, cfg["num_train_tasks"], rng)
     info = {f"tasks_{s}": len(ts) for s, ts in splits.items()} | {
         "files": len({str(t.source) for t in every}),
         "rows": sum(len(t) for t in every),
