@@ -21,7 +21,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from pipeline import memory
-from pipeline.config import Config, ImagesDataConfig, OmniglotDataConfig, TrackingConfig
+from pipeline.config import (
+    Config,
+    ImagesDataConfig,
+    OmniglotDataConfig,
+    TabularDataConfig,
+    TrackingConfig,
+)
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.tracking import store
 
@@ -79,6 +85,10 @@ def check(cfg: Config) -> None:
         from pipeline.data import images, stream_rng
 
         images.check_sources(dataclasses.asdict(cfg.data), stream_rng(cfg.seed, "data"))
+    if isinstance(cfg.data, TabularDataConfig):
+        from pipeline.data import stream_rng, tabular
+
+        tabular.check_sources(dataclasses.asdict(cfg.data), stream_rng(cfg.seed, "data"))
     memory.check(cfg)
 
 

@@ -101,6 +101,25 @@ BAD_VALUES = [
     (["data=images", "model=resnet12", "data.root=/x", "data.image_size=15"], "data.image_size",
      "at least 16x16 px"),
     (["data=omniglot", "model=conv4", "model.blocks=5"], "data.image_size", "at least 32x32 px"),
+    # issue 22: tabular tasks
+    (["data=tabular"], "data.root", "required"),
+    (["data=tabular", "data.root=/x", "model=conv4"], "model", "image data"),
+    (["data=tabular", "data.root=/x", "data.layout=wide"], "data.layout", "per_task"),
+    (["data=tabular", "data.root=/x", "data.normalize=zscore"], "data.normalize", "support"),
+    (["data=tabular", "data.root=/x", "data.missing=drop"], "data.missing", "impute"),
+    (["data=tabular", "data.root=/x", "data.task_type=ranking"], "data.task_type", "regression"),
+    (["data=tabular", "data.root=/x", "data.task_split=[0.5,0.6,0.1]"], "data.task_split",
+     "sum to 1"),
+    (["data=tabular", "data.root=/x", "data.task_split=null"], "data.task_split",
+     "data.split_column"),
+    (["data=tabular", "data.root=/x", "data.k_shot=0"], "data.k_shot", ">= 1"),
+    (["data=tabular", "data.root=/x", "data.num_classes=1"], "data.num_classes", ">= 2"),
+    (["data=tabular", "data.root=/x", "data.task_type=regression", "algorithm=protonet"],
+     "algorithm", "classification"),
+    (["data=tabular", "data.root=/x", "data.task_split=[0.8,0,0.2]",
+      "meta_train.validate_every=100"], "meta_train.validate_every", "data.task_split"),
+    (["data=tabular", "data.root=/x", "data.features=[a]", "data.categorical=[b]"],
+     "data.categorical", "data.features"),
 ]
 
 # Refused while Hydra composes: unknown keys, wrong types, unknown group options.

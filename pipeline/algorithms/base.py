@@ -30,7 +30,7 @@ from pipeline.algorithms import functional as F
 from pipeline.checkpoint import Checkpoint, Progress
 from pipeline.config import AlgorithmConfig, MetaTrainConfig
 from pipeline.data import FIELDS, TaskSplit
-from pipeline.data.episodes import EpisodeSampler
+from pipeline.data.episodes import EpisodeSampler, TaskRowSampler
 from pipeline.errors import ConfigError
 from pipeline.losses import TaskLoss
 
@@ -98,7 +98,7 @@ class Algorithm(ABC):
 
     # --- meta-training ------------------------------------------------------------------------
 
-    def meta_train(self, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig,
+    def meta_train(self, train: TaskSplit | EpisodeSampler | TaskRowSampler, cfg: MetaTrainConfig,
                    rng: np.random.Generator, resume: Checkpoint | None = None
                    ) -> Iterator[Chunk]:
         """Episodic meta-training: ``cfg.iterations`` steps on random meta-batches of tasks.
@@ -117,7 +117,7 @@ class Algorithm(ABC):
             return
         self.build_for_training(cfg)
         start = self.resume_from(resume, rng)
-        if isinstance(train, EpisodeSampler):
+        if isinstance(train, EpisodeSampler | TaskRowSampler):
             yield from self._meta_train_episodes(train, cfg, rng, start)
             return
         batch = min(cfg.meta_batch_size, train.num_tasks)
@@ -137,7 +137,7 @@ class Algorithm(ABC):
             yield lo, metrics
             lo += n
 
-    def _meta_train_episodes(self, train: EpisodeSampler, cfg: MetaTrainConfig,
+    def _meta_train_episodes(self, train: EpisodeSampler | TaskRowSampler, cfg: MetaTrainConfig,
                              rng: np.random.Generator, start: int) -> Iterator[Chunk]:
         """One compiled step per iteration on ``meta_batch_size`` freshly sampled episodes."""
         step = tf.function(self.meta_train_step, reduce_retracing=True)

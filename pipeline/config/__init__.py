@@ -29,6 +29,7 @@ from pipeline.config.data import (
     OmniglotDataConfig,
     SinusoidDataConfig,
     SyntheticDataConfig,
+    TabularDataConfig,
 )
 from pipeline.config.model import (
     Conv4Config,
@@ -60,6 +61,6 @@ __all__ = [
     "NotebookAlgorithmConfig", "NotebookDataConfig", "OmniglotDataConfig", "OptimizerConfig",
     "PathsConfig", "ProtoNetConfig", "ReptileConfig", "ResNet12Config", "RuntimeConfig",
     "SGDConfig", "ScratchConfig", "ServerTrackingConfig", "SinusoidDataConfig",
-    "SweepConfig", "SyntheticDataConfig", "TrackingConfig", "compose", "default_tracking_uri",
-    "register_configs", "validate",
+    "SweepConfig", "SyntheticDataConfig", "TabularDataConfig", "TrackingConfig", "compose",
+    "default_tracking_uri", "register_configs", "validate",
 ]

@@ -9,7 +9,16 @@ from typing import ClassVar
 
 from omegaconf import MISSING
 
-from pipeline.config.fields import CLASSIFICATION, IMAGE_LAYOUTS, REGRESSION, choice, num
+from pipeline.config.fields import (
+    CLASSIFICATION,
+    IMAGE_LAYOUTS,
+    REGRESSION,
+    TABULAR_LAYOUTS,
+    TABULAR_MISSING,
+    TABULAR_NORMALIZE,
+    choice,
+    num,
+)
 from pipeline.registry import option
 
 
@@ -189,3 +198,54 @@ class ImagesDataConfig(EpisodeDataConfig):
     #: Where the decoded images are cached (keyed by the sources' sha256).
     cache_dir: str = "${paths.data_dir}"
     num_test_tasks: int = num(600, ge=2)
+
+
+@option("data", builds="pipeline.data.tabular:generate")
+@dataclass
+class TabularDataConfig(DataConfig):
+    """Your own tabular tasks on disk (CSV or Parquet), one MLP across them; see
+    :mod:`pipeline.data.tabular`. Training episodes are drawn on the fly from the training
+    tasks; fixed validation and test episodes are drawn once and stored with the fingerprint
+    (keyed by the sources' sha256)."""
+
+    family: str = "tabular"
+    #: ``classification`` (each task's own label set, ``k_shot`` per class) or ``regression``.
+    task_type: str = choice(CLASSIFICATION, (CLASSIFICATION, REGRESSION))  # type: ignore[misc]
+    #: layout=long: the CSV/Parquet file; layout=per_task: the folder of files (required).
+    root: str | None = None
+    #: ``long``: one file with a task column; ``per_task``: one file per task (name = task).
+    layout: str = choice("long", TABULAR_LAYOUTS)
+    task_column: str = "task"
+    target: str = "target"
+    #: Feature columns; null = every column but the task, target and split columns.
+    features: list[str] | None = None
+    #: Feature columns holding categories (one-hot encoded with the training tasks' categories).
+    categorical: list[str] = field(default_factory=list)
+    #: Fractions of the tasks (train, val, test) drawn by the seed; null = named splits: the
+    #: ``split_column`` (layout=long) or ``<root>/{train,val,test}/`` folders (layout=per_task).
+    task_split: list[float] | None = field(default_factory=lambda: [0.6, 0.2, 0.2])
+    #: layout=long with task_split=null: the column naming each task's split (train/val/test).
+    split_column: str | None = None
+    #: N-way of an episode; null = every task's own number of classes (all must have the same).
+    num_classes: int | None = num(None, ge=2)
+    k_shot: int = num(5, ge=1)
+    #: Query rows per class (regression: per task), capped by what the smallest class leaves.
+    query_per_class: int = num(15, ge=1)
+    #: 0: training episodes drawn on the fly from the seed; > 0: this many fixed ones, cycling
+    #: over the training tasks (as many as tasks: one support/query split each, like
+    #: data=synthetic).
+    num_train_tasks: int = num(0, ge=0)
+    #: Fixed test (validation) episodes, cycling over the test (validation) tasks.
+    num_test_tasks: int = num(600, ge=2)
+    num_val_tasks: int = num(100, ge=0)
+    #: Standardise numeric features with the training tasks' statistics (``train``), each
+    #: episode's support set's (``support``), or not at all (``none``).
+    normalize: str = choice("train", TABULAR_NORMALIZE)
+    #: Missing values: ``refuse`` (one line naming file, row and column) or ``impute`` with
+    #: the training tasks' medians (categorical: all-zero one-hot).
+    missing: str = choice("refuse", TABULAR_MISSING)
+
+    def validation_tasks(self) -> int:
+        if self.task_split is not None and len(self.task_split) == 3 and not self.task_split[1]:
+            return 0
+        return self.num_val_tasks

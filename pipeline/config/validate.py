@@ -18,6 +18,7 @@ from pipeline.config.data import (
     ImagesDataConfig,
     OmniglotDataConfig,
     SinusoidDataConfig,
+    TabularDataConfig,
 )
 from pipeline.config.fields import REGRESSION
 from pipeline.config.model import Conv4Config, ImageModelConfig, MLPConfig, ResNet12Config
@@ -104,6 +105,8 @@ def _check_consistency(cfg: Config) -> None:
                           f"meta_test.eval_steps=[].")
     _check_images(cfg)
     _check_meta_batch(cfg)
+    if isinstance(data, TabularDataConfig):
+        _check_tabular(data)
     _check_sweep(cfg)
     _check_validation(cfg)
     uri = cfg.tracking.uri
@@ -216,6 +219,29 @@ def _check_image_collection(data: ImagesDataConfig) -> None:
                           f"e.g. [0.64, 0.16, 0.2].")
 
 
+def _check_tabular(data: TabularDataConfig) -> None:
+    if not data.root:
+        raise ConfigError(
+            "data.root is required with data=tabular: set data.root=/path/to/tasks.csv (a CSV "
+            "or Parquet file with a task column, data.layout=long) or data.root=/path/to/folder "
+            "(one file per task, data.layout=per_task); README: 'Tabular tasks from disk'.")
+    split = data.task_split
+    if split is not None and (len(split) != 3 or any(f < 0 for f in split) or split[0] <= 0
+                              or split[2] <= 0 or abs(sum(split) - 1) > 1e-6):
+        raise ConfigError(f"data.task_split={list(split)} is not allowed: give 3 fractions of "
+                          f"the tasks (train, val, test) that sum to 1, train and test > 0, e.g. "
+                          f"[0.6, 0.2, 0.2]; or null for named splits.")
+    if split is None and data.layout == "long" and not data.split_column:
+        raise ConfigError("data.task_split=null with data.layout=long needs data.split_column, "
+                          "the column naming each task's split (train, val, test); or set "
+                          "data.task_split=[0.6,0.2,0.2] to split the tasks by the seed.")
+    if data.categorical and data.features is not None:
+        extra = [c for c in data.categorical if c not in data.features]
+        if extra:
+            raise ConfigError(f"data.categorical={list(data.categorical)} names {extra}, which "
+                              f"data.features={list(data.features)} does not list.")
+
+
 def _check_validation(cfg: Config) -> None:
     every, data = cfg.meta_train.validate_every, cfg.data
     if not every:
@@ -229,8 +255,9 @@ def _check_validation(cfg: Config) -> None:
     if isinstance(data, OmniglotDataConfig):
         how = ("set data.num_val_characters (172: the ProtoNets split) and data.num_val_tasks "
                "> 0")
-    elif isinstance(data, ImagesDataConfig):
-        how = "set data.num_val_tasks > 0"
+    elif isinstance(data, ImagesDataConfig | TabularDataConfig):
+        how = ("set data.num_val_tasks > 0 (data=tabular: and a validation fraction in "
+               "data.task_split)")
     else:
         how = "it has no validation split; set meta_train.validate_every=0"
     raise ConfigError(f"meta_train.validate_every={every} needs validation tasks and "

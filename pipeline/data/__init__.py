@@ -14,7 +14,7 @@ import hashlib
 import importlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 from pipeline import registry
 from pipeline.config.fields import CLASSIFICATION as CLASSIFICATION
 from pipeline.config.fields import REGRESSION as REGRESSION
-from pipeline.data.episodes import EpisodeSampler, EpisodeSet
+from pipeline.data.episodes import EpisodeSampler, EpisodeSet, TaskRowSampler
 from pipeline.errors import ConfigError, DataError
 
 FIELDS = ("support_x", "support_y", "query_x", "query_y")
@@ -53,7 +53,7 @@ Episodes = TaskSplit | EpisodeSet
 @dataclass(frozen=True)
 class TaskSet:
     #: Fixed tasks, or (families too large to enumerate) an on-demand episode sampler.
-    train: TaskSplit | EpisodeSampler
+    train: TaskSplit | EpisodeSampler | TaskRowSampler
     test: Episodes
     task_type: str
     #: Number of classes (classification) or output dimension (regression).
@@ -64,6 +64,9 @@ class TaskSet:
     #: Fixed validation tasks (model selection, ``meta_train.validate_every``), if the family
     #: has a validation split.
     val: Episodes | None = None
+    #: What the family did to its sources (choices and counts, e.g. a table's preprocessing),
+    #: stored with the file and recorded as the run's tags.
+    info: dict = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -74,14 +77,14 @@ class TaskSet:
         return sum(a.nbytes for a in _arrays(self.train, self.test, self.val).values())
 
 
-def _split_arrays(name: str, split: TaskSplit | EpisodeSampler | EpisodeSet
+def _split_arrays(name: str, split: TaskSplit | EpisodeSampler | TaskRowSampler | EpisodeSet
                   ) -> dict[str, np.ndarray]:
     if isinstance(split, TaskSplit):
         return {f"{name}_{f}": getattr(split, f) for f in FIELDS}
     return {f"{name}_{k}": v for k, v in split.arrays().items()}
 
 
-def _arrays(train: TaskSplit | EpisodeSampler, test: Episodes,
+def _arrays(train: TaskSplit | EpisodeSampler | TaskRowSampler, test: Episodes,
             val: Episodes | None = None) -> dict[str, np.ndarray]:
     out = _split_arrays("test", test) | _split_arrays("train", train)
     return out | (_split_arrays("val", val) if val is not None else {})
@@ -127,11 +130,14 @@ def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: 
     return take(x, sup_idx), take(y, sup_idx), take(x, qry_idx), take(y, qry_idx)
 
 
+def _family_module(cfg_dict: dict):
+    return importlib.import_module(str(registry.lookup("data", cfg_dict["family"]).builds)
+                                   .partition(":")[0])
+
+
 def source_digest(cfg_dict: dict) -> str | None:
     """The family's hash of its source files (``source_digest`` in its module), if it has one."""
-    module = importlib.import_module(str(registry.lookup("data", cfg_dict["family"]).builds)
-                                     .partition(":")[0])
-    digest = getattr(module, "source_digest", None)
+    digest = getattr(_family_module(cfg_dict), "source_digest", None)
     return digest(cfg_dict) if digest is not None else None
 
 
@@ -146,15 +152,16 @@ def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
     return Path(data_dir) / f"{cfg_dict['family']}-{key.hexdigest()[:16]}.npz"
 
 
-def save(path: Path, train: TaskSplit | EpisodeSampler, test: Episodes, meta: dict,
-         val: Episodes | None = None) -> str:
-    """Write the compressed array file atomically; return its content fingerprint."""
+def save(path: Path, train: TaskSplit | EpisodeSampler | TaskRowSampler, test: Episodes, meta: dict,
+         val: Episodes | None = None, compress: bool = True) -> str:
+    """Write the (compressed) array file atomically; return its content fingerprint."""
     arrays = _arrays(train, test, val)
     fp = fingerprint_arrays(arrays)
     meta = {**meta, "fingerprint": fp}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # parallel jobs may write it at once
-    np.savez_compressed(tmp, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
+    write = np.savez_compressed if compress else np.savez
+    write(tmp, **arrays, meta=np.array(json.dumps(meta, sort_keys=True)))
     tmp.replace(path)
     return fp
 
@@ -197,11 +204,15 @@ def load(path: Path, expected_fingerprint: str | None = None,
         if want is not None and fp != want:
             raise DataError(f"Data file {path} does not match {what}: content sha256 {fp[:12]}… "
                              f"!= {want[:12]}…. The file was altered; delete it to regenerate it.")
-    train = (EpisodeSampler.from_arrays(_prefixed(arrays, "train"))
-             if "train_pool" in arrays else _episodes(arrays, "train"))
+    if "train_pool" in arrays:
+        train = EpisodeSampler.from_arrays(_prefixed(arrays, "train"))
+    elif "train_rows" in arrays:
+        train = TaskRowSampler.from_arrays(_prefixed(arrays, "train"))
+    else:
+        train = _episodes(arrays, "train")
     val = _episodes(arrays, "val") if "val_support_y" in arrays else None
     return TaskSet(train, _episodes(arrays, "test"), meta["task_type"],
-                   int(meta["num_outputs"]), fp, path, val)
+                   int(meta["num_outputs"]), fp, path, val, meta.get("info", {}))
 
 
 def _prefixed(arrays: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
@@ -221,12 +232,15 @@ def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = Tr
     if cache and path.exists():
         return load(path, expected_origin={"config": cfg_dict, "seed": seed})
     rng = stream_rng(seed, "data")
-    train, test, task_type, num_outputs, *val = registry.build("data", family, cfg_dict, rng)
-    val = val[0] if val else None
+    train, test, task_type, num_outputs, *rest = registry.build("data", family, cfg_dict, rng)
+    val = rest[0] if rest else None
+    info = rest[1] if len(rest) > 1 else {}  # a family's account of what it did (optional)
     meta = {"family": family, "seed": seed, "config": cfg_dict, "task_type": task_type,
-            "num_outputs": num_outputs}
-    fp = save(path, train, test, meta, val)
-    return TaskSet(train, test, task_type, num_outputs, fp, path, val)
+            "num_outputs": num_outputs} | ({"info": info} if info else {})
+    # A family of real-valued features (tables) gains little from compression and pays for it.
+    compress = getattr(_family_module(cfg_dict), "COMPRESS", True)
+    fp = save(path, train, test, meta, val, compress)
+    return TaskSet(train, test, task_type, num_outputs, fp, path, val, info)
 
 
 #: Independent random streams derived from the one seed (numpy SeedSequence spawn keys).

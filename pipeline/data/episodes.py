@@ -190,3 +190,111 @@ class EpisodeSampler:
         n, k, q = (int(v) for v in arrays[SHAPE])
         return cls(arrays[POOL], tuple(int(r) for r in arrays[ROTATIONS]), n, k, q,
                    arrays.get(CLASS_SIZES))
+
+
+# --- episodes within tasks: rows of a table grouped by task and class ----------------------------
+
+#: The arrays a :class:`TaskRowSampler` is stored as (``rows`` is its pool of feature rows).
+ROW_FIELDS = ("rows", "row_targets", "row_class_sizes", "row_standardize", "row_shape")
+
+
+def standardize_by_support(sx: np.ndarray, qx: np.ndarray, columns: np.ndarray
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """Standardise ``columns`` of each episode with its own support set's mean and std (a
+    constant column keeps std 1), so nothing of the query set or other tasks leaks in."""
+    if not columns.any():
+        return sx, qx
+    mu = sx[..., columns].mean(axis=1, keepdims=True)
+    sd = sx[..., columns].std(axis=1, keepdims=True)
+    sd = np.where(sd > 1e-6, sd, 1.0).astype(sx.dtype)
+    sx, qx = sx.copy(), qx.copy()
+    sx[..., columns] = (sx[..., columns] - mu) / sd
+    qx[..., columns] = (qx[..., columns] - mu) / sd
+    return sx, qx
+
+
+@dataclass(frozen=True)
+class TaskRowSampler:
+    """Episodes drawn within one task each, from a flat pool of table rows grouped by task and,
+    within a task, by class (regression: one group per task). An episode takes ``n_way`` of
+    its task's classes (in their order: label ``i`` is the task's ``i``-th chosen class),
+    ``k_shot`` support and ``q_query`` query rows of each; a regression episode ``k_shot``
+    support and ``q_query`` query rows, labelled with their targets."""
+
+    #: [rows, features] float32, rows grouped by task, then class.
+    rows: np.ndarray
+    #: [rows] the rows' targets (regression) or class indices within their task.
+    targets: np.ndarray
+    #: [tasks, max classes] rows per class (0 past a task's last class); regression [tasks, 1].
+    class_sizes: np.ndarray
+    n_way: int
+    k_shot: int
+    q_query: int
+    regression: bool = False
+    #: [features] bool: columns standardised per episode by its support set.
+    standardize: np.ndarray | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.class_sizes.shape[0])
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (int(self.rows.shape[1]),)
+
+    def draw(self, rng: np.random.Generator, num_tasks: int,
+             tasks: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+        """``(support rows, support y, query rows, query y)`` of ``num_tasks`` episodes, of the
+        given ``tasks`` (default: drawn uniformly): row positions [episodes, n_way * k]."""
+        sizes = self.class_sizes
+        if tasks is None:
+            tasks = rng.integers(0, self.num_tasks, size=num_tasks)
+        n, k, q = self.n_way, self.k_shot, self.q_query
+        keys = rng.random((num_tasks, sizes.shape[1]))
+        keys[sizes[tasks] == 0] = 2.0  # past a task's classes: never chosen
+        picked = np.sort(np.argsort(keys, axis=1)[:, :n], axis=1)
+        per_class = sizes[tasks[:, None], picked]
+        ex_keys = rng.random((num_tasks, n, int(sizes.max())))
+        ex_keys[np.arange(ex_keys.shape[2]) >= per_class[..., None]] = 2.0
+        ex = np.argsort(ex_keys, axis=2)[:, :, :k + q]
+        starts = np.concatenate([[0], np.cumsum(sizes.ravel())[:-1]]).reshape(sizes.shape)
+        pos = starts[tasks[:, None], picked][..., None] + ex
+        labels = np.broadcast_to(np.arange(n, dtype=np.int32)[None, :, None], ex.shape)
+
+        def part(sl: slice, m: int) -> tuple[np.ndarray, np.ndarray]:
+            p = pos[:, :, sl].reshape(num_tasks, n * m)
+            y = labels[:, :, sl].reshape(num_tasks, n * m)
+            order = np.argsort(rng.random(p.shape), axis=1)
+            p, y = np.take_along_axis(p, order, 1), np.take_along_axis(y, order, 1)
+            return p, (self.targets[p].astype(np.float32) if self.regression else y)
+
+        return (*part(slice(0, k), k), *part(slice(k, k + q), q))
+
+    def episodes(self, rng: np.random.Generator, num_tasks: int,
+                 tasks: np.ndarray | None = None):
+        """Episodes as a :class:`~pipeline.data.TaskSplit` (support-standardised if asked)."""
+        from pipeline.data import TaskSplit
+
+        sp, sy, qp, qy = self.draw(rng, num_tasks, tasks)
+        sx, qx = self.rows[sp], self.rows[qp]
+        if self.standardize is not None:
+            sx, qx = standardize_by_support(sx, qx, self.standardize)
+        return TaskSplit(sx, sy, qx, qy)
+
+    def sample(self, rng: np.random.Generator, num_tasks: int):
+        """A meta-batch of ``num_tasks`` fresh episodes (training)."""
+        return self.episodes(rng, num_tasks)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        std = (self.standardize if self.standardize is not None
+               else np.zeros(self.rows.shape[1], dtype=bool))
+        return dict(zip(ROW_FIELDS, (self.rows, self.targets, self.class_sizes, std,
+                                     np.array([self.n_way, self.k_shot, self.q_query,
+                                               int(self.regression)])), strict=True))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> TaskRowSampler:
+        n, k, q, regression = (int(v) for v in arrays["row_shape"])
+        std = arrays["row_standardize"]
+        return cls(arrays["rows"], arrays["row_targets"], arrays["row_class_sizes"], n, k, q,
+                   bool(regression), std if std.any() else None)

@@ -81,19 +81,31 @@ def _balanced_task(rng, phi, w, n, f, c):
     return x[idx], y[idx]
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit, str, int]:
+def draw_tasks(cfg: dict, rng: np.random.Generator, phi, w0: np.ndarray, num_tasks: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``num_tasks`` tasks of the family (steps 3-5): inputs [tasks, samples, features] and
+    labels [tasks, samples]. Also what ``scripts/make_fake_tabular.py`` writes to disk."""
     n, f, c = cfg["samples_per_task"], cfg["num_features"], cfg["num_classes"]
-    latent = cfg["latent_dim"]
-    phi = _feature_map(rng, f, latent, cfg["map_scale"])
-    w0 = rng.standard_normal((latent, c))
+    xs = np.empty((num_tasks, n, f), dtype=np.float32)
+    ys = np.empty((num_tasks, n), dtype=np.int32)
+    for t in range(num_tasks):
+        w = w0 + cfg["task_diversity"] * rng.standard_normal(w0.shape)
+        xs[t], ys[t] = _balanced_task(rng, phi, w, n, f, c)
+    noisy = rng.random(ys.shape) < cfg["label_noise"]
+    return xs, np.where(noisy, rng.integers(0, c, ys.shape), ys).astype(np.int32)
+
+
+def draw_family(cfg: dict, rng: np.random.Generator):
+    """The shared map ``phi`` and prior mean ``W0`` (steps 1-2)."""
+    phi = _feature_map(rng, cfg["num_features"], cfg["latent_dim"], cfg["map_scale"])
+    return phi, rng.standard_normal((cfg["latent_dim"], cfg["num_classes"]))
+
+
+def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit, str, int]:
+    phi, w0 = draw_family(cfg, rng)
     splits = []
     for num_tasks in (cfg["num_train_tasks"], cfg["num_test_tasks"]):
-        xs = np.empty((num_tasks, n, f), dtype=np.float32)
-        ys = np.empty((num_tasks, n), dtype=np.int32)
-        for t in range(num_tasks):
-            w = w0 + cfg["task_diversity"] * rng.standard_normal((latent, c))
-            xs[t], ys[t] = _balanced_task(rng, phi, w, n, f, c)
-        noisy = rng.random(ys.shape) < cfg["label_noise"]
-        ys = np.where(noisy, rng.integers(0, c, ys.shape), ys).astype(np.int32)
-        splits.append(TaskSplit(*split_support_query(xs, ys, cfg["k_shot"], c, rng)))
-    return splits[0], splits[1], CLASSIFICATION, c
+        xs, ys = draw_tasks(cfg, rng, phi, w0, num_tasks)
+        splits.append(TaskSplit(*split_support_query(xs, ys, cfg["k_shot"], cfg["num_classes"],
+                                                     rng)))
+    return splits[0], splits[1], CLASSIFICATION, cfg["num_classes"]

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline import data
 from pipeline.config import DataConfig
 from pipeline.data import TaskSet, TaskSplit
-from pipeline.data.episodes import EpisodeSet
+from pipeline.data.episodes import EpisodeSet, TaskRowSampler
 from pipeline.tracking import Tracker, keys
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,8 @@ def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | Non
              f" / {tasks.val.num_tasks} validation" if tasks.val is not None else "",
              tasks.fingerprint[:12], tasks.path)
     if tracker is not None:
-        tracker.set_tags({keys.DATA_FINGERPRINT: tasks.fingerprint, keys.DATA_FILE: tasks.path})
+        tracker.set_tags({keys.DATA_FINGERPRINT: tasks.fingerprint, keys.DATA_FILE: tasks.path}
+                         | {f"{keys.DATA_PREP_PREFIX}{k}": v for k, v in tasks.info.items()})
         small = tasks.path.stat().st_size <= log_dataset_max_mb * 2**20
         arrays = _named_views(tasks) if small else None
         tracker.log_dataset(tasks.path, tasks.fingerprint, f"{cfg.family}-{seed}",
@@ -48,4 +49,6 @@ def _named_views(tasks: TaskSet) -> dict[str, dict]:
         elif isinstance(split, EpisodeSet):
             features[f"{name}_pool"] = split.pool
             targets |= {f"{name}_{f}": getattr(split, f"{f}_y") for f in ("support", "query")}
+        elif isinstance(split, TaskRowSampler):
+            features[f"{name}_rows"], targets[f"{name}_rows"] = split.rows, split.targets
     return {"features": features, "targets": targets}

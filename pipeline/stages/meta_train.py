@@ -26,7 +26,7 @@ from pipeline.algorithms import Algorithm
 from pipeline.checkpoint import deferred_interrupts
 from pipeline.config import MetaTrainConfig
 from pipeline.data import SEED_STREAMS, TaskSplit
-from pipeline.data.episodes import EpisodeSampler
+from pipeline.data.episodes import EpisodeSampler, TaskRowSampler
 from pipeline.errors import DivergenceError
 from pipeline.optimizers import schedule_of
 from pipeline.stages.validation import STATE, Selection, Validation
@@ -126,8 +126,8 @@ def log_checkpoint(tracker: Tracker | None, directory: Path, iteration: int) -> 
             f"{tracker.run_id}")
 
 
-def run(algo: Algorithm, train: TaskSplit | EpisodeSampler, cfg: MetaTrainConfig, seed: int,
-        output_dir: Path, tracker: Tracker | None,
+def run(algo: Algorithm, train: TaskSplit | EpisodeSampler | TaskRowSampler, cfg: MetaTrainConfig,
+        seed: int, output_dir: Path, tracker: Tracker | None,
         resume: checkpoint.Checkpoint | None = None,
         validation: Validation | None = None) -> Trained:
     """Meta-train ``algo`` (from ``resume`` if given); return the curves and timing.

@@ -21,6 +21,8 @@ HYDRA_OVERRIDES = "hydra_overrides"
 GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
 VERSION_PREFIX = "version/"
 DATA_FINGERPRINT, DATA_FILE = "data_fingerprint", "data_file"
+#: What a family read from disk did to its sources (``data_prep/<name>``: choices, counts).
+DATA_PREP_PREFIX = "data_prep/"
 #: ``positive`` / ``none`` / ``n/a``: whether the gain over scratch is above 0 with 95% CI.
 NO_GAIN = "meta_learning_gain"
 #: Why a run failed or was stopped (plain text, one paragraph: :func:`plain_text`).
