@@ -88,7 +88,9 @@ def input_shape(cfg: Config) -> tuple[int, ...] | None:
 
 
 def _outputs(cfg: Config) -> int:
-    return getattr(cfg.data, "num_classes", 1) if cfg.algorithm.needs_head else 0
+    # Tabular tasks may take their class count from the data (num_classes=None): a layer of a
+    # few floats either way, so one stands for it.
+    return (getattr(cfg.data, "num_classes", None) or 1) if cfg.algorithm.needs_head else 0
 
 
 def _layers(cfg: Config, shape: tuple[int, ...]) -> list[int]:
