@@ -36,8 +36,11 @@ MAX_ENTRIES = 8
 _enabled = False
 _cache: OrderedDict[str, list[Algorithm]] = OrderedDict()
 _in_use: set[int] = set()
-#: What the current job got: reused compiled steps (True) or built anew (False), per key.
+#: What the current job got: reused compiled steps (True) or built anew (False), per
+#: algorithm name.
 reused: dict[str, bool] = {}
+#: When the current job was handed to this worker (``time.time()``; None outside a worker).
+assigned_at: float | None = None
 
 
 def enable(on: bool = True) -> None:
@@ -53,10 +56,13 @@ def enabled() -> bool:
     return _enabled
 
 
-def new_job() -> None:
-    """A new job starts in this process: every cached algorithm is free for it again."""
+def new_job(assigned: float | None = None) -> None:
+    """A new job starts in this process (handed to it at ``assigned``): every cached algorithm
+    is free for it again."""
+    global assigned_at
     _in_use.clear()
     reused.clear()
+    assigned_at = assigned
 
 
 def key(*parts: Any) -> str:
