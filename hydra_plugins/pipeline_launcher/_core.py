@@ -42,6 +42,8 @@ def death_reason(exitcode: int | None) -> tuple[str, int | None]:
 class Job:
     idx: int
     overrides: list[str]
+    #: Composed by the launcher before a worker is free (None: the worker composes it).
+    config: Any = None
     future: Future = field(default_factory=Future)
 
 

@@ -99,8 +99,19 @@ def _fresh_state() -> None:
     Singleton.set_state(_sweep.singleton_state)
 
 
-def run(idx: int, overrides: Sequence[str]) -> JobReturn:
-    """Job ``idx`` of the sweep, as Hydra's ``run_job`` runs it; a job that raises is a FAILED
+def job_config(hydra_context: HydraContext, sweep_config: DictConfig, idx: int,
+               overrides: Sequence[str]) -> DictConfig:
+    """Job ``idx``'s composed config, as Hydra's launchers make it."""
+    config = hydra_context.config_loader.load_sweep_config(sweep_config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
+        config.hydra.job.num = idx
+    return config
+
+
+def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) -> JobReturn:
+    """Job ``idx`` of the sweep, as Hydra's ``run_job`` runs it (``config``: composed by the
+    launcher while this worker was busy; else composed here); a job that raises is a FAILED
     return whose exception survives pickling back to the launcher."""
     assert _sweep is not None
     from pipeline import warm
@@ -109,11 +120,8 @@ def run(idx: int, overrides: Sequence[str]) -> JobReturn:
     try:
         _fresh_state()
         warm.new_job(time.time())
-        config = _sweep.hydra_context.config_loader.load_sweep_config(_sweep.config,
-                                                                      list(overrides))
-        with open_dict(config):
-            config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
-            config.hydra.job.num = idx
+        if config is None:
+            config = job_config(_sweep.hydra_context, _sweep.config, idx, overrides)
         HydraConfig.instance().set_config(config)
         ret = run_job(hydra_context=_sweep.hydra_context, config=config,
                       task_function=_sweep.task_function, job_dir_key="hydra.sweep.dir",

@@ -96,7 +96,14 @@ class PipelineLauncher(Launcher):
         job's failure."""
         if self.hydra_context is None:
             raise RuntimeError("PipelineLauncher.submit before setup()")
+        from hydra_plugins.pipeline_launcher import _worker as worker
+
         job = Job(job_idx, list(overrides))
+        try:  # composed here, off the worker's time (a worker may well be busy meanwhile)
+            job.config = worker.job_config(self.hydra_context, self.config, job_idx, overrides)
+        except Exception as e:  # a job Hydra cannot compose fails alone, as in a worker
+            job.future.set_result(self._failed(job, e))
+            return job.future
         with self._lock:
             if self._closed:
                 raise RuntimeError("PipelineLauncher.submit after shutdown()")
@@ -173,7 +180,7 @@ class PipelineLauncher(Launcher):
                     continue
                 job = slot.job = self._queue.popleft()
                 executor = slot.executor
-                future = executor.submit(worker.run, job.idx, job.overrides)
+                future = executor.submit(worker.run, job.idx, job.overrides, job.config)
                 future.add_done_callback(
                     lambda f, s=slot, j=job, e=executor: self._finished(s, j, e, f))
 
