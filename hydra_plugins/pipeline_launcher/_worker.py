@@ -57,6 +57,9 @@ def init(launcher_pid: int, hydra_context: HydraContext, config: DictConfig,
 
     runtime_env.import_tensorflow()
     import pipeline.runner  # noqa: F401  (TensorFlow, Keras, the stages: once per worker)
+    from pipeline.tracking import store
+
+    store.preload()
 
     warm_cache.enable(warm)
     _sweep = _Sweep(hydra_context, config, task_function, singleton_state, os.getcwd(),
