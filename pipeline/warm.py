@@ -30,8 +30,9 @@ from pipeline.algorithms import Algorithm
 
 log = logging.getLogger(__name__)
 
-#: Most algorithms kept per process (least recently used dropped first).
-MAX_ENTRIES = 8
+#: Most algorithms kept per process (least recently used dropped first): a large image model
+#: with its optimizer slots is hundreds of MB.
+MAX_ENTRIES = 4
 
 _enabled = False
 _cache: OrderedDict[str, list[Algorithm]] = OrderedDict()
