@@ -22,6 +22,7 @@ import argparse
 import io
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -68,9 +69,10 @@ def sweep(root: Path, *launcher: str, workers: int = 1) -> tuple[float, dict]:
 
     args = [sys.executable, "-m", "pipeline", "-m", *JOB, *GRID, f"paths.data_dir={root}/data",
             f"paths.mlruns_dir={root}/mlruns", f"hydra.sweep.dir={root}/multirun", *launcher]
-    start = time.perf_counter()
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sweep and its reaped workers
     if out.returncode != 0:
         raise SystemExit(f"sweep failed:\n{out.stderr[-3000:]}")
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
@@ -91,6 +93,7 @@ def sweep(root: Path, *launcher: str, workers: int = 1) -> tuple[float, dict]:
         **({f"start_s_{k}": (f"n={len(v)} median {statistics.median(v):.2f} max {max(v):.2f}"
                              if v else "-") for k, v in delays.items()}
            if any(delays.values()) else {}),
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
         "parents": len(parents), "groups": len(groups), "children": len(children),
         "finished": sum(r.info.status == keys.FINISHED for r in children),
         "jobs_once": jobs == list(range(16)),
