@@ -3,10 +3,13 @@
     .venv/bin/python -m bench.sweep [--jobs 16] [--skip-sweeps]
 
 1. The same 16-job grid (4 inner step sizes x 4 seeds, synthetic tasks, a tiny budget per job)
-   with the basic launcher (jobs one after the other, in-process) and with
-   ``hydra/launcher=joblib hydra.launcher.n_jobs=2``; checks that every child run exists once,
-   FINISHED, under its seed group under one parent holding the comparison, and compares each
-   worker's first job's meta-training time (tracing) with the later jobs'.
+   with the basic launcher (jobs one after the other, in-process), with the project's launcher
+   (``hydra/launcher=joblib hydra.launcher.n_jobs=2``: warm workers) and, for reference, with
+   Hydra's own joblib launcher on the same config (``--launchers`` picks); checks that every
+   child run exists once, FINISHED, under its seed group under one parent holding the
+   comparison, compares each worker's first job's meta-training time (tracing) with the later
+   jobs', and reads from the jobs' logs how long each job took from being assigned to a worker
+   to starting meta-training (with the compiled steps reused or traced).
 2. Tracking overhead of one run with 1,000 test tasks: the seconds the run waits on MLflow
    (``Tracker.seconds``: fluent calls and the final flush; records go to the store from a
    background thread) against its wall time, and the wall time of the same run untracked.
@@ -18,6 +21,9 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
+import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,6 +38,29 @@ from pipeline.tracking import keys
 JOB = ["data.num_train_tasks=200", "data.num_test_tasks=100", "meta_train.iterations=60",
        "meta_train.meta_batch_size=10", "meta_test.scratch.steps=20", "tracking.log_model=false"]
 GRID = ["algorithm.inner_lr=0.05,0.1,0.2,0.4", "seed=0,1,2,3"]
+LAUNCHERS = {
+    "basic": [],
+    "pipeline": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "hydra-joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "hydra.launcher._target_=hydra_plugins.hydra_joblib_launcher."
+                     "joblib_launcher.JoblibLauncher"],
+}
+#: The warm launcher's per-job line: seconds from assignment to meta-training's start.
+STARTS = re.compile(r"meta-training starts ([\d.]+) s after the job was assigned to this worker "
+                    r"\(compiled steps (reused|traced in this job)\)")
+
+
+def start_delays(sweep_dir: Path) -> dict[str, list[float]]:
+    """Seconds from a job's assignment to its meta-training's start, from the jobs' logs:
+    ``reused`` (compiled steps of an earlier job) and ``traced`` (the worker's first job of
+    that graph)."""
+    out: dict[str, list[float]] = {"reused": [], "traced": []}
+    for log in sweep_dir.glob("*/__main__.log"):
+        found = STARTS.search(log.read_text())
+        if found:
+            out["reused" if found.group(2) == "reused" else "traced"].append(
+                float(found.group(1)))
+    return out
 
 
 def sweep(root: Path, *launcher: str, workers: int = 1) -> tuple[float, dict]:
@@ -40,9 +69,10 @@ def sweep(root: Path, *launcher: str, workers: int = 1) -> tuple[float, dict]:
 
     args = [sys.executable, "-m", "pipeline", "-m", *JOB, *GRID, f"paths.data_dir={root}/data",
             f"paths.mlruns_dir={root}/mlruns", f"hydra.sweep.dir={root}/multirun", *launcher]
-    start = time.perf_counter()
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the sweep and its reaped workers
     if out.returncode != 0:
         raise SystemExit(f"sweep failed:\n{out.stderr[-3000:]}")
     client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
@@ -58,7 +88,12 @@ def sweep(root: Path, *launcher: str, workers: int = 1) -> tuple[float, dict]:
     by_start = sorted(children, key=lambda r: r.info.start_time)
     first = [r.data.metrics[keys.TIME_META_TRAIN] for r in by_start[:workers]]
     later = [r.data.metrics[keys.TIME_META_TRAIN] for r in by_start[workers:]]
+    delays = start_delays(root / "multirun")
     return wall, {
+        **({f"start_s_{k}": (f"n={len(v)} median {statistics.median(v):.2f} max {max(v):.2f}"
+                             if v else "-") for k, v in delays.items()}
+           if any(delays.values()) else {}),
+        "cpu_s": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
         "parents": len(parents), "groups": len(groups), "children": len(children),
         "finished": sum(r.info.status == keys.FINISHED for r in children),
         "jobs_once": jobs == list(range(16)),
@@ -121,19 +156,27 @@ def reruns(root: Path) -> list[tuple[str, str]]:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--skip-sweeps", action="store_true")
+    p.add_argument("--launchers", default="basic,pipeline",
+                   help=f"comma-separated, of {', '.join(LAUNCHERS)}")
+    p.add_argument("--sweeps-only", action="store_true")
     args = p.parse_args()
     print(f"machine: {machine()}, load average at start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if not args.skip_sweeps:
-            basic, b = sweep(root / "basic")
-            print(f"basic launcher, 16 jobs: {basic:.1f} s, store: {b}, "
-                  f"load {os.getloadavg()[0]:.1f}")
-            par, j = sweep(root / "joblib", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                           workers=2)
-            print(f"joblib n_jobs=2, 16 jobs: {par:.1f} s, store: {j}, "
-                  f"load {os.getloadavg()[0]:.1f}")
-            print(f"speed-up: {basic / par:.2f}x (goal >= 1.7x)")
+            walls = {}
+            for name in args.launchers.split(","):
+                workers = 1 if name == "basic" else 2
+                walls[name], store = sweep(root / name, *LAUNCHERS[name], workers=workers)
+                print(f"{name} launcher{'' if workers == 1 else ', 2 workers'}, 16 jobs: "
+                      f"{walls[name]:.1f} s, store: {store}, load {os.getloadavg()[0]:.1f}",
+                      flush=True)
+            for name, wall in walls.items():
+                if name != "basic" and "basic" in walls:
+                    print(f"speed-up of {name} over basic: {walls['basic'] / wall:.2f}x "
+                          f"(goal >= 1.85x)")
+        if args.sweeps_only:
+            return
         for extra in ([], ["tracking.log_model=false"]):
             wall, tracked, bare = overhead(root / "overhead", *extra)
             print(f"1,000 test tasks {' '.join(extra)}: wall {wall:.1f} s, waiting on MLflow "

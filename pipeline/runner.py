@@ -9,6 +9,7 @@ building the algorithm, and keeping the end-of-training checkpoint when a run is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import memory, provenance, runtime
+from pipeline import memory, provenance, runtime, warm
 from pipeline.algorithms import Algorithm, Context, build_algorithm
 from pipeline.checkpoint import Checkpoint
 from pipeline.config import AlgorithmConfig, ClassificationDataConfig, Config, EpisodeDataConfig
@@ -79,7 +80,22 @@ def build(cfg: Config, tasks: TaskSet, algo_cfg: AlgorithmConfig | None = None) 
     optimizer = build_optimizer(cfg.optimizer, total_steps=cfg.meta_train.iterations)
     ctx = Context(model=model, loss=loss, optimizer=optimizer,
                   seed=derive_seed(cfg.seed, "scratch"), jit_compile=cfg.meta_train.jit_compile)
-    return build_algorithm(algo_cfg, ctx)
+    fresh = build_algorithm(algo_cfg, ctx)
+    if not warm.enabled():
+        return fresh
+    return warm.reuse(_graph_key(cfg, algo_cfg, tasks, loss, units), fresh)
+
+
+def _graph_key(cfg: Config, algo_cfg: AlgorithmConfig, tasks: TaskSet, loss: TaskLoss,
+               units: int | None) -> str:
+    """What an algorithm's compiled steps depend on (:mod:`pipeline.warm`): not its fed
+    values, the seed or the initial weights, which :meth:`Algorithm.adopt` replaces."""
+    fed = {f: None for f in algo_cfg.fed_values}
+    constant_rate = getattr(cfg.optimizer, "schedule", "constant") == "constant"
+    return warm.key(dataclasses.replace(algo_cfg, **fed), cfg.model,
+                    dataclasses.replace(cfg.optimizer, learning_rate=0.0) if constant_rate
+                    else cfg.optimizer, cfg.meta_train.iterations, cfg.meta_train.jit_compile,
+                    loss.kind, list(tasks.input_shape), tasks.num_outputs, units)
 
 
 def _load_weights(model, model_uri: str, tracking_uri: str) -> None:

@@ -411,7 +411,7 @@ def test_joblib_multirun_with_2_workers_loses_no_run(tmp_path):
     _uri, client = store(tmp_path)
     parent, children = sweep_runs(client)
     assert parent.info.status == "FINISHED"
-    assert parent.data.tags["hydra_launcher"] == "JoblibLauncher"
+    assert parent.data.tags["hydra_launcher"] == "PipelineLauncher"
     assert sorted(int(r.data.tags[keys.SWEEP_JOB]) for r in children) == [0, 1, 2, 3]
     assert len({r.info.run_name for r in children}) == 4
     groups = {g.info.run_id: g for g in group_runs(client)}

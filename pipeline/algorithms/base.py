@@ -82,6 +82,10 @@ class Algorithm(ABC):
         #: Meta-training progress at the last chunk boundary (what a checkpoint records).
         self.progress: Progress | None = None
         self._eval = tf.function(lambda params, x, y: F.evaluate(self.f, self.loss, params, x, y))
+        #: The compiled meta-training chunk and episode step, traced once per object (a warm
+        #: sweep worker reuses the object for later jobs: :meth:`adopt`).
+        self._chunk = None
+        self._episode_step = None
 
     @property
     def name(self) -> str:
@@ -121,7 +125,9 @@ class Algorithm(ABC):
             yield from self._meta_train_episodes(train, cfg, rng, start)
             return
         batch = min(cfg.meta_batch_size, train.num_tasks)
-        chunk = self._chunk_fn()
+        if self._chunk is None:
+            self._chunk = self._chunk_fn()
+        chunk = self._chunk
         lo = start
         while lo < cfg.iterations:
             n = min(cfg.steps_per_call, cfg.iterations - lo)
@@ -140,7 +146,9 @@ class Algorithm(ABC):
     def _meta_train_episodes(self, train: EpisodeSampler | TaskRowSampler, cfg: MetaTrainConfig,
                              rng: np.random.Generator, start: int) -> Iterator[Chunk]:
         """One compiled step per iteration on ``meta_batch_size`` freshly sampled episodes."""
-        step = tf.function(self.meta_train_step, reduce_retracing=True)
+        if self._episode_step is None:
+            self._episode_step = tf.function(self.meta_train_step, reduce_retracing=True)
+        step = self._episode_step
         for it in range(start, cfg.iterations):
             metrics = step(Batch.of(train.sample(rng, cfg.meta_batch_size)))
             self.progress = Progress(it + 1, rng.bit_generator.state)
@@ -169,6 +177,53 @@ class Algorithm(ABC):
     def extra_state(self) -> list:
         """Algorithm-specific variables (counters, schedules) that a checkpoint must keep."""
         return []
+
+    @property
+    def fed_variables(self) -> list:
+        """Variables holding config values (:attr:`AlgorithmConfig.fed_values`) that the
+        compiled steps read at run time instead of baking them in as constants."""
+        return []
+
+    def _job_state(self) -> list:
+        """Every variable a job starts from: the model's (batch-norm statistics and seed
+        states included), the meta-parameters, :attr:`extra_state` and :attr:`fed_variables`."""
+        seen, out = set(), []
+        for v in [*self.model.variables, *self.meta_variables, *self.extra_state,
+                  *self.fed_variables]:
+            if id(v) not in seen:
+                seen.add(id(v))
+                out.append(v)
+        return out
+
+    def adopt(self, fresh: Algorithm) -> bool:
+        """Become ``fresh`` (built for a new job from a config that differs from this one's only
+        in :attr:`AlgorithmConfig.fed_values`, the seed and the initial weights) while keeping
+        this object's compiled steps: every variable takes ``fresh``'s value, the
+        meta-optimizer starts over (step 0, zero slots, ``fresh``'s learning rate), and the
+        per-job Python state follows ``fresh``. The job then computes exactly what ``fresh``
+        would have, without tracing again. False (nothing changed) if the variables differ."""
+        mine, theirs = self._job_state(), fresh._job_state()
+        if len(mine) != len(theirs) or any(
+                tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype
+                for a, b in zip(mine, theirs, strict=True)):
+            return False
+        opt, new_opt = self.ctx.optimizer, fresh.ctx.optimizer
+        rate = getattr(opt, "_learning_rate", None)
+        if type(opt) is not type(new_opt) or (
+                isinstance(rate, keras.Variable)
+                != isinstance(getattr(new_opt, "_learning_rate", None), keras.Variable)):
+            return False
+        for a, b in zip(mine, theirs, strict=True):
+            a.assign(tf.convert_to_tensor(b))
+        for v in opt.variables:
+            if v is opt.iterations:
+                v.assign(0)
+            elif v is rate:
+                v.assign(tf.convert_to_tensor(new_opt._learning_rate))
+            else:
+                v.assign(tf.zeros(v.shape, v.dtype))
+        self.cfg, self.ctx.seed, self.progress = fresh.cfg, fresh.ctx.seed, None
+        return True
 
     def build_for_training(self, cfg: MetaTrainConfig | None) -> None:
         """Create any state the step needs before it is traced (variables cannot be created

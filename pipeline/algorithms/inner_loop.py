@@ -41,6 +41,13 @@ class InnerLoop(Algorithm):
     def adapt(self, state, support_x, support_y):
         return self.adapt_steps(state, support_x, support_y, self.test_steps)
 
+    def adopt(self, fresh: Algorithm) -> bool:
+        if not super().adopt(fresh):
+            return False
+        assert isinstance(fresh, InnerLoop)
+        self.test_steps = fresh.test_steps
+        return True
+
     def adapt_steps(self, state, support_x, support_y, steps: int):
         return self._adapt(list(state), support_x, support_y, tf.constant(steps))
 

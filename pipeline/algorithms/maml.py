@@ -47,7 +47,16 @@ class MAML(InnerLoop):
         for v in head:
             v.assign(tf.zeros_like(v))
         self._frozen = {id(v) for v in head}  # held at zero: not meta-learned
+        # A variable, not a constant baked into the compiled steps: a warm sweep worker reuses
+        # them for a job with another inner rate (pipeline.warm).
+        dtype = ctx.model.trainable_variables[0].dtype if ctx.model.trainable_variables \
+            else "float32"
+        self.inner_lr = tf.Variable(cfg.inner_lr, dtype=dtype, trainable=False, name="inner_lr")
         super().__init__(cfg, ctx)
+
+    @property
+    def fed_variables(self) -> list:
+        return [self.inner_lr]
 
     @property
     def meta_variables(self) -> list:
@@ -62,7 +71,7 @@ class MAML(InnerLoop):
         given = iter(params)
         weights = [tf.convert_to_tensor(v) if id(v) in self._frozen else next(given)
                    for v in self.model.trainable_variables]
-        return weights, self.cfg.inner_lr
+        return weights, self.inner_lr
 
     def inner_mask(self) -> list[bool] | None:
         """Which parameters the inner loop adapts (None = all)."""

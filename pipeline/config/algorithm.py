@@ -31,6 +31,10 @@ class AlgorithmConfig:
     learned_inner_rates: ClassVar[bool] = False
     #: Meta-trains on meta-batches of ``meta_train.meta_batch_size`` training tasks.
     meta_batches: ClassVar[bool] = True
+    #: Values the compiled steps read at run time (variables or call arguments), not baked in
+    #: as constants: a warm sweep worker reuses the steps of a job that differs only in these
+    #: (:mod:`pipeline.warm`).
+    fed_values: ClassVar[tuple[str, ...]] = ()
 
     name: str = MISSING
 
@@ -69,6 +73,7 @@ class InnerLoopConfig(AlgorithmConfig):
     """Algorithms that adapt to a task by ``inner_steps`` gradient steps on its support set."""
 
     has_inner_loop: ClassVar[bool] = True
+    fed_values: ClassVar[tuple[str, ...]] = ("test_inner_steps",)
     inner_lr: float = num(0.5, gt=0)
     inner_steps: int = num(1, ge=1)
     #: Inner steps at meta-test time (null = same as ``inner_steps``).
@@ -81,6 +86,7 @@ class MAMLConfig(InnerLoopConfig):
     """MAML (Finn et al. 2017): learn an initialisation from which ``inner_steps`` SGD steps on a
     task's support set fit it; second order unless ``first_order``."""
 
+    fed_values: ClassVar[tuple[str, ...]] = ("inner_lr", "test_inner_steps")
     name: str = "maml"
     first_order: bool = False
     #: The zeroing trick of Kao et al. (2022): the ``head`` layer starts every task at zero

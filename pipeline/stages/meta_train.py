@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import checkpoint
+from pipeline import checkpoint, warm
 from pipeline.algorithms import Algorithm
 from pipeline.checkpoint import deferred_interrupts
 from pipeline.config import MetaTrainConfig
@@ -148,6 +148,10 @@ def run(algo: Algorithm, train: TaskSplit | EpisodeSampler | TaskRowSampler, cfg
                file=sys.stderr, disable=None, dynamic_ncols=True, mininterval=0.5)
     tenth = max(total // 10, 1)
     done, start = first, time.perf_counter()
+    if warm.assigned_at is not None:  # a warm worker: how long the job took to get here
+        log.info("meta-training starts %.2f s after the job was assigned to this worker "
+                 "(compiled steps %s)", time.time() - warm.assigned_at,
+                 "reused" if warm.reused.get(algo.name) else "traced in this job")
     chunks = algo.meta_train(train, cfg, rng, resume)
     try:
         while True:
@@ -156,6 +160,10 @@ def run(algo: Algorithm, train: TaskSplit | EpisodeSampler | TaskRowSampler, cfg
                 if item is None:
                     break
                 lo, metrics = item
+                if lo == first and warm.assigned_at is not None:
+                    log.info("first compiled chunk (%d iterations) done %.2f s after the job "
+                             "was assigned", len(next(iter(metrics.values()))),
+                             time.time() - warm.assigned_at)
                 for i in range(len(next(iter(metrics.values())))):
                     means = curves.add(lo + i, {k: float(v[i]) for k, v in metrics.items()})
                     done = lo + i + 1

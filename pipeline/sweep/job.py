@@ -140,3 +140,22 @@ def objective(value: float, higher_is_better: bool) -> float:
             f"when {'higher' if higher_is_better else 'lower'}: set "
             f"hydra.sweeper.direction={want}.")
     return value
+
+
+def job_lost(sweep_dir: Path, num: int, reason: str) -> str | None:
+    """In the launching process, after job ``num``'s worker died under it: end the job's run,
+    still RUNNING, FAILED with ``reason`` (the worker could not), and write its group if that
+    was the group's last job. Returns the run's id (None: the job had not started a run)."""
+    parent = json.loads((sweep_dir / PARENT_FILE).read_text())
+    uri, containers = parent["tracking_uri"], [parent["run_id"], *parent["groups"].values()]
+    running = [r for c in dict.fromkeys(containers) for r in store.search_runs(
+        uri, parent_run_id=c, filter_string=f"tags.{keys.SWEEP_JOB} = '{num}'")
+        if r.status == keys.RUNNING and r.tags.get(keys.SWEEP_ROLE) == keys.ROLE_CHILD]
+    for run in running:
+        store.set_tags(uri, run.run_id, {keys.ERROR: reason})
+        store.end_run(uri, run.run_id, keys.FAILED)
+        log.warning("Job %d: run %s marked FAILED: %s", num, run.run_id, reason)
+    group = parent["groups"].get(str(num))
+    if group:
+        groups.write_if_complete(uri, group, sweep_dir)
+    return running[-1].run_id if running else None

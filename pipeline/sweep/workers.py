@@ -79,6 +79,16 @@ def job_guard() -> Iterator[None]:
             _exit_fast_at_shutdown()
 
 
+def fresh_job_state() -> None:
+    """Before a job in a long-lived worker: forget the signal an earlier job noted and end an
+    MLflow run an earlier job left active (one that died half-way)."""
+    from pipeline import errors
+    from pipeline.tracking import run
+
+    errors.stopped_by = None
+    run.end_stray_run()
+
+
 _fast_exit_registered = False
 
 

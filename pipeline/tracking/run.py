@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import sys
 import threading
 import time
 import warnings
@@ -444,6 +445,18 @@ class Tracker:
                     "artifact.", path)
         return {"run_id": record["run_id"], "kind": "artifact", "local_path": str(path),
                 "artifact_path": record["name"]}
+
+
+def end_stray_run() -> None:
+    """End (FAILED) the MLflow run this process left active, if any: a long-lived sweep worker
+    calls it before each job, so no job logs into an earlier job's run."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    while (active := mlflow.active_run()) is not None:
+        log.warning("Run %s was left active by an earlier job in this process: ended FAILED.",
+                    active.info.run_id)
+        mlflow.end_run(keys.FAILED)
 
 
 def import_fallback(file: Path, tracking_uri: str | None = None) -> int:

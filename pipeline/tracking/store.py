@@ -53,6 +53,13 @@ def client(uri: str) -> Any:
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
+def preload() -> None:
+    """Import MLflow and its SQL store now: a sweep worker does it while it waits for its
+    first job, instead of on that job's time."""
+    import mlflow
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+
 def chunks(items: list, size: int) -> Iterator[list]:
     for i in range(0, len(items), size):
         yield items[i:i + size]

@@ -1,0 +1,145 @@
+"""Inside a worker process: set up once (the sweep's Hydra context, TensorFlow imported, a
+watchdog on the launcher), then run job after job, each from a clean per-job state.
+
+A worker is a long-lived loky process that runs many jobs, so whatever a job leaves behind in
+the process must not reach the next one: the working directory, environment variables, Hydra's
+job state and logging (set again by ``run_job``), the MLflow run still active after a job that
+died half-way, the signal a job noted, TensorFlow's seeds (every run seeds them again). Only the
+built algorithms are kept on purpose (:mod:`pipeline.warm`): a later job of the same graph
+reuses their compiled steps, with this job's state in them.
+"""
+
+
+import contextlib
+import os
+import pickle
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+#: How often the watchdog looks for the launcher, and how long a job stopped because the
+#: launcher is gone gets to mark its run KILLED (with a checkpoint) before the worker exits.
+WATCH_S, GRACE_S = 0.5, 5.0
+
+
+@dataclass
+class _Sweep:
+    hydra_context: HydraContext
+    config: DictConfig
+    task_function: TaskFunction
+    singleton_state: dict[Any, Any]
+    cwd: str
+    environ: dict[str, str]
+
+
+_sweep: _Sweep | None = None
+_running = threading.Event()
+
+
+def init(launcher_pid: int, hydra_context: HydraContext, config: DictConfig,
+         task_function: TaskFunction, singleton_state: dict[Any, Any], warm: bool) -> None:
+    """loky's initializer: keep the sweep's context, start the watchdog, import TensorFlow and
+    the pipeline (imports only: thread settings apply at the first op, in the first job)."""
+    global _sweep
+    threading.Thread(target=_watch, args=(launcher_pid,), daemon=True,
+                     name="launcher-watchdog").start()
+    from pipeline import runtime_env
+    from pipeline import warm as warm_cache
+
+    runtime_env.import_tensorflow()
+    import pipeline.runner  # noqa: F401  (TensorFlow, Keras, the stages: once per worker)
+    from pipeline.tracking import store
+
+    store.preload()
+
+    warm_cache.enable(warm)
+    _sweep = _Sweep(hydra_context, config, task_function, singleton_state, os.getcwd(),
+                    dict(os.environ))
+
+
+def ready() -> int:
+    """A first call that returns once the worker is set up: its pid."""
+    return os.getpid()
+
+
+def _watch(launcher_pid: int) -> None:
+    """Die with the launcher. A worker's parent is the launching process; once it is gone
+    (``kill -9``, a lost node's session), the worker is re-parented. A job still running is
+    stopped as by SIGTERM (its run KILLED, with a checkpoint, so ``sweep.resume`` continues
+    it), then the worker exits, at the latest after :data:`GRACE_S`."""
+    while os.getppid() == launcher_pid:
+        time.sleep(WATCH_S)
+    if _running.is_set():
+        with contextlib.suppress(OSError):
+            os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + GRACE_S
+        while _running.is_set() and time.monotonic() < deadline:
+            time.sleep(0.1)
+    os._exit(1)
+
+
+def _fresh_state() -> None:
+    """What one job may have changed in this process, put back before the next."""
+    assert _sweep is not None
+    from pipeline.sweep import workers
+
+    with contextlib.suppress(OSError):
+        os.chdir(_sweep.cwd)
+    for name in set(os.environ) - set(_sweep.environ):
+        del os.environ[name]
+    os.environ.update(_sweep.environ)
+    workers.fresh_job_state()
+    setup_globals()
+    Singleton.set_state(_sweep.singleton_state)
+
+
+def job_config(hydra_context: HydraContext, sweep_config: DictConfig, idx: int,
+               overrides: Sequence[str]) -> DictConfig:
+    """Job ``idx``'s composed config, as Hydra's launchers make it."""
+    config = hydra_context.config_loader.load_sweep_config(sweep_config, list(overrides))
+    with open_dict(config):
+        config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
+        config.hydra.job.num = idx
+    return config
+
+
+def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) -> JobReturn:
+    """Job ``idx`` of the sweep, as Hydra's ``run_job`` runs it (``config``: composed by the
+    launcher while this worker was busy; else composed here); a job that raises is a FAILED
+    return whose exception survives pickling back to the launcher."""
+    assert _sweep is not None
+    from pipeline import warm
+
+    _running.set()
+    try:
+        _fresh_state()
+        warm.new_job(time.time())
+        if config is None:
+            config = job_config(_sweep.hydra_context, _sweep.config, idx, overrides)
+        HydraConfig.instance().set_config(config)
+        ret = run_job(hydra_context=_sweep.hydra_context, config=config,
+                      task_function=_sweep.task_function, job_dir_key="hydra.sweep.dir",
+                      job_subdir_key="hydra.sweep.subdir")
+    finally:
+        _running.clear()
+    if ret.status == JobStatus.FAILED:
+        ret.return_value = _picklable(ret._return_value)
+    return ret
+
+
+def _picklable(e: BaseException) -> BaseException:
+    """``e``, or a RuntimeError with its type and message where ``e`` does not pickle."""
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")

@@ -1,0 +1,198 @@
+"""The project's launcher (``hydra/launcher=joblib``, hydra_plugins/pipeline_launcher): warm
+workers whose later jobs reuse compiled steps yet compute exactly what a cold run computes; a
+worker killed by SIGKILL fails only its job, and ``sweep.resume`` finishes the rest; workers die
+with their launcher (real processes, signals and a real SQLite store)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from hydra_plugins.pipeline_launcher.launcher import death_reason
+from pipeline import PROJECT_ROOT, warm
+from pipeline.runner import execute
+from pipeline.sweep.workers import JOBS_DIR
+from pipeline.tracking import keys
+from tests.conftest import TINY, store_overrides
+
+
+@pytest.fixture
+def warm_cache():
+    warm.enable()
+    yield
+    warm.enable(False)
+    warm.new_job()
+
+
+def _run(make_cfg, *overrides: str):
+    cfg, raw = make_cfg(*TINY, "meta_train.steps_per_call=7", *overrides)
+    return execute(cfg, raw, [], track=False)
+
+
+@pytest.mark.parametrize("algorithm", ["maml", pytest.param("metasgd", marks=pytest.mark.slow)])
+def test_a_warm_workers_later_job_equals_a_cold_run(make_cfg, warm_cache, algorithm):
+    """Job B, run after job A in a warm process (reusing A's compiled steps with B's inner
+    rate, learning rate, seed and weights), gives bit for bit the per-task metrics, the scratch
+    baseline and the meta-trained weights of B run cold."""
+    b = [f"algorithm={algorithm}", "algorithm.inner_lr=0.3", "optimizer.learning_rate=0.003",
+         "seed=5"]
+    warm.enable(False)
+    cold = _run(make_cfg, *b)
+    warm.enable()
+    warm.new_job()
+    _run(make_cfg, f"algorithm={algorithm}", "algorithm.inner_lr=0.05", "seed=1")
+    assert warm.reused == {algorithm: False, "scratch": False}
+    warm.new_job()
+    again = _run(make_cfg, *b)
+    assert warm.reused == {algorithm: True, "scratch": True}  # no tracing in this job
+    assert set(again.per_task) == set(cold.per_task)
+    for name, values in cold.per_task.items():
+        np.testing.assert_array_equal(again.per_task[name], values, err_msg=name)
+    for name, values in cold.baseline.items():
+        np.testing.assert_array_equal(again.baseline[name], values, err_msg=name)
+    for a, c in zip(again.algorithm.model.get_weights(), cold.algorithm.model.get_weights(),
+                    strict=True):  # the meta-trained weights
+        np.testing.assert_array_equal(a, c)
+
+
+def test_a_different_graph_is_not_reused(make_cfg, warm_cache):
+    warm.new_job()
+    _run(make_cfg, "algorithm.inner_steps=1")
+    warm.new_job()
+    _run(make_cfg, "algorithm.inner_steps=2")  # another graph: built and traced anew
+    assert warm.reused == {"maml": False, "scratch": True}
+
+
+def test_death_reasons_name_the_signal():
+    assert death_reason(-9) == ("worker killed by signal 9 (often: out of memory)", 9)
+    assert death_reason(-11) == ("worker killed by signal 11 (SIGSEGV)", 11)
+    assert death_reason(3)[0] == "worker exited with status 3 during the job"
+
+
+# --- real sweeps (slow: several TensorFlow processes) ------------------------------------------
+
+#: Jobs 0 and 1 train long enough to be killed; 2 and 3 are short.
+GRID = ["meta_train.iterations=3000,20", "seed=0,1"]
+JOB = ["data.num_train_tasks=40", "data.num_test_tasks=12", "model.hidden_units=[8]",
+       "meta_train.meta_batch_size=4", "meta_train.log_every=50", "meta_train.steps_per_call=20",
+       "meta_test.scratch.steps=5", "tracking.log_model=false"]
+
+
+def _command(tmp: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "-m", *JOB, *GRID, *store_overrides(tmp)[:2],
+            f"hydra.sweep.dir={tmp}/multirun", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", *extra]
+
+
+def _jobs(tmp: Path) -> dict[int, list]:
+    """Job number -> its runs (oldest first), under the sweep's groups."""
+    client = MlflowClient(f"sqlite:///{tmp}/mlruns/mlflow.db")
+    exp = client.get_experiment_by_name("meta-learning").experiment_id
+    out: dict[int, list] = {}
+    for r in sorted(client.search_runs([exp], "tags.sweep_role = 'child'"),
+                    key=lambda r: r.info.start_time):
+        out.setdefault(int(r.data.tags[keys.SWEEP_JOB]), []).append(r)
+    return out
+
+
+def _busy_workers(tmp: Path) -> dict[int, int]:
+    """Job number -> pid of the worker running it (the sweep's job markers)."""
+    out = {}
+    for p in (tmp / "multirun" / JOBS_DIR).glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            out[int(p.read_text())] = int(p.name)
+    return out
+
+
+def _wait_for_training(proc: subprocess.Popen, lines: list[str], jobs: int) -> None:
+    """Read the sweep's output until ``jobs`` jobs are meta-training."""
+    training: set[str] = set()
+    for line in proc.stdout:
+        lines.append(line)
+        if re.search(r"iteration \d+/3000", line):
+            training.add(line.split("]")[0])  # one timestamp per log line, any job
+        if len(training) >= jobs * 2:
+            return
+    pytest.fail("".join(lines[-40:]))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_worker_fails_only_its_job_and_resume_finishes_the_rest(tmp_path):
+    proc = subprocess.Popen(_command(tmp_path), cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    _wait_for_training(proc, lines, jobs=1)
+    deadline = time.monotonic() + 60
+    while 0 not in _busy_workers(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(_busy_workers(tmp_path)[0], signal.SIGKILL)  # as the OOM killer does
+    rest, _ = proc.communicate(timeout=600)
+    out = "".join(lines) + rest
+    assert proc.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
+    assert "1 of 4 jobs lost their worker (job 0: worker killed by signal 9 (often: out of " \
+           "memory))" in out, out[-3000:]
+    jobs = _jobs(tmp_path)
+    assert {n: [r.info.status for r in runs] for n, runs in jobs.items()} == {
+        0: ["FAILED"], 1: ["FINISHED"], 2: ["FINISHED"], 3: ["FINISHED"]}, out[-3000:]
+    assert jobs[0][0].data.tags[keys.ERROR] == "worker killed by signal 9 (often: out of memory)"
+
+    resumed = subprocess.run([*_command(tmp_path), "sweep.resume=last"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, timeout=600)
+    text = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, text[-3000:]
+    assert "3 FINISHED jobs skipped, 0 resumed from checkpoints, 1 rerun, 0 not run before" \
+        in text, text[-3000:]
+    jobs = _jobs(tmp_path)
+    for n in range(4):  # every job exactly once FINISHED
+        assert [r.info.status for r in jobs[n]].count("FINISHED") == 1, (n, jobs[n])
+    assert jobs[0][1].data.tags[keys.REPLACES] == jobs[0][0].info.run_id
+
+
+@pytest.mark.slow
+def test_workers_die_with_their_launcher(tmp_path):
+    """``kill -9`` of the Hydra process: its workers stop their jobs (runs KILLED, with
+    checkpoints) and exit within seconds, rather than live on as orphans."""
+    proc = subprocess.Popen(_command(tmp_path, "meta_train.iterations=100000,20"),
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    lines: list[str] = []
+    deadline = time.monotonic() + 300
+    while len(_busy_workers(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = _busy_workers(tmp_path)
+    assert sorted(workers) == [0, 1], workers
+    for line in proc.stdout:  # both are meta-training
+        lines.append(line)
+        if len({m for m in re.findall(r"iteration \d+/100000", "".join(lines))}) >= 2:
+            break
+    proc.kill()
+    proc.wait()
+    killed_at = time.monotonic()
+    while any(_alive(p) for p in workers.values()) and time.monotonic() - killed_at < 30:
+        time.sleep(0.2)
+    gone_after = time.monotonic() - killed_at
+    assert not any(_alive(p) for p in workers.values()), "orphan workers"
+    assert gone_after < 10, gone_after
+    jobs = _jobs(tmp_path)
+    assert [r.info.status for r in jobs[0] + jobs[1]] == ["KILLED", "KILLED"]
+    assert all(keys.CHECKPOINT_ITERATION in r.data.tags for r in jobs[0] + jobs[1])
