@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check pipeline tests bench
+.venv/bin/ruff check pipeline hydra_plugins tests bench scripts
 exec .venv/bin/python -m pytest "$@"
