@@ -17,7 +17,9 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-MODULES = {_module(p): p for p in PACKAGE.rglob("*.py")}
+#: The project's modules: the package and its Hydra plugins (one rule for both).
+MODULES = {_module(p): p for root in (PACKAGE, PROJECT_ROOT / "hydra_plugins")
+           for p in root.rglob("*.py")}
 
 
 def _imports(path: Path, top_level_only: bool) -> set[str]:
@@ -41,6 +43,7 @@ def test_mlflow_is_imported_only_by_the_tracking_package():
                        if any(i == "mlflow" or i.startswith("mlflow.")
                               for i in _imports(p, top_level_only=False)))
     assert importers and all(m.startswith("pipeline.tracking") for m in importers), importers
+    assert any(m.startswith("hydra_plugins.") for m in MODULES)
 
 
 def test_no_import_cycles_between_modules():
