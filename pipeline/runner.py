@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,17 +111,19 @@ def run_tags(cfg: Config, overrides: list[str] | None) -> dict[str, Any]:
 def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | None = None,
             hydra_dir: Path | None = None, track: bool = True, run_name: str | None = None,
             extra_tags: dict[str, str] | None = None,
-            resume: Resume | None = None) -> RunResult:
+            resume: Resume | None = None,
+            on_validation: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
     """Run every stage; log ``raw`` (the composed config) as params, ``hydra_dir`` as files.
 
     ``run_name`` replaces ``tracking.run_name`` (default: :func:`default_run_name`);
     ``extra_tags`` (a sweep's parent run, a rerun's origin) are set when the run starts.
     ``resume`` continues an interrupted run in place from its checkpoint (its params and config
-    files are already logged).
+    files are already logged). ``on_validation`` gets each validation's ``val/`` values (a
+    search's trial reports them to its pruner).
     """
     runtime.setup(cfg.runtime, cfg.seed)
     if not track:
-        return _stages(cfg, None, resume)
+        return _stages(cfg, None, resume, on_validation)
     tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir))
     tags = {**run_tags(cfg, overrides), **(extra_tags or {})}
     if resume is not None:
@@ -136,7 +139,7 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
                 tracker.log_dict(container, keys.CONFIG_FILE)
             if hydra_dir is not None and Path(hydra_dir).is_dir():
                 tracker.log_artifacts(Path(hydra_dir), keys.HYDRA_DIR)
-        result = _stages(cfg, tracker, resume)
+        result = _stages(cfg, tracker, resume, on_validation)
         result.run_id = tracker.run_id
         result.timings["tracking_s"] = tracker.seconds
         log.info("MLflow run %s (%.2f s waiting on tracking calls)", tracker.run_id,
@@ -147,7 +150,9 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
     return result
 
 
-def _validation(cfg: Config, tasks: TaskSet) -> Validation | None:
+def _validation(cfg: Config, tasks: TaskSet,
+                on_score: Callable[[int, dict[str, float]], None] | None = None
+                ) -> Validation | None:
     """Model selection on the data's validation tasks, if ``meta_train.validate_every`` asks."""
     every = cfg.meta_train.validate_every
     if not every:
@@ -155,10 +160,11 @@ def _validation(cfg: Config, tasks: TaskSet) -> Validation | None:
     if tasks.val is None:
         raise ConfigError(f"meta_train.validate_every={every} needs validation tasks; the data "
                           f"file {tasks.path} has none.")
-    return Validation(tasks.val, every, cfg.meta_test.task_batch_size)
+    return Validation(tasks.val, every, cfg.meta_test.task_batch_size, on_score)
 
 
-def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) -> RunResult:
+def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None,
+            on_validation: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
     tasks = generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, tracker,
                          cfg.tracking.log_dataset_max_mb)
     if resume is not None and tasks.fingerprint != resume.data_fingerprint:
@@ -169,7 +175,8 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
     algo = build(cfg, tasks)
     trained = meta_train.run(algo, tasks.train, cfg.meta_train, cfg.seed,
                              Path(cfg.paths.output_dir), tracker,
-                             resume.checkpoint if resume else None, _validation(cfg, tasks))
+                             resume.checkpoint if resume else None,
+                             _validation(cfg, tasks, on_validation))
     eval_steps = tuple(cfg.meta_test.eval_steps)
     try:
         tested = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)

@@ -110,6 +110,13 @@ class SweepConfig:
     #: experiment's latest sweep). FINISHED jobs are skipped, KILLED ones resumed from their
     #: checkpoints, FAILED ones rerun.
     resume: str | None = None
+    #: A search (``hydra/sweeper=optuna``) whose objective is a ``test/`` metric tunes on the
+    #: test tasks; it is refused unless this is true.
+    allow_test_objective: bool = False
+    #: Set by the search for each of its jobs: the Optuna trial number and study the job
+    #: reports its ``val/`` objective to (for pruning). Never set them by hand.
+    trial: int | None = num(None, ge=0)
+    study: str | None = None
 
 
 @dataclass

@@ -17,6 +17,7 @@ from pipeline.config.data import (
     ImagesDataConfig,
     OmniglotDataConfig,
     SinusoidDataConfig,
+    SyntheticDataConfig,
 )
 from pipeline.config.fields import REGRESSION
 from pipeline.config.model import MLPConfig, ResNet12Config
@@ -201,7 +202,7 @@ def _check_validation(cfg: Config) -> None:
     if isinstance(data, OmniglotDataConfig):
         how = ("set data.num_val_characters (172: the ProtoNets split) and data.num_val_tasks "
                "> 0")
-    elif isinstance(data, ImagesDataConfig):
+    elif isinstance(data, ImagesDataConfig | SyntheticDataConfig | SinusoidDataConfig):
         how = "set data.num_val_tasks > 0"
     else:
         how = "it has no validation split; set meta_train.validate_every=0"

@@ -81,13 +81,17 @@ def _balanced_task(rng, phi, w, n, f, c):
     return x[idx], y[idx]
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit, str, int]:
+def generate(cfg: dict, rng: np.random.Generator) -> tuple:
+    """Train and test tasks, then (``num_val_tasks`` > 0) validation tasks drawn the same way
+    from the rest of the stream: train and test do not depend on whether there are any."""
     n, f, c = cfg["samples_per_task"], cfg["num_features"], cfg["num_classes"]
     latent = cfg["latent_dim"]
     phi = _feature_map(rng, f, latent, cfg["map_scale"])
     w0 = rng.standard_normal((latent, c))
     splits = []
-    for num_tasks in (cfg["num_train_tasks"], cfg["num_test_tasks"]):
+    num_val = cfg.get("num_val_tasks", 0)
+    for num_tasks in (cfg["num_train_tasks"], cfg["num_test_tasks"], *([num_val] if num_val
+                                                                        else [])):
         xs = np.empty((num_tasks, n, f), dtype=np.float32)
         ys = np.empty((num_tasks, n), dtype=np.int32)
         for t in range(num_tasks):
@@ -96,4 +100,4 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit,
         noisy = rng.random(ys.shape) < cfg["label_noise"]
         ys = np.where(noisy, rng.integers(0, c, ys.shape), ys).astype(np.int32)
         splits.append(TaskSplit(*split_support_query(xs, ys, cfg["k_shot"], c, rng)))
-    return splits[0], splits[1], CLASSIFICATION, c
+    return (splits[0], splits[1], CLASSIFICATION, c, *splits[2:])

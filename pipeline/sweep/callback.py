@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import groups
 from pipeline.config import TrackingConfig
+from pipeline.errors import ConfigError
+from pipeline.search import objective as search_objective
 from pipeline.sweep import workers
 from pipeline.sweep.plan import (
     NEW,
@@ -65,6 +67,11 @@ class SweepCallback(Callback):
         self._stopped: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if search_objective.is_search(config):  # nothing recorded before it is refused
+            try:
+                search_objective.check(config)
+            except ConfigError as e:
+                _refuse(str(e))
         cfg = _tracking_cfg(config)
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         overrides = list(config.hydra.overrides.task)
