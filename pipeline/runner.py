@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,10 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None,
                              Path(cfg.paths.output_dir), tracker,
                              resume.checkpoint if resume else None,
                              _validation(cfg, tasks, on_validation))
+    if not cfg.meta_test.enabled:  # a search's trial: selected on validation only
+        log.info("meta_test.enabled=false: the test tasks are left untouched")
+        return RunResult(per_task={}, baseline=None, summaries={}, gain=None,
+                         objective=math.nan, no_gain=False, algorithm=algo, tasks=tasks)
     eval_steps = tuple(cfg.meta_test.eval_steps)
     try:
         tested = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)

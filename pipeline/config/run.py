@@ -34,6 +34,9 @@ class MetaTrainConfig:
 
 @dataclass
 class MetaTestConfig:
+    #: false: stop after meta-training, the test tasks untouched (a search's trials: selection
+    #: is on validation, the test tasks are scored once, for the chosen config).
+    enabled: bool = True
     #: Also evaluate the no-meta-learning baseline on the same test tasks.
     compare_to_scratch: bool = True
     #: Test tasks adapted together in one vectorised call.

@@ -46,7 +46,7 @@ from pipeline.tracking import keys, store
 log = logging.getLogger(__name__)
 
 #: Keys of a job's overrides that tie it to its trial (left out of re-evaluation jobs).
-TRIAL_KEYS = ("sweep.trial", "sweep.study")
+TRIAL_KEYS = ("sweep.trial", "sweep.study", "meta_test.enabled")
 #: The file an Optuna sweeper leaves in the sweep folder (best params and value).
 RESULTS_FILE = "optimization_results.yaml"
 
@@ -134,8 +134,10 @@ class Search:
 
     def _trial_overrides(self, fixed: list[str], params: dict[str, Any], number: int
                          ) -> list[str]:
+        # the test tasks stay untouched during the search (unless it tunes on them, allowed)
+        test = [] if self.s.objective.startswith(keys.TEST) else ["meta_test.enabled=false"]
         return [*fixed, *space.overrides(params), f"sweep.trial={number}",
-                f"sweep.study={self.study_name}"]
+                f"sweep.study={self.study_name}", *test]
 
     def _finish(self, number: int, ret: JobReturn) -> None:
         """Tell the study how trial ``number``'s job ended; tag its run with the state."""
