@@ -3,8 +3,8 @@
     .venv/bin/python -m bench.search [--trials 24] [--iterations 60] [--validate-every 10]
 
 A search of ``algorithm.inner_lr`` x ``optimizer.learning_rate`` on ``omniglot_5w1s_maml`` with
-short budgets (validation every ``--validate-every`` meta-iterations on 20 episodes of the 172
-validation characters), run twice with the same sampler and seed: unpruned, then with
+short budgets (validation every ``--validate-every`` meta-iterations on ``--val-tasks`` episodes
+of the 172 validation characters), run twice with the same sampler and seed: unpruned, then with
 ``optuna.pruners.SuccessiveHalvingPruner`` (min_resource = one validation interval, reduction
 factor 3). The sampler is a seeded RandomSampler, so both searches try the same configurations
 and differ only by what pruning stopped. Reported: the meta-iterations each search spent (a
@@ -39,7 +39,8 @@ def run_search(root: Path, name: str, args: argparse.Namespace, *extra: str) -> 
         "hparams_search=omniglot_optuna", f"hydra.sweeper.n_trials={args.trials}",
         f"meta_train.iterations={args.iterations}",
         f"meta_train.validate_every={args.validate_every}",
-        f"meta_train.meta_batch_size={args.meta_batch}", "data.num_val_tasks=20",
+        f"meta_train.meta_batch_size={args.meta_batch}", f"data.num_val_tasks={args.val_tasks}",
+        f"meta_test.task_batch_size={args.val_tasks}",
         "data.num_test_tasks=20", "tracking.log_model=false",
         "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
         "~hydra.sweeper.sampler.n_startup_trials", f"seed={args.seed}",
@@ -76,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, default=60)
     p.add_argument("--validate-every", type=int, default=10)
     p.add_argument("--meta-batch", type=int, default=4)
+    p.add_argument("--val-tasks", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=None)
     args = p.parse_args(argv)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -36,9 +37,14 @@ def search_command(tmp: Path, *args: str, name: str = "multirun") -> list[str]:
             *store_overrides(tmp)[:3], f"hydra.sweep.dir={tmp}/{name}", *args]
 
 
+#: Test-only Hydra plugins (the submit launcher of the no-barrier test).
+PLUGINS = Path(__file__).parent / "plugins"
+
+
 def search(tmp: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(PLUGINS)) if p)
     out = subprocess.run(search_command(tmp, *args), cwd=PROJECT_ROOT, capture_output=True,
-                         text=True, timeout=timeout)
+                         text=True, timeout=timeout, env={**os.environ, "PYTHONPATH": path})
     assert out.returncode == 0, out.stderr[-4000:]
     return out
 
@@ -239,7 +245,7 @@ def test_trials_start_without_a_batch_barrier(tmp_path):
     soon as one ends: some trial starts while a trial two numbers before it still runs, which
     batches of 2 never allow."""
     search(tmp_path, "hydra/launcher=joblib",
-           "hydra.launcher._target_=tests.async_launcher.SubmitLauncher",
+           "hydra.launcher._target_=hydra_plugins.submit_test_launcher.SubmitLauncher",
            "hydra.launcher.n_jobs=2", "hydra.sweeper.n_trials=6", "meta_train.validate_every=10",
            "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
            "~hydra.sweeper.sampler.n_startup_trials",

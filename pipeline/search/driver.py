@@ -27,6 +27,7 @@ import json
 import logging
 import math
 import re
+import sys
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from pipeline import groups
+from pipeline.errors import ConfigError
 from pipeline.search import objective, record, space, study
 from pipeline.sweep.plan import PARENT_FILE
 from pipeline.tracking import keys, store
@@ -142,8 +144,8 @@ class Search:
     def _finish(self, number: int, ret: JobReturn) -> None:
         """Tell the study how trial ``number``'s job ended; tag its run with the state."""
         self.returns.append(ret)
-        frozen = self.study.trials[number] if number < len(self.study.trials) else None
-        assert frozen is not None and frozen.number == number
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        assert frozen.number == number
         state, value = TrialState.FAIL, None
         if ret.status == JobStatus.COMPLETED:
             pruned = self.study._storage.get_trial(frozen._trial_id).user_attrs.get(
@@ -301,7 +303,11 @@ class Search:
         if not space_:
             raise ValueError("hydra.sweeper.params is empty: a search needs at least one "
                              "swept key, e.g. algorithm.inner_lr='tag(log, interval(0.01, 1))'.")
-        self._open()
+        try:
+            self._open()
+        except ConfigError as e:  # e.g. tracking=server without the team's study database
+            print(f"Error in config: {e}", file=sys.stderr)
+            sys.exit(2)
         try:
             self._run_trials(fixed, space_)
             reevaluated = self._reevaluate(fixed)

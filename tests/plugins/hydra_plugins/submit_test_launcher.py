@@ -1,8 +1,10 @@
 """A launcher for tests only: Hydra's joblib launcher plus ``submit(overrides, job_idx) ->
 Future[JobReturn]``, ``n_jobs`` and ``shutdown()``, the contract a warm-worker launcher offers,
 so the Optuna sweeper's no-barrier path runs on real worker processes (loky's reusable
-executor, joblib's engine; Hydra jobs cannot share a process's threads). Use it with
-``hydra/launcher=joblib hydra.launcher._target_=tests.async_launcher.SubmitLauncher``."""
+executor, joblib's engine; Hydra jobs cannot share a process's threads). Hydra takes launchers
+from the ``hydra_plugins`` namespace only: with ``tests/plugins`` on ``PYTHONPATH``, use
+``hydra/launcher=joblib`` and
+``hydra.launcher._target_=hydra_plugins.submit_test_launcher.SubmitLauncher``."""
 
 from __future__ import annotations
 
