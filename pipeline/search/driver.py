@@ -121,9 +121,15 @@ class Search:
         objective.check(self.config)
         url = study.storage_of(self.config)
         self.study_name = self._study_name()
-        sampler = study.build(self.s.sampler)
-        self.study = study.open_study(url, self.study_name, self.s.direction, sampler,
+        self.study = study.open_study(url, self.study_name, self.s.direction, None,
                                       study.pruner_of(self.s.pruner), create=True)
+        # A resumed search's sampler must not replay its seed's first draws (the params of the
+        # trials it already has): its seed moves on by the number of trials in the study.
+        spec = self.s.sampler
+        done = len(self.study.get_trials(deepcopy=False))
+        if done and spec is not None and spec.get("seed") is not None:
+            spec = OmegaConf.merge(spec, {"seed": int(spec.seed) + done})
+        self.study.sampler = study.build(spec) or self.study.sampler
         if self.parent_id:
             store.set_tags(self.uri, self.parent_id, {
                 keys.STUDY_NAME: self.study_name, keys.STUDY_STORAGE: study.without_password(url),
