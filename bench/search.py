@@ -1,6 +1,6 @@
 """Pruning pays: the same Optuna search with and without a successive-halving pruner.
 
-    .venv/bin/python -m bench.search [--trials 24] [--iterations 60] [--validate-every 10]
+    .venv/bin/python -m bench.search [--trials 24] [--iterations 40] [--validate-every 5]
 
 A search of ``algorithm.inner_lr`` x ``optimizer.learning_rate`` on ``omniglot_5w1s_maml`` with
 short budgets (validation every ``--validate-every`` meta-iterations on ``--val-tasks`` episodes
@@ -74,10 +74,10 @@ def run_search(root: Path, name: str, args: argparse.Namespace, *extra: str) -> 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--trials", type=int, default=24)
-    p.add_argument("--iterations", type=int, default=60)
-    p.add_argument("--validate-every", type=int, default=10)
+    p.add_argument("--iterations", type=int, default=40)
+    p.add_argument("--validate-every", type=int, default=5)
     p.add_argument("--meta-batch", type=int, default=4)
-    p.add_argument("--val-tasks", type=int, default=20)
+    p.add_argument("--val-tasks", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=None)
     args = p.parse_args(argv)
