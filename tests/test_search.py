@@ -259,3 +259,45 @@ def test_trials_start_without_a_batch_barrier(tmp_path):
     assert overlaps, {n: (t.start_time, t.end_time) for n, t in trials.items()}
     [group] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == "group"]
     assert group.info.status == "FINISHED" and group.data.metrics["seeds/n_seeds"] == 2
+
+
+@pytest.mark.parametrize("pruner", [
+    {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 2},
+    {"_target_": "optuna.pruners.SuccessiveHalvingPruner", "min_resource": 10},
+    {"_target_": "optuna.pruners.HyperbandPruner", "min_resource": 10, "max_resource": 40}])
+def test_a_jobs_reporter_is_stopped_by_each_pruner(tmp_path, pruner):
+    """The job side of pruning, on a real SQLite study: good trials complete, a bad one is
+    stopped by median, successive halving and Hyperband alike, with its step recorded."""
+    from pipeline.errors import TrialPruned
+    from pipeline.search.trial import Reporter, TrialJob
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    s = study.open_study(url, "s", "maximize", optuna.samplers.RandomSampler(seed=0),
+                         study.pruner_of(pruner), create=True)
+    metric = "val/query_acc_after_mean"
+
+    def job(number: int) -> Reporter:
+        return Reporter(TrialJob(number, "s", url, metric, objective.BEST, pruner))
+
+    for _ in range(8):
+        t = s.ask({"x": FloatDistribution(0, 1)})
+        report = job(t.number)
+        for step in (10, 20, 30, 40):
+            report(step, {metric: 0.5 + step / 100})
+        s.tell(t.number, 0.9)
+    pruned = 0
+    for _ in range(4):  # Hyperband puts a trial in one of its brackets: try a few
+        t = s.ask({"x": FloatDistribution(0, 1)})
+        report = job(t.number)
+        try:
+            for step in (10, 20, 30, 40):
+                report(step, {metric: 0.1})
+        except TrialPruned as e:
+            step = int(e.run_tags[keys.PRUNED_STEP])
+            assert e.run_tags[keys.TRIAL_STATE] == keys.STATE_PRUNED and step < 40
+            assert s.trials[t.number].user_attrs[keys.PRUNED_STEP] == step
+            s.tell(t.number, state=optuna.trial.TrialState.PRUNED)
+            pruned += 1
+        else:
+            s.tell(t.number, 0.1)
+    assert pruned >= 1
