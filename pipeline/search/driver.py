@@ -133,7 +133,7 @@ class Search:
         if self.parent_id:
             store.set_tags(self.uri, self.parent_id, {
                 keys.STUDY_NAME: self.study_name, keys.STUDY_STORAGE: study.without_password(url),
-                "search_objective": f"{self.s.objective_value} {self.s.objective}"})
+                keys.SEARCH_OBJECTIVE: f"{self.s.objective_value} {self.s.objective}"})
         log.info("Study %s in %s: %d trials already", self.study_name,
                  study.without_password(url), len(self.study.trials))
         return self.study

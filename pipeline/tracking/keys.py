@@ -64,6 +64,8 @@ RESUME_COUNTS = ("sweep_resume_skipped", "sweep_resume_resumed", "sweep_resume_r
 TRIAL_NUMBER, STUDY_NAME, TRIAL_STATE = "trial_number", "study_name", "trial_state"
 PRUNED_STEP = "pruned_at_step"
 STUDY_STORAGE = "optuna_storage"
+#: On a search parent: what a trial returns (`best val/query_acc_after_mean`).
+SEARCH_OBJECTIVE = "search_objective"
 REEVALUATES = "reevaluates_trial"
 STATE_PRUNED, STATE_COMPLETE, STATE_FAIL = "PRUNED", "COMPLETE", "FAIL"
 #: A search parent's record: artifacts under ``search/``, its result (the re-evaluated
