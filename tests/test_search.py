@@ -200,20 +200,20 @@ def test_a_bad_region_is_pruned_and_the_winner_is_reevaluated_on_fresh_seeds(tmp
 def test_a_search_killed_midway_and_resumed_ends_with_exactly_n_trials(tmp_path):
     """SIGTERM to the Hydra process while trial 2 meta-trains; ``sweep.resume=last`` runs that
     trial again under its number and asks new ones until the study holds n_trials."""
-    args = ["hydra.sweeper.n_trials=5", "meta_train.iterations=400", "meta_train.steps_per_call=5",
+    args = ["hydra.sweeper.n_trials=5", "meta_train.iterations=600", "meta_train.steps_per_call=5",
             "meta_train.validate_every=100", "hydra.sweeper.reevaluate.top_k=0"]
     proc = subprocess.Popen(search_command(tmp_path, *args), cwd=PROJECT_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    storage = f"sqlite:///{tmp_path}/mlruns/optuna.db"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(1)
-        try:
-            summaries = optuna.get_all_study_summaries(storage)
+        time.sleep(0.2)
+        if not (tmp_path / "mlruns" / "optuna.db").exists():  # the search creates it first
+            continue
+        try:  # trial 2 has reported its first validation: it is meta-training
+            trials = the_study(tmp_path).trials
         except Exception:
             continue
-        if summaries and summaries[0].n_trials >= 3:
-            time.sleep(8)  # trial 2 is meta-training
+        if len(trials) >= 3 and trials[2].intermediate_values:
             break
     assert proc.poll() is None, "the search ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
