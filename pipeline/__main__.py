@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 
 from pipeline import runtime_env
 from pipeline.config import register_configs, validate
-from pipeline.errors import ConfigError, PipelineError, stop_on_sigterm
+from pipeline.errors import ConfigError, PipelineError, TrialPruned, stop_on_sigterm
 
 log = logging.getLogger("pipeline")
 
@@ -67,24 +67,44 @@ def _main(cfg: DictConfig) -> float:
         _fail(ConfigError(f"sweep.resume={config.sweep.resume} applies to sweeps only: add -m "
                           f"and the sweep's overrides."), "Error in config", 2)
     job = sweep.job_context(config.tracking, config.tracking.run_name or config.algorithm.name)
+    trial = None
+    if job is not None and config.sweep.trial is not None:  # a job of an Optuna search
+        from pipeline.search import trial as search_trial
+
+        trial = search_trial.of_job(config.sweep.trial, config.sweep.study, hc,
+                                    config.tracking.uri)
+        if trial is not None:
+            job.tags.update(trial.tags)
     if job is not None and job.action == sweep.SKIP:  # a resumed sweep's FINISHED job
         assert job.previous is not None
         log.info("Job %d: run %s already FINISHED; skipped.", job.num, job.previous.run_id)
-        return sweep.objective(*sweep.stored_objective(job))
+        value, higher = sweep.stored_objective(job)
+        return _objective(value, higher, job.uri, job.previous.run_id)
 
     runtime_env.import_tensorflow()
     from pipeline.runner import execute
+
+    on_validation = None
+    if trial is not None:
+        from pipeline.search.trial import Reporter
+
+        on_validation = Reporter(trial)
 
     if job is None:
         stop_on_sigterm()  # a sweep's job has it from sweep.job_guard
     try:
         if job is not None and job.action == sweep.RESUME:
-            result = _resume_job(config, cfg, job)
+            result = _resume_job(config, cfg, job, on_validation)
         else:
             result = execute(config, cfg, list(hc.overrides.task),
                              Path(hc.runtime.output_dir) / ".hydra",
                              run_name=job.run_name if job else None,
-                             extra_tags=job.tags if job else None)
+                             extra_tags=job.tags if job else None,
+                             on_validation=on_validation)
+    except TrialPruned:  # the run is KILLED and tagged PRUNED; the search tells the trial
+        if job is not None:
+            sweep.job_ended(job)
+        return float("nan")
     except PipelineError as e:
         if job is not None:
             sweep.job_ended(job)
@@ -107,10 +127,27 @@ def _main(cfg: DictConfig) -> float:
     if job is not None:
         sweep.job_ended(job)
     higher_is_better = result.algorithm is None or result.algorithm.loss.higher_is_better
-    return sweep.objective(result.objective, higher_is_better)
+    return _objective(result.objective, higher_is_better, config.tracking.uri, result.run_id)
 
 
-def _resume_job(config, raw: DictConfig, job):
+def _objective(value: float, higher_is_better: bool, uri: str, run_id: str | None) -> float:
+    """The job's return value: an Optuna search's objective (``hydra.sweeper.objective``, e.g.
+    the best ``val/`` accuracy over meta-training) or else the run's main test metric."""
+    from omegaconf import OmegaConf
+
+    from pipeline import sweep
+
+    hc = HydraConfig.get()
+    metric = OmegaConf.select(hc, "sweeper.objective", default=None)
+    if metric is not None and run_id is not None:
+        from pipeline.search import objective
+
+        how = OmegaConf.select(hc, "sweeper.objective_value", default=objective.BEST)
+        value = objective.of_run(uri, run_id, str(metric), str(how), higher_is_better)
+    return sweep.objective(value, higher_is_better)
+
+
+def _resume_job(config, raw: DictConfig, job, on_validation=None):
     """A resumed sweep's KILLED job: continue its run from its logged checkpoint, in place, as
     ``python -m pipeline.resume`` does (bit-identical to an uninterrupted run)."""
     from omegaconf import OmegaConf
@@ -132,7 +169,8 @@ def _resume_job(config, raw: DictConfig, job):
     log.info("Job %d: resuming run %s at meta-iteration %d", job.num, previous.run_id,
              ckpt.progress.iteration)
     return execute(config, raw, resume=Resume(previous.run_id, ckpt,
-                                              previous.tags.get(keys.DATA_FINGERPRINT, "")))
+                                              previous.tags.get(keys.DATA_FINGERPRINT, "")),
+                   on_validation=on_validation)
 
 def cli() -> None:
     """``main`` with Hydra's composition errors (a wrong type, an unknown key or option; Hydra

@@ -131,6 +131,9 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
     rows, jobs = sweep_rows(uri, parent_run_id)
     df = table(rows, swept)
     best = best_row(df, direction) if len(df) else None
+    chosen = parent.tags.get(keys.SEARCH_BEST_GROUP)  # a search: its winner on validation
+    if chosen is not None and chosen in set(df["run_id"]):
+        best = int(df.index[df["run_id"] == chosen][0])
     best_id = str(df.loc[best, "run_id"]) if best is not None else None
     tags: dict[str, Any] = {keys.SWEEP_CHILDREN: len(jobs),
                             keys.SWEEP_CHILDREN_FINISHED: sum(r.status == keys.FINISHED
@@ -156,8 +159,9 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
         if fig is not None:
             plots.close(fig)
     store.set_tags(uri, parent_run_id, tags)
-    finished = bool(jobs) and all(r.status == keys.FINISHED for r in [*jobs, *(
-        rows if rows is not jobs else [])])
+    finished = bool(jobs) and all(
+        r.status == keys.FINISHED or r.tags.get(keys.TRIAL_STATE) == keys.STATE_PRUNED
+        for r in [*jobs, *(rows if rows is not jobs else [])])  # pruned: done, not failed
     return SweepSummary(df, best_id, finished)
 
 

@@ -31,6 +31,18 @@ class TrackingError(PipelineError, RuntimeError):
 #: refusals, exit status 2, not failures).
 started = False
 
+
+class TrialPruned(Exception):
+    """A search's pruner stopped this trial at a validation point: not a failure. The run is
+    ended with ``run_status`` (KILLED: visibly not a finished result) and ``run_tags``."""
+
+    run_status = "KILLED"
+
+    def __init__(self, message: str, run_tags: dict[str, str]):
+        super().__init__(message)
+        self.run_tags = run_tags
+
+
 #: The signal that stopped this process's run, if one did (a sweep's parent is then KILLED).
 stopped_by: int | None = None
 

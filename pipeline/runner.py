@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,17 +130,19 @@ def run_tags(cfg: Config, overrides: list[str] | None) -> dict[str, Any]:
 def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | None = None,
             hydra_dir: Path | None = None, track: bool = True, run_name: str | None = None,
             extra_tags: dict[str, str] | None = None,
-            resume: Resume | None = None) -> RunResult:
+            resume: Resume | None = None,
+            on_validation: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
     """Run every stage; log ``raw`` (the composed config) as params, ``hydra_dir`` as files.
 
     ``run_name`` replaces ``tracking.run_name`` (default: :func:`default_run_name`);
     ``extra_tags`` (a sweep's parent run, a rerun's origin) are set when the run starts.
     ``resume`` continues an interrupted run in place from its checkpoint (its params and config
-    files are already logged).
+    files are already logged). ``on_validation`` gets each validation's ``val/`` values (a
+    search's trial reports them to its pruner).
     """
     runtime.setup(cfg.runtime, cfg.seed)
     if not track:
-        return _stages(cfg, None, resume)
+        return _stages(cfg, None, resume, on_validation)
     tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir))
     tags = {**run_tags(cfg, overrides), **(extra_tags or {})}
     if resume is not None:
@@ -154,7 +158,7 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
                 tracker.log_dict(container, keys.CONFIG_FILE)
             if hydra_dir is not None and Path(hydra_dir).is_dir():
                 tracker.log_artifacts(Path(hydra_dir), keys.HYDRA_DIR)
-        result = _stages(cfg, tracker, resume)
+        result = _stages(cfg, tracker, resume, on_validation)
         result.run_id = tracker.run_id
         result.timings["tracking_s"] = tracker.seconds
         log.info("MLflow run %s (%.2f s waiting on tracking calls)", tracker.run_id,
@@ -165,7 +169,9 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
     return result
 
 
-def _validation(cfg: Config, tasks: TaskSet) -> Validation | None:
+def _validation(cfg: Config, tasks: TaskSet,
+                on_score: Callable[[int, dict[str, float]], None] | None = None
+                ) -> Validation | None:
     """Model selection on the data's validation tasks, if ``meta_train.validate_every`` asks."""
     every = cfg.meta_train.validate_every
     if not every:
@@ -173,10 +179,11 @@ def _validation(cfg: Config, tasks: TaskSet) -> Validation | None:
     if tasks.val is None:
         raise ConfigError(f"meta_train.validate_every={every} needs validation tasks; the data "
                           f"file {tasks.path} has none.")
-    return Validation(tasks.val, every, cfg.meta_test.task_batch_size)
+    return Validation(tasks.val, every, cfg.meta_test.task_batch_size, on_score)
 
 
-def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) -> RunResult:
+def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None,
+            on_validation: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
     for warning in config_warnings(cfg):
         log.warning("%s", warning)
     tasks = generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, tracker,
@@ -199,7 +206,12 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None) 
     algo = build(cfg, tasks)
     trained = meta_train.run(algo, tasks.train, cfg.meta_train, cfg.seed,
                              Path(cfg.paths.output_dir), tracker,
-                             resume.checkpoint if resume else None, _validation(cfg, tasks))
+                             resume.checkpoint if resume else None,
+                             _validation(cfg, tasks, on_validation))
+    if not cfg.meta_test.enabled:  # a search's trial: selected on validation only
+        log.info("meta_test.enabled=false: the test tasks are left untouched")
+        return RunResult(per_task={}, baseline=None, summaries={}, gain=None,
+                         objective=math.nan, no_gain=False, algorithm=algo, tasks=tasks)
     eval_steps = tuple(cfg.meta_test.eval_steps)
     try:
         tested = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)

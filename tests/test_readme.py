@@ -106,7 +106,8 @@ class Session:
                 extra += ["tracking.log_model=false", f"hydra.sweep.dir={self.tmp}/multirun"
                           f"/{self.count}"]
             if "hparams_search=" in command:
-                extra.append("hydra.sweeper.n_trials=2")
+                extra += ["hydra.sweeper.n_trials=2", "hydra.sweeper.reevaluate.top_k=1",
+                          "hydra.sweeper.reevaluate.seeds=2"]
             extra += [f"paths.data_dir={self.tmp}/data", f"paths.mlruns_dir={self.tmp}/mlruns",
                       f"hydra.run.dir={self.tmp}/outputs/{self.count}"]
         elif module in ("pipeline.rerun", "pipeline.compare", "pipeline.resume") and \

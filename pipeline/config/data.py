@@ -86,6 +86,13 @@ class SyntheticDataConfig(ClassificationDataConfig):
     task_diversity: float = num(1.0, ge=0)
     #: Probability that a label is replaced by a uniformly random class.
     label_noise: float = num(0.0, ge=0, le=1)
+    #: Fixed validation tasks drawn from the same family after the train and test tasks (so
+    #: those are unchanged and the three sets are disjoint), for model selection and searches
+    #: (``meta_train.validate_every``); 0: no validation split.
+    num_val_tasks: int = num(0, ge=0)
+
+    def validation_tasks(self) -> int:
+        return self.num_val_tasks
 
 
 @option("data", builds="pipeline.data.sinusoid:generate")
@@ -113,6 +120,13 @@ class SinusoidDataConfig(DataConfig):
     phase_max: float = num(math.pi)
     x_min: float = num(-5.0)
     x_max: float = num(5.0)
+    #: Fixed validation tasks, drawn like the test ones (random support points, the query grid)
+    #: after the train and test tasks, so those are unchanged and the sets disjoint; for model
+    #: selection and searches (``meta_train.validate_every``); 0: no validation split.
+    num_val_tasks: int = num(0, ge=0)
+
+    def validation_tasks(self) -> int:
+        return self.num_val_tasks
 
 
 @dataclass

@@ -34,6 +34,9 @@ class MetaTrainConfig:
 
 @dataclass
 class MetaTestConfig:
+    #: false: stop after meta-training, the test tasks untouched (a search's trials: selection
+    #: is on validation, the test tasks are scored once, for the chosen config).
+    enabled: bool = True
     #: Also evaluate the no-meta-learning baseline on the same test tasks.
     compare_to_scratch: bool = True
     #: Test tasks adapted together in one vectorised call.
@@ -113,6 +116,13 @@ class SweepConfig:
     #: experiment's latest sweep). FINISHED jobs are skipped, KILLED ones resumed from their
     #: checkpoints, FAILED ones rerun.
     resume: str | None = None
+    #: A search (``hydra/sweeper=optuna``) whose objective is a ``test/`` metric tunes on the
+    #: test tasks; it is refused unless this is true.
+    allow_test_objective: bool = False
+    #: Set by the search for each of its jobs: the Optuna trial number and study the job
+    #: reports its ``val/`` objective to (for pruning). Never set them by hand.
+    trial: int | None = num(None, ge=0)
+    study: str | None = None
 
 
 @dataclass

@@ -18,6 +18,7 @@ from pipeline.config.data import (
     ImagesDataConfig,
     OmniglotDataConfig,
     SinusoidDataConfig,
+    SyntheticDataConfig,
     TabularDataConfig,
 )
 from pipeline.config.fields import REGRESSION
@@ -255,9 +256,10 @@ def _check_validation(cfg: Config) -> None:
     if isinstance(data, OmniglotDataConfig):
         how = ("set data.num_val_characters (172: the ProtoNets split) and data.num_val_tasks "
                "> 0")
-    elif isinstance(data, ImagesDataConfig | TabularDataConfig):
-        how = ("set data.num_val_tasks > 0 (data=tabular: and a validation fraction in "
-               "data.task_split)")
+    elif isinstance(data, ImagesDataConfig | SyntheticDataConfig | SinusoidDataConfig):
+        how = "set data.num_val_tasks > 0"
+    elif isinstance(data, TabularDataConfig):
+        how = "set data.num_val_tasks > 0 and a validation fraction in data.task_split"
     else:
         how = "it has no validation split; set meta_train.validate_every=0"
     raise ConfigError(f"meta_train.validate_every={every} needs validation tasks and "

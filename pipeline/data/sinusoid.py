@@ -33,7 +33,9 @@ def _split(sx: np.ndarray, qx: np.ndarray, amplitude: np.ndarray, phase: np.ndar
                      f(qx))
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit, str, int]:
+def generate(cfg: dict, rng: np.random.Generator) -> tuple:
+    """Train and test tasks, then (``num_val_tasks`` > 0) validation tasks drawn like the test
+    ones from the rest of the stream: train and test do not depend on whether there are any."""
     k, n_train, n_test = cfg["k_shot"], cfg["num_train_tasks"], cfg["num_test_tasks"]
     a, p = _tasks(cfg, rng, n_train)
     train = _split(_points(cfg, rng, (n_train, k)), _points(cfg, rng, (n_train, cfg["num_query"])),
@@ -41,4 +43,9 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit,
     a, p = _tasks(cfg, rng, n_test)
     grid = np.linspace(cfg["x_min"], cfg["x_max"], cfg["test_grid_points"])
     test = _split(_points(cfg, rng, (n_test, k)), np.broadcast_to(grid, (n_test, grid.size)), a, p)
-    return train, test, REGRESSION, 1
+    val = []
+    if n_val := cfg.get("num_val_tasks", 0):
+        a, p = _tasks(cfg, rng, n_val)
+        val = [_split(_points(cfg, rng, (n_val, k)), np.broadcast_to(grid, (n_val, grid.size)),
+                      a, p)]
+    return (train, test, REGRESSION, 1, *val)

@@ -101,11 +101,15 @@ def draw_family(cfg: dict, rng: np.random.Generator):
     return phi, rng.standard_normal((cfg["latent_dim"], cfg["num_classes"]))
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit, str, int]:
+def generate(cfg: dict, rng: np.random.Generator) -> tuple:
+    """Train and test tasks, then (``num_val_tasks`` > 0) validation tasks drawn the same way
+    from the rest of the stream: train and test do not depend on whether there are any."""
     phi, w0 = draw_family(cfg, rng)
     splits = []
-    for num_tasks in (cfg["num_train_tasks"], cfg["num_test_tasks"]):
+    num_val = cfg.get("num_val_tasks", 0)
+    for num_tasks in (cfg["num_train_tasks"], cfg["num_test_tasks"], *([num_val] if num_val
+                                                                        else [])):
         xs, ys = draw_tasks(cfg, rng, phi, w0, num_tasks)
         splits.append(TaskSplit(*split_support_query(xs, ys, cfg["k_shot"], cfg["num_classes"],
                                                      rng)))
-    return splits[0], splits[1], CLASSIFICATION, cfg["num_classes"]
+    return (splits[0], splits[1], CLASSIFICATION, cfg["num_classes"], *splits[2:])

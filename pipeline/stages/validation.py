@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,9 @@ class Validation:
     tasks: Episodes
     every: int
     task_batch_size: int
+    #: Called with (iterations done, the ``val/`` values) after each validation, once they are
+    #: logged: a search's trial reports them to its pruner (and may stop the run by raising).
+    on_score: Callable[[int, dict[str, float]], None] | None = None
 
 
 class Selection:
@@ -90,6 +94,8 @@ class Selection:
         self.seconds += time.perf_counter() - start
         log.info("validation after %d iterations: %s %.4f on %d tasks%s", done, self.metric,
                  record[self.metric], v.tasks.num_tasks, " (best so far)" if better else "")
+        if v.on_score is not None:
+            v.on_score(done, record)
 
     def state(self) -> dict:
         """The JSON part of the selection state, for checkpoints."""

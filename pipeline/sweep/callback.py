@@ -21,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline import groups
 from pipeline.config import TrackingConfig
+from pipeline.errors import ConfigError
+from pipeline.search import objective as search_objective
 from pipeline.sweep import workers
 from pipeline.sweep.plan import (
     NEW,
@@ -69,6 +71,11 @@ class SweepCallback(Callback):
         from pipeline import errors, preflight
 
         errors.started = True
+        if search_objective.is_search(config):  # nothing recorded before it is refused
+            try:
+                search_objective.check(config)
+            except ConfigError as e:
+                _refuse(str(e))
         cfg = _tracking_cfg(config)
         try:
             preflight.check_names(cfg)

@@ -68,6 +68,26 @@ REPLACES, REPLACED_BY = "sweep_replaces", "sweep_replaced_by"
 RESUMED_SWEEP = "sweep_resumed"
 RESUME_COUNTS = ("sweep_resume_skipped", "sweep_resume_resumed", "sweep_resume_rerun",
                  "sweep_resume_new")
+#: Searches (``hydra/sweeper=optuna``, :mod:`pipeline.search`): on each trial's run its number,
+#: its study and its Optuna state (RUNNING, COMPLETE, PRUNED, FAIL), and for a pruned trial the
+#: validation step (meta-iterations done) where its pruner stopped it; on the parent the study
+#: and its storage (without password); on a re-evaluation group the trial it re-runs.
+TRIAL_NUMBER, STUDY_NAME, TRIAL_STATE = "trial_number", "study_name", "trial_state"
+PRUNED_STEP = "pruned_at_step"
+STUDY_STORAGE = "optuna_storage"
+#: On a search parent: what a trial returns (`best val/query_acc_after_mean`).
+SEARCH_OBJECTIVE = "search_objective"
+REEVALUATES = "reevaluates_trial"
+STATE_PRUNED, STATE_COMPLETE, STATE_FAIL = "PRUNED", "COMPLETE", "FAIL"
+#: A search parent's record: artifacts under ``search/``, its result (the re-evaluated
+#: winner's test score across fresh seeds, with the CI) beside the winner's validation score.
+SEARCH_DIR = "search"
+SEARCH_TRIALS_TABLE = "search/trials.json"
+SEARCH_VAL_BEST = "search/best_trial_val"
+SEARCH_TEST_MEAN, SEARCH_TEST_CI95 = "search/reevaluated_test_mean", "search/reevaluated_test_ci95"
+SEARCH_OPTIMISM = "search/selection_optimism"
+SEARCH_TRIALS = ("search/trials_complete", "search/trials_pruned", "search/trials_failed")
+SEARCH_BEST_TRIAL, SEARCH_BEST_GROUP = "search_best_trial", "search_best_group"
 #: Runs of ``pipeline.compare --paired --log`` and ``--register``.
 ROLE_PAIRED = "paired_comparison"
 PAIRED_A, PAIRED_B, PAIRED_METRIC = "paired_a", "paired_b", "paired_metric"

@@ -159,9 +159,11 @@ class Tracker:
         except BaseException as e:
             killed = isinstance(e, KeyboardInterrupt | SystemExit)
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            self.set_tags({keys.ERROR: reason})
+            # an exception may name the status and tags it means (a pruned search trial)
+            self.set_tags({keys.ERROR: reason, **getattr(e, "run_tags", {})})
             with contextlib.suppress(TrackingError):  # said in the log; the run's error wins
-                self._end(keys.KILLED if killed else keys.FAILED)
+                self._end(getattr(e, "run_status", None)
+                          or (keys.KILLED if killed else keys.FAILED))
             raise
         self._end(keys.FINISHED)
 

@@ -1,0 +1,349 @@
+"""The search loop of the Optuna sweeper (``hydra/sweeper=optuna``), in the launching process.
+
+Trials are asked from a persistent study (:mod:`pipeline.search.study`) and told their result
+(ask/tell). With a launcher that can ``submit(overrides, job_idx) -> Future[JobReturn]`` (and
+has ``n_jobs``, ``shutdown()``), ``n_jobs`` trials are in flight and a new one is asked the
+moment one ends: no batch barrier. Other launchers (basic, joblib, Ray, SLURM) get batches of
+``hydra.sweeper.n_jobs`` through ``launch``.
+
+A job learns its trial through the overrides ``sweep.trial=N sweep.study=NAME``; it reports
+its ``val/`` objective at every validation point and stops when pruned
+(:mod:`pipeline.search.trial`). A job that fails makes its trial FAIL (counted against
+``max_failure_rate``); a pruned one is PRUNED (never counted).
+
+``sweep.resume=last|PARENT_ID`` continues a stopped search: the study is the parent's, its
+finished trials are kept, the trials it left RUNNING run again under their own numbers and
+params (their KILLED runs continue from their checkpoints through the sweep's resume
+machinery), and new trials are asked until the study holds exactly ``n_trials``.
+
+After the last trial the test tasks are touched once: the best ``reevaluate.top_k`` trials are
+re-run on ``reevaluate.seeds`` fresh seeds each, as seed groups (:mod:`pipeline.groups`) through
+the same launcher, and the parent run records the search (:mod:`pipeline.search.record`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sys
+from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from hydra.core.utils import JobReturn, JobStatus
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+
+from pipeline import groups
+from pipeline.errors import ConfigError
+from pipeline.search import objective, record, space, study
+from pipeline.sweep.plan import PARENT_FILE
+from pipeline.tracking import keys, store
+
+log = logging.getLogger(__name__)
+
+#: Keys of a job's overrides that tie it to its trial (left out of re-evaluation jobs).
+TRIAL_KEYS = ("sweep.trial", "sweep.study", "meta_test.enabled")
+#: The file an Optuna sweeper leaves in the sweep folder (best params and value).
+RESULTS_FILE = "optimization_results.yaml"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """``hydra.sweeper``: see ``hydra_plugins/pipeline_optuna_sweeper``."""
+
+    direction: str
+    objective: str
+    objective_value: str
+    study_name: str | None
+    storage: str | None
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float
+    sampler: Any
+    pruner: Any
+    params: dict[str, str] | None
+    top_k: int
+    seeds: int
+    first_seed: int | None
+
+
+def settings_of(sweeper: DictConfig | dict) -> Settings:
+    s = OmegaConf.create(sweeper) if isinstance(sweeper, dict) else sweeper
+    re_ = s.get("reevaluate") or {}
+    params = s.get("params")
+    return Settings(
+        direction=str(s.direction).rsplit(".", 1)[-1].lower(), objective=str(s.objective),
+        objective_value=str(s.get("objective_value", objective.BEST)),
+        study_name=s.get("study_name"), storage=s.get("storage"), n_trials=int(s.n_trials),
+        n_jobs=int(s.get("n_jobs") or 1), max_failure_rate=float(s.max_failure_rate),
+        sampler=s.get("sampler"), pruner=s.get("pruner"),
+        params={str(k): str(v) for k, v in params.items()} if params else None,
+        top_k=int(re_.get("top_k", 3)), seeds=int(re_.get("seeds", 3)),
+        first_seed=re_.get("first_seed"))
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").partition("=")[0]
+
+
+class Search:
+    """One search: its study, its trials in flight, its re-evaluation."""
+
+    def __init__(self, settings: Settings, launcher: Any, config: DictConfig):
+        self.s, self.launcher, self.config = settings, launcher, config
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        self.uri = str(config.tracking.uri)
+        self.returns: list[JobReturn] = []
+        self.failures = 0
+        parent_file = self.sweep_dir / PARENT_FILE
+        self.parent = json.loads(parent_file.read_text()) if parent_file.is_file() else None
+        self.parent_id: str | None = self.parent["run_id"] if self.parent else None
+        self.submit = getattr(launcher, "submit", None)
+
+    # --- the study ----------------------------------------------------------------------------
+
+    def _study_name(self) -> str:
+        if self.parent_id:
+            named = store.get_run(self.uri, self.parent_id).tags.get(keys.STUDY_NAME)
+            if named:  # a resumed search: the parent's study
+                return named
+        base = self.s.study_name or "search"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-",
+                      f"{base}-{self.sweep_dir.parent.name}-{self.sweep_dir.name}")
+
+    def _open(self) -> optuna.Study:
+        objective.check(self.config)
+        url = study.storage_of(self.config)
+        self.study_name = self._study_name()
+        self.study = study.open_study(url, self.study_name, self.s.direction, None,
+                                      study.pruner_of(self.s.pruner), create=True)
+        # A resumed search's sampler must not replay its seed's first draws (the params of the
+        # trials it already has): its seed moves on by the number of trials in the study.
+        spec = self.s.sampler
+        done = len(self.study.get_trials(deepcopy=False))
+        if done and spec is not None and spec.get("seed") is not None:
+            spec = OmegaConf.merge(spec, {"seed": int(spec.seed) + done})
+        self.study.sampler = study.build(spec) or self.study.sampler
+        if self.parent_id:
+            store.set_tags(self.uri, self.parent_id, {
+                keys.STUDY_NAME: self.study_name, keys.STUDY_STORAGE: study.without_password(url),
+                keys.SEARCH_OBJECTIVE: f"{self.s.objective_value} {self.s.objective}"})
+        log.info("Study %s in %s: %d trials already", self.study_name,
+                 study.without_password(url), len(self.study.trials))
+        return self.study
+
+    # --- trials -------------------------------------------------------------------------------
+
+    def _trial_overrides(self, fixed: list[str], params: dict[str, Any], number: int
+                         ) -> list[str]:
+        # the test tasks stay untouched during the search (unless it tunes on them, allowed)
+        test = [] if self.s.objective.startswith(keys.TEST) else ["meta_test.enabled=false"]
+        return [*fixed, *space.overrides(params), f"sweep.trial={number}",
+                f"sweep.study={self.study_name}", *test]
+
+    def _finish(self, number: int, ret: JobReturn) -> None:
+        """Tell the study how trial ``number``'s job ended; tag its run with the state."""
+        self.returns.append(ret)
+        frozen = self.study.get_trials(deepcopy=False)[number]
+        assert frozen.number == number
+        state, value = TrialState.FAIL, None
+        if ret.status == JobStatus.COMPLETED:
+            pruned = self.study._storage.get_trial(frozen._trial_id).user_attrs.get(
+                keys.PRUNED_STEP)
+            result = ret.return_value
+            if pruned is not None:
+                state = TrialState.PRUNED
+            elif isinstance(result, int | float) and math.isfinite(result):
+                state, value = TrialState.COMPLETE, float(result)
+        if state == TrialState.FAIL:
+            self.failures += 1
+            reason = ret._return_value if ret.status == JobStatus.FAILED else "no objective"
+            log.warning("Trial %d failed: %s", number, reason)
+        self.study.tell(number, value, state=state, skip_if_finished=True)
+        self._tag_run(number, state.name)
+        done = sum(t.state.is_finished() for t in self.study.trials)
+        if done and self.failures / done > self.s.max_failure_rate:
+            raise RuntimeError(
+                f"{self.failures} of {done} trials failed, more than "
+                f"hydra.sweeper.max_failure_rate={self.s.max_failure_rate}: the search stops. "
+                f"Pruned trials do not count; see the failed trials' runs for why.")
+
+    def _tag_run(self, number: int, state: str) -> None:
+        if not self.parent_id:
+            return
+        runs = store.search_runs(
+            self.uri, parent_run_id=self.parent_id,
+            filter_string=f"tags.{keys.TRIAL_NUMBER} = '{number}' and "
+                          f"tags.{keys.STUDY_NAME} = '{self.study_name}'")
+        for run in runs:
+            if keys.REPLACED_BY not in run.tags:
+                store.set_tags(self.uri, run.run_id, {keys.TRIAL_STATE: state})
+
+    def _pending(self) -> list[optuna.trial.FrozenTrial]:
+        """Trials a stopped search left RUNNING: they run again, same number and params."""
+        return [t for t in self.study.trials if t.state == TrialState.RUNNING]
+
+    def _run_trials(self, fixed: list[str], space_: dict) -> None:
+        rerun = self._pending()
+        to_ask = max(self.s.n_trials - len(self.study.trials), 0)
+        if rerun:
+            log.info("Resuming the search: %d trials run again (%s), %d new", len(rerun),
+                     ", ".join(str(t.number) for t in rerun), to_ask)
+
+        def next_trial() -> tuple[int, list[str]] | None:
+            nonlocal to_ask
+            if rerun:
+                t = rerun.pop(0)
+                return t.number, self._trial_overrides(fixed, t.params, t.number)
+            if to_ask <= 0:
+                return None
+            to_ask -= 1
+            t = self.study.ask(space_)
+            return t.number, self._trial_overrides(fixed, t.params, t.number)
+
+        if self.submit is not None:
+            self._run_async(next_trial, int(getattr(self.launcher, "n_jobs", None)
+                                            or self.s.n_jobs))
+        else:
+            self._run_batches(next_trial, self.s.n_jobs)
+
+    def _run_async(self, next_trial, n_jobs: int) -> None:
+        """``n_jobs`` trials in flight; a new one is asked as soon as one ends."""
+        inflight: dict[Future, int] = {}
+        more = True
+        while True:
+            while more and len(inflight) < n_jobs:
+                nxt = next_trial()
+                if nxt is None:
+                    more = False
+                    break
+                number, overrides = nxt
+                inflight[self.submit(overrides, number)] = number
+            if not inflight:
+                return
+            done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+            for future in done:
+                self._finish(inflight.pop(future), future.result())
+
+    def _run_batches(self, next_trial, n_jobs: int) -> None:
+        """Batches of ``n_jobs`` trials through ``launcher.launch`` (consecutive job numbers
+        per call: a resumed search's re-run trials may not be)."""
+        while True:
+            batch = [t for t in (next_trial() for _ in range(max(n_jobs, 1))) if t is not None]
+            if not batch:
+                return
+            for run in _consecutive(batch):
+                returns = self.launcher.launch([o for _, o in run], initial_job_idx=run[0][0])
+                for (number, _), ret in zip(run, returns, strict=True):
+                    self._finish(number, ret)
+
+    # --- after the search: the test tasks, once --------------------------------------------
+
+    def _reevaluate(self, fixed: list[str]) -> list[tuple[optuna.trial.FrozenTrial, str]]:
+        """The best ``top_k`` trials on ``seeds`` fresh seeds each, as seed groups."""
+        done = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
+        if not done or self.s.top_k <= 0 or self.s.seeds <= 0 or not self.parent_id:
+            return []
+        done.sort(key=lambda t: t.value, reverse=self.s.direction == "maximize")
+        top = done[: self.s.top_k]
+        first = (self.s.first_seed if self.s.first_seed is not None
+                 else int(OmegaConf.select(self.config, "seed", default=0)) + 1)
+        seeds = list(range(first, first + self.s.seeds))
+        base = [o for o in fixed if _key(o) not in (*TRIAL_KEYS, keys.SEED)]
+        existing = {r.tags.get(keys.REEVALUATES): r for r in store.search_runs(
+            self.uri, parent_run_id=self.parent_id,
+            filter_string=f"tags.{keys.SWEEP_ROLE} = '{keys.ROLE_GROUP}'")}
+        number = max(len(self.study.trials), self.s.n_trials)
+        parent = store.get_run(self.uri, self.parent_id)
+        jobs: list[tuple[int, list[str]]] = []
+        out = []
+        mapping = dict(self.parent.get("groups", {})) if self.parent else {}
+        for rank, t in enumerate(top, 1):
+            group = existing.get(str(t.number))
+            if group is not None:
+                nums = json.loads(group.tags[keys.GROUP_JOBS])
+                group_id = group.run_id
+            else:
+                nums = list(range(number, number + len(seeds)))
+                name = (f"trial {t.number} (rank {rank} on validation) on {len(seeds)} fresh "
+                        f"seeds")
+                group_id = store.create_run(self.uri, parent.experiment_id, name, {
+                    keys.SWEEP_ROLE: keys.ROLE_GROUP, keys.PARENT_RUN: self.parent_id,
+                    keys.SWEEP_ID: parent.tags.get(keys.SWEEP_ID, ""),
+                    keys.GROUP_BY: json.dumps([keys.SEED]), keys.GROUP_JOBS: json.dumps(nums),
+                    keys.REEVALUATES: str(t.number), keys.STUDY_NAME: self.study_name})
+            number = max(number, max(nums) + 1)
+            mapping |= {str(n): group_id for n in nums}
+            jobs += [(n, [*base, *space.overrides(t.params), f"seed={s}"])
+                     for n, s in zip(nums, seeds, strict=True)]
+            out.append((t, group_id))
+        # jobs find their group through the sweep folder (or the group's tags in the store)
+        swept = list(dict.fromkeys([*(self.parent or {}).get("swept", []), keys.SEED]))
+        (self.sweep_dir / PARENT_FILE).write_text(json.dumps(
+            {**(self.parent or {}), "swept": swept, "groups": mapping}))
+        log.info("Re-evaluating the best %d trials (%s) on seeds %s: %d jobs", len(top),
+                 ", ".join(str(t.number) for t in top), seeds, len(jobs))
+        if self.submit is not None:
+            futures = [self.submit(o, n) for n, o in jobs]
+            self.returns += [f.result() for f in futures]
+        else:
+            for run in _consecutive(jobs):
+                self.returns += list(self.launcher.launch([o for _, o in run],
+                                                          initial_job_idx=run[0][0]))
+        for _, group_id in out:
+            groups.write_if_complete(self.uri, group_id, self.sweep_dir, final=True)
+        return out
+
+    # --- the whole search --------------------------------------------------------------------
+
+    def run(self, arguments: Sequence[str]) -> list[JobReturn]:
+        params = [f"{k}={v}" for k, v in (self.s.params or {}).items()]
+        space_, fixed_map = space.parse([*params, *arguments])
+        fixed = [f"{k}={v}" for k, v in fixed_map.items() if _key(k) not in TRIAL_KEYS]
+        if not space_:
+            raise ValueError("hydra.sweeper.params is empty: a search needs at least one "
+                             "swept key, e.g. algorithm.inner_lr='tag(log, interval(0.01, 1))'.")
+        try:
+            self._open()
+        except ConfigError as e:  # e.g. tracking=server without the team's study database
+            print(f"Error in config: {e}", file=sys.stderr)
+            sys.exit(2)
+        try:
+            self._run_trials(fixed, space_)
+            reevaluated = self._reevaluate(fixed)
+        finally:
+            shutdown = getattr(self.launcher, "shutdown", None)
+            if shutdown is not None and self.submit is not None:
+                shutdown()
+        best = self._best()
+        if best is not None:
+            (self.sweep_dir / RESULTS_FILE).write_text(OmegaConf.to_yaml(OmegaConf.create(
+                {"name": "optuna", "best_params": best.params, "best_value": best.value})))
+            log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
+        if self.parent_id:
+            record.log_search(self.uri, self.parent_id, self.study, self.s.objective,
+                              best, reevaluated)
+        return self.returns
+
+    def _best(self) -> optuna.trial.FrozenTrial | None:
+        try:
+            return self.study.best_trial
+        except ValueError:  # no trial completed
+            return None
+
+
+def _consecutive(items: list[tuple[int, list[str]]]) -> list[list[tuple[int, list[str]]]]:
+    """Split (job number, overrides) pairs into runs of consecutive job numbers."""
+    out: list[list[tuple[int, list[str]]]] = []
+    for item in items:
+        if out and out[-1][-1][0] + 1 == item[0]:
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out

@@ -1,0 +1,82 @@
+"""Inside a search's job: its trial (``sweep.trial``, ``sweep.study``, set by the search), the
+validation values it reports to that trial at every validation point, the pruner's verdict, and
+the objective it returns.
+
+The job opens the study from the storage the search created, with the pruner configured in
+``hydra.sweeper.pruner`` (Optuna keeps no pruner in the storage), reports the ``val/``
+objective with step = meta-iterations done, and, when the pruner says so, stops meta-training by
+raising :class:`~pipeline.errors.TrialPruned`: its run ends KILLED, tagged ``trial_state=PRUNED``
+and the step, with its curves up to there. The trial's state is told by the search, which reads
+the step from the trial's user attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import TrialPruned
+from pipeline.search import objective, study
+from pipeline.tracking import keys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialJob:
+    """The trial a job runs and what it reports."""
+
+    number: int
+    study_name: str
+    storage: str
+    metric: str
+    how: str
+    pruner: object | None
+
+    @property
+    def tags(self) -> dict[str, str]:
+        return {keys.TRIAL_NUMBER: str(self.number), keys.STUDY_NAME: self.study_name,
+                keys.TRIAL_STATE: "RUNNING"}
+
+
+def of_job(sweep_number: int | None, study_name: str | None, hydra_cfg: DictConfig,
+           tracking_uri: str) -> TrialJob | None:
+    """The job's trial, from the overrides the search adds and the sweeper's config in the
+    job's Hydra config; None outside a search."""
+    if sweep_number is None or not study_name:
+        return None
+    sweeper = hydra_cfg.sweeper
+    url = study.storage_url(OmegaConf.select(sweeper, "storage", default=None), tracking_uri)
+    return TrialJob(int(sweep_number), str(study_name), url, str(sweeper.objective),
+                    str(OmegaConf.select(sweeper, "objective_value", default=objective.BEST)),
+                    OmegaConf.select(sweeper, "pruner", default=None))
+
+
+class Reporter:
+    """Reports each validation's objective value to the trial; raises when pruned."""
+
+    def __init__(self, job: TrialJob):
+        self.job = job
+        s = study.open_study(job.storage, job.study_name, "maximize",
+                             pruner=study.pruner_of(job.pruner))
+        # Optuna's handle on a trial another process asked for: its id in the storage
+        trial_id = s._storage.get_trial_id_from_study_id_trial_number(s._study_id, job.number)
+        self.trial = optuna.trial.Trial(s, trial_id)
+
+    def __call__(self, done: int, record: dict[str, float]) -> None:
+        value = record.get(self.job.metric)
+        if value is None or not math.isfinite(value):
+            return
+        self.trial.report(value, done)  # a resumed run's earlier steps are ignored by Optuna
+        if self.trial.should_prune():
+            self.trial.set_user_attr(keys.PRUNED_STEP, done)
+            log.info("Trial %d pruned after %d meta-iterations (%s %.4f)", self.job.number, done,
+                     self.job.metric, value)
+            raise TrialPruned(
+                f"pruned by the search's pruner after {done} meta-iterations ({self.job.metric}="
+                f"{value:.4g}); not a failure",
+                {keys.TRIAL_STATE: keys.STATE_PRUNED, keys.PRUNED_STEP: str(done)})
