@@ -138,8 +138,9 @@ def test_batched_forward_is_each_tasks_own_model_call(batch_norm, downsample, fl
 #: (name, class, config, model options): second order through every fast formulation.
 GRADCHECK = [
     ("maml head", MAML, MAMLConfig(inner_lr=0.3, inner_steps=1), {}),
-    ("maml zero_head, 2 steps", MAML,
-     MAMLConfig(inner_lr=0.3, inner_steps=2, zero_head=True), {}),
+    pytest.param("maml zero_head, 2 steps", MAML,
+                 MAMLConfig(inner_lr=0.3, inner_steps=2, zero_head=True), {},
+                 marks=pytest.mark.slow),
     ("maml zero_head, stride", MAML,
      MAMLConfig(inner_lr=0.3, inner_steps=1, zero_head=True), {"downsample": "stride"}),
     ("anil, 2 steps", ANIL, ANILConfig(inner_lr=0.3, inner_steps=2), {}),
@@ -148,7 +149,8 @@ GRADCHECK = [
 ]
 
 
-@pytest.mark.parametrize("name, cls, cfg, kw", GRADCHECK, ids=[g[0] for g in GRADCHECK])
+@pytest.mark.parametrize("name, cls, cfg, kw", GRADCHECK,
+                         ids=[getattr(g, "values", g)[0] for g in GRADCHECK])
 def test_second_order_meta_gradient_matches_finite_differences(name, cls, cfg, kw,
                                                                float64):  # noqa: F811
     algo = _algo(cls, cfg, **kw)
@@ -161,9 +163,9 @@ def test_second_order_meta_gradient_matches_finite_differences(name, cls, cfg, k
 
 EQUAL = [
     ("maml head", MAML, MAMLConfig(inner_lr=0.3, inner_steps=1, test_inner_steps=2), {}),
-    ("maml zero_head", MAML,
-     MAMLConfig(inner_lr=0.3, inner_steps=2, test_inner_steps=2, zero_head=True),
-     {"downsample": "stride"}),
+    pytest.param("maml zero_head", MAML,
+                 MAMLConfig(inner_lr=0.3, inner_steps=2, test_inner_steps=2, zero_head=True),
+                 {"downsample": "stride"}, marks=pytest.mark.slow),
     pytest.param("fomaml zero_head", MAML,
                  MAMLConfig(inner_lr=0.3, inner_steps=1, first_order=True, zero_head=True), {},
                  marks=pytest.mark.slow),
@@ -171,7 +173,8 @@ EQUAL = [
     pytest.param("metasgd", MetaSGD,
                  MetaSGDConfig(inner_lr=0.3, inner_steps=1, zero_head=True), {},
                  marks=pytest.mark.slow),
-    ("reptile", Reptile, ReptileConfig(inner_lr=0.1, inner_steps=2), {}),
+    pytest.param("reptile", Reptile, ReptileConfig(inner_lr=0.1, inner_steps=2), {},
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -223,6 +226,7 @@ def _split(rng, tasks: int = 12) -> TaskSplit:
     return TaskSplit(img(WAYS * SHOTS), sy, img(WAYS * QUERIES), qy)
 
 
+@pytest.mark.slow  # the fast suite: chunk independence on the MLP (test_meta_algorithms)
 def test_conv_training_is_chunk_independent_and_bit_identical():
     """float32 as in real runs: the same seed gives the same curves, weights and test metrics,
     bit for bit, whatever ``steps_per_call`` (per-task convolutions at test time, 2 steps)."""
@@ -245,6 +249,7 @@ def test_conv_training_is_chunk_independent_and_bit_identical():
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # a logged conv4 loaded in a fresh process; the fast suite: test_omniglot
 def test_logged_model_predicts_like_the_trained_one(tmp_path):
     """Both conv4 variants, trained a few steps on the fast path, are logged as stock Keras;
     a Python that never imports the project loads them and gives the logits the fast path

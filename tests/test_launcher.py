@@ -65,6 +65,7 @@ def test_a_warm_workers_later_job_equals_a_cold_run(make_cfg, warm_cache, algori
         np.testing.assert_array_equal(a, c)
 
 
+@pytest.mark.slow  # the fast suite: a warm job equal to a cold one
 def test_a_different_graph_is_not_reused(make_cfg, warm_cache):
     warm.new_job()
     _run(make_cfg, "algorithm.inner_steps=1")

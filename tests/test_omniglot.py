@@ -261,7 +261,9 @@ def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg)
     assert not np.any(result.algorithm.model.get_layer("head").kernel.numpy())
 
 
-@pytest.mark.parametrize("algorithm", ["anil", "metasgd", "reptile"])  # maml: test above
+@pytest.mark.parametrize("algorithm", [  # maml: test above
+    "anil", pytest.param("metasgd", marks=pytest.mark.slow),
+    pytest.param("reptile", marks=pytest.mark.slow)])
 def test_every_gradient_based_algorithm_runs_on_omniglot(make_cfg, algorithm):
     """The whole algorithm suite runs on conv4 episodes (batched over tasks), with finite losses."""
     from pipeline.runner import execute

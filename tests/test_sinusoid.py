@@ -58,7 +58,8 @@ def test_fomaml_is_selectable_by_name(make_cfg):
 
 
 @pytest.mark.parametrize("name, iterations", [
-    ("maml", 600), ("fomaml", 600), ("anil", 2000), ("metasgd", 600), ("reptile", 300),
+    ("maml", 600), pytest.param("fomaml", 600, marks=pytest.mark.slow),
+    pytest.param("anil", 2000, marks=pytest.mark.slow), ("metasgd", 600), ("reptile", 300),
 ])
 def test_every_algorithm_learns_sinusoids(make_cfg, name, iterations):
     cfg, raw = make_cfg(f"experiment=sinusoid_{name}", f"meta_train.iterations={iterations}",

@@ -328,6 +328,7 @@ def test_bad_sweep_keys_are_refused_in_one_line(tmp_path, override, message):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow  # two sweep subprocesses (the fast suite: test_bad_sweep_keys_are_refused...)
 def test_resume_of_an_unknown_or_other_sweep_is_refused(grid, tmp_path):
     _tmp, _uri, client = grid
     parent, _children = sweep_runs(client)

@@ -345,6 +345,7 @@ def fake_set(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # a CLI run; the fast suite runs the CLI in test_pipeline and tabular in process
 def test_cli_run_end_to_end_leaves_a_complete_mlflow_run(tmp_path):
     fake_set(tmp_path / "set")
     proc = run_cli("experiment=tabular_maml", "data.layout=per_task",

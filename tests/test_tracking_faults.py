@@ -68,6 +68,7 @@ def test_server_outage_mid_run_loses_nothing(make_cfg, mlflow_server, tmp_path):
     assert _metric_steps(client, tracker.run_id, "m") == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow  # a server restarted (the fast suite imports through the CLI: test_store_faults)
 def test_records_left_at_the_end_can_be_imported(make_cfg, mlflow_server, tmp_path):
     cfg, _ = make_cfg(f"tracking.uri={mlflow_server.uri}", "tracking.artifact_location=null")
     tracker = Tracker(cfg.tracking, tmp_path / "out")
