@@ -245,14 +245,23 @@ class SweepCallback(Callback):
         reason = (f"stopped by signal {stopped}; continue it with the same command and "
                   f"sweep.resume={self.parent_run_id}" if stopped
                   else "the sweep stopped before its end")
-        with contextlib.suppress(Exception):
-            for group_id in sorted(self.group_ids):
+        for group_id in sorted(self.group_ids):  # one group's failure does not stop the rest
+            try:
                 groups.write_if_complete(self.uri, group_id, self.sweep_dir)
                 if store.get_run(self.uri, group_id).status == keys.RUNNING:
                     store.set_status(self.uri, group_id, status)
-            store.set_tags(self.uri, self.parent_run_id, {keys.ERROR: reason})
-            store.end_run(self.uri, self.parent_run_id, status)
-        self.parent_run_id = None
+            except Exception as e:
+                log.warning("Group run %s not ended: %s", group_id, keys.plain_text(str(e)))
+        parent, self.parent_run_id = self.parent_run_id, None  # the heartbeat stops first
+        for attempt in range(3):  # the parent is never left RUNNING if the store answers
+            try:
+                store.set_tags(self.uri, parent, {keys.ERROR: reason})
+                store.end_run(self.uri, parent, status)
+                return
+            except Exception as e:
+                log.warning("Sweep parent run %s not ended %s (attempt %d): %s", parent, status,
+                            attempt + 1, keys.plain_text(str(e)))
+                time.sleep(0.5)
 
     def _start_heartbeat(self, uri: str) -> None:
         """The parent run's heartbeat, from this (the launching) process while the sweep runs:
