@@ -71,7 +71,7 @@ def ui(tmp_path_factory):
         [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
          "--default-artifact-root", str(tmp / "mlruns" / "artifacts"), "--host", "127.0.0.1",
          "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        start_new_session=True, cwd=tmp)  # MLflow's UI leaves its own default ./mlflow.db
     url = f"http://127.0.0.1:{port}"
     assert answers_health(url, proc, 120), "mlflow ui did not start"
     yield url, client, exp, tmp
