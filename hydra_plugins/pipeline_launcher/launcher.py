@@ -30,6 +30,7 @@ import atexit
 import contextlib
 import logging
 import os
+import signal
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -126,6 +127,9 @@ class PipelineLauncher(Launcher):
             wait_interruptibly(futures)
         except BaseException:  # a stop (the sweep callback's SIGTERM handler): start no more
             self._drop_queue("the sweep is stopping: job not started")
+            # A job still running (a second Ctrl-C stops waiting for it) gets SIGTERM: it ends
+            # KILLED with its checkpoint, and the exit does not wait out its whole training.
+            self._signal_busy(signal.SIGTERM)
             raise
         results = [f.result() for f in futures]
         lost = [r._return_value for r in results if isinstance(r._return_value, WorkerLost)]
@@ -147,6 +151,14 @@ class PipelineLauncher(Launcher):
             if slot.executor is not None:
                 with contextlib.suppress(Exception):
                     slot.executor.shutdown(wait=wait)
+
+    def _signal_busy(self, signum: int) -> None:
+        """Send ``signum`` to the workers running a job."""
+        with self._lock:
+            pids = [slot.pid for slot in self._slots if slot.job is not None and slot.pid]
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signum)
 
     # --- slots ------------------------------------------------------------------------------
 

@@ -245,23 +245,24 @@ class SweepCallback(Callback):
         reason = (f"stopped by signal {stopped}; continue it with the same command and "
                   f"sweep.resume={self.parent_run_id}" if stopped
                   else "the sweep stopped before its end")
-        for group_id in sorted(self.group_ids):  # one group's failure does not stop the rest
-            try:
-                groups.write_if_complete(self.uri, group_id, self.sweep_dir)
-                if store.get_run(self.uri, group_id).status == keys.RUNNING:
-                    store.set_status(self.uri, group_id, status)
-            except Exception as e:
-                log.warning("Group run %s not ended: %s", group_id, keys.plain_text(str(e)))
         parent, self.parent_run_id = self.parent_run_id, None  # the heartbeat stops first
-        for attempt in range(3):  # the parent is never left RUNNING if the store answers
+        for attempt in range(3):  # the parent first: never left RUNNING if the store answers
             try:
                 store.set_tags(self.uri, parent, {keys.ERROR: reason})
                 store.end_run(self.uri, parent, status)
-                return
+                break
             except Exception as e:
                 log.warning("Sweep parent run %s not ended %s (attempt %d): %s", parent, status,
                             attempt + 1, keys.plain_text(str(e)))
                 time.sleep(0.5)
+        # The groups' open runs get the same status; their statistics are written by their
+        # jobs, and again when the sweep is resumed (no group lock taken in a signal handler).
+        for group_id in sorted(self.group_ids):
+            try:
+                if store.get_run(self.uri, group_id).status == keys.RUNNING:
+                    store.set_status(self.uri, group_id, status)
+            except Exception as e:
+                log.warning("Group run %s not ended: %s", group_id, keys.plain_text(str(e)))
 
     def _start_heartbeat(self, uri: str) -> None:
         """The parent run's heartbeat, from this (the launching) process while the sweep runs:
