@@ -200,6 +200,12 @@ def _check_meta_batch(cfg: Config) -> None:
             f"must be <= {tasks} (or raise data.num_train_tasks).")
 
 
+def _is_split(split: Any) -> bool:
+    """Three fractions (train, val, test) summing to 1, train and test > 0."""
+    return (len(split) == 3 and all(f >= 0 for f in split) and split[0] > 0 and split[2] > 0
+            and abs(sum(split) - 1) <= 1e-6)
+
+
 def _check_image_collection(data: ImagesDataConfig) -> None:
     if not data.root:
         raise ConfigError(
@@ -213,8 +219,7 @@ def _check_image_collection(data: ImagesDataConfig) -> None:
         raise ConfigError(f"data.class_split={list(split)} splits a flat folder of classes and "
                           f"needs data.layout=folders (layout={data.layout} has its own splits); "
                           f"set data.class_split=null.")
-    if (len(split) != 3 or any(f < 0 for f in split) or split[0] <= 0 or split[2] <= 0
-            or abs(sum(split) - 1) > 1e-6):
+    if not _is_split(split):
         raise ConfigError(f"data.class_split={list(split)} is not allowed: give 3 fractions of "
                           f"the classes (train, val, test) that sum to 1, train and test > 0, "
                           f"e.g. [0.64, 0.16, 0.2].")
@@ -227,8 +232,7 @@ def _check_tabular(data: TabularDataConfig) -> None:
             "or Parquet file with a task column, data.layout=long) or data.root=/path/to/folder "
             "(one file per task, data.layout=per_task); README: 'Tabular tasks from disk'.")
     split = data.task_split
-    if split is not None and (len(split) != 3 or any(f < 0 for f in split) or split[0] <= 0
-                              or split[2] <= 0 or abs(sum(split) - 1) > 1e-6):
+    if split is not None and not _is_split(split):
         raise ConfigError(f"data.task_split={list(split)} is not allowed: give 3 fractions of "
                           f"the tasks (train, val, test) that sum to 1, train and test > 0, e.g. "
                           f"[0.6, 0.2, 0.2]; or null for named splits.")
