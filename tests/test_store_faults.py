@@ -380,5 +380,6 @@ def test_double_ctrl_c_on_a_sweep_ends_in_one_line(tmp_path):
     exp = client.get_experiment_by_name("meta-learning").experiment_id
     [parent] = client.search_runs([exp], "tags.sweep_role = 'parent'")
     assert parent.info.status == "KILLED"
+    assert f"sweep.resume={parent.info.run_id}" in out.split("stopped again")[1]
     liveness.reap(uri, older_than=0)
     assert not client.search_runs([exp], "attributes.status = 'RUNNING'")

@@ -66,6 +66,7 @@ class SweepCallback(Callback):
         self.group_ids: set[str] = set()
         self.sweep_dir: Path | None = None
         self._stopped: int | None = None
+        self._stopped_parent: str | None = None  # kept for the message of a second signal
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         from pipeline import errors, preflight
@@ -293,14 +294,19 @@ class SweepCallback(Callback):
         if self.sweep_dir is None:
             raise KeyboardInterrupt(f"signal {signum}")
         if self._stopped:  # a second Ctrl-C: stop waiting for the workers
-            parent = self.parent_run_id
             self._abandon()
             print(f"Sweep stopped again by signal {signum}: not waiting for its workers. Runs "
                   f"they leave RUNNING are marked FAILED by `python -m pipeline.tracking reap` "
-                  f"or by resuming with the same command and sweep.resume={parent}",
+                  f"or by resuming with the same command and sweep.resume={self._stopped_parent}",
                   file=sys.stderr, flush=True)
-            raise SystemExit(128 + signum)
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+            # Not SystemExit: this signal can land inside the interpreter's shutdown (loky's
+            # atexit joins its threads), where a raised exception prints a traceback. The
+            # workers' watchdog stops them once this process is gone.
+            os._exit(128 + signum)
         self._stopped = signum
+        self._stopped_parent = self.parent_run_id
         with contextlib.suppress(OSError):
             (self.sweep_dir / workers.STOP_FILE).write_text(str(signum))
         signalled: set[int] = set()
