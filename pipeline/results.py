@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from pipeline.tracking import keys
 from pipeline.tracking.store import RunRecord
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Key metrics, in column order (each paired with its ``_ci95`` when there is one). Group runs
 #: have the same under ``seeds/`` (across-seed mean and CI of each job's value).
@@ -77,6 +78,8 @@ def table(runs: list[RunRecord], swept: list[str] | None = None) -> pd.DataFrame
         row |= {k: r.params.get(k) for k in params}
         row |= {k: r.metrics.get(k, math.nan) for k in metrics}
         rows.append(row)
+    import pandas as pd  # here: its import costs every CLI start (and refusal) 0.3 s
+
     return pd.DataFrame(rows, columns=[*FIXED_COLUMNS, *params, *metrics])
 
 

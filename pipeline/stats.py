@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -38,6 +37,8 @@ def summarize(values: np.ndarray) -> Summary:
     if n < 2:
         raise ValueError(f"a confidence interval needs at least 2 tasks, got {n}")
     std = float(v.std(ddof=1))
+    from scipy import stats  # here: SciPy's import costs every CLI start (and refusal) a second
+
     half = float(stats.t.ppf(0.975, n - 1) * std / np.sqrt(n))
     return Summary(float(v.mean()), std, half, n)
 

@@ -4,8 +4,10 @@ against a real MLflow store in a temporary folder."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,8 +31,31 @@ TINY = [
 ]
 
 
-def store_overrides(root: Path) -> list[str]:
-    """Point data, outputs and the MLflow store at ``root``."""
+_SCHEMA: list[Path] = []
+
+
+def empty_store_schema() -> Path:
+    """An MLflow SQLite database with its schema migrated and nothing else, made once per test
+    process: MLflow's migrations take seconds on a fresh store, a copy of the file
+    milliseconds (the runs' own experiment, with its artifact location, is made by the run)."""
+    if not _SCHEMA:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        root = Path(tempfile.mkdtemp(prefix="store-schema-"))
+        store = SqlAlchemyStore(f"sqlite:///{root}/mlflow.db", str(root / "artifacts"))
+        store.engine.dispose()
+        _SCHEMA.append(root / "mlflow.db")
+    return _SCHEMA[0]
+
+
+def store_overrides(root: Path, schema: bool = False) -> list[str]:
+    """Point data, outputs and the MLflow store at ``root``; with ``schema``, the store starts
+    as a copy of :func:`empty_store_schema` (for tests of runs, not of what a refused run
+    leaves behind: nothing)."""
+    db = root / "mlruns" / "mlflow.db"
+    if schema and not db.exists():
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty_store_schema(), db)
     return [f"paths.data_dir={root}/data", f"paths.mlruns_dir={root}/mlruns",
             f"paths.output_dir={root}/out", f"hydra.run.dir={root}/out"]
 
@@ -93,6 +118,8 @@ class MlflowServer:
 
     def start(self, timeout: float = 90) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if not (self.root / "server.db").exists():  # the schema copied, not migrated again
+            shutil.copyfile(empty_store_schema(), self.root / "server.db")
         mlflow_bin = Path(sys.executable).with_name("mlflow")
         self.proc = subprocess.Popen(
             [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(self.port),

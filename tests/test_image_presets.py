@@ -35,6 +35,7 @@ def _check_run(uri: str, run_id: str, preset: str) -> mlflow.entities.Run:
     return run
 
 
+@pytest.mark.slow  # conv4 on images end to end (the fast suite: test_images, test_validation)
 def test_miniimagenet_protonet_preset_on_a_folder_collection(make_cfg, tmp_path):
     root = image_sets.write(tmp_path / "set", "folders")
     overrides = ["experiment=miniimagenet_5w1s_protonet", *image_sets.overrides(root), *SHRINK]

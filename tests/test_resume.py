@@ -28,6 +28,7 @@ IN_TEST = [*COMMON, "meta_train.iterations=300", "meta_test.scratch.steps=4000"]
 
 
 def _store(tmp_path):
+    store_overrides(tmp_path, schema=True)  # the store's schema, copied
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     prepare_store(LocalTrackingConfig(uri=uri, artifact_location=str(tmp_path / "mlruns/art")))
     client = MlflowClient(uri)

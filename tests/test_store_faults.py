@@ -340,6 +340,27 @@ def test_register_twice_is_skipped_unless_forced(cfg, tmp_path):
     assert register(cfg.uri, tracker.run_id, "m", force=True)[1] == "2"
 
 
+def test_a_logged_model_is_found_without_a_store_in_the_cwd(tmp_path):
+    """A fresh process (no MLflow URI set in it or its environment) asks whether a run holds a
+    model: MLflow's own logged-model lookup must use the store named, not open its default
+    ``sqlite:///mlflow.db`` in the working folder (how a stray store once got committed)."""
+    run_cfg = validate(compose_raw(*store_overrides(tmp_path)[:3]))
+    tracker = Tracker(run_cfg.tracking, tmp_path / "out")
+    with tracker.run("with a model", {"seed": 0}):
+        tracker.log_keras_model(build_model(run_cfg.model, (4,), 3, seed=0),
+                                np.zeros((2, 4), np.float32))
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run([sys.executable, "-c", "import sys; from pipeline.tracking import store;"
+                          " print(store.has_artifact(sys.argv[1], sys.argv[2], 'model'))",
+                          run_cfg.tracking.uri, tracker.run_id], cwd=fresh, capture_output=True,
+                         text=True, env={**env, "PYTHONPATH": str(PROJECT_ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"
+    assert not list(fresh.iterdir()), "a store was created outside the one named"
+
+
 def test_unknown_run_ids_are_refused(cfg, tmp_path, capsys):
     from pipeline import rerun, resume
     store.prepare_store(cfg)

@@ -93,6 +93,7 @@ def test_records_left_at_the_end_can_be_imported(make_cfg, mlflow_server, tmp_pa
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
 
 
+@pytest.mark.slow  # a whole run through a real server (the fast suite: the refusals above)
 def test_full_run_against_a_server(make_cfg, mlflow_server):
     cfg, raw = make_cfg(*TINY, f"tracking.uri={mlflow_server.uri}",
                         "tracking.artifact_location=null")

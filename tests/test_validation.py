@@ -133,6 +133,7 @@ def test_the_end_checkpoint_carries_the_selection(make_cfg, collection, tmp_path
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # a twin run (the fast suite: the end checkpoint carries the selection)
 def test_training_continued_from_a_checkpoint_selects_as_an_uninterrupted_run(make_cfg,
                                                                               collection,
                                                                               tmp_path):

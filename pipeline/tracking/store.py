@@ -50,6 +50,12 @@ def client(uri: str) -> Any:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     import mlflow
 
+    # Some of MLflow's own code builds a client from the process-wide URI rather than ours
+    # (listing a run's artifacts looks up its logged models with ``MlflowClient()``): left
+    # unset, that is MLflow's default ``sqlite:///mlflow.db`` and a stray, empty store
+    # appears in the working folder. The process-wide URIs follow the store in use.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -396,8 +402,6 @@ def register_model(uri: str, run_id: str, name: str, description: str,
                             f"tracking.log_model=false, or did not finish): nothing to register.")
     with contextlib.suppress(Exception):  # exists already
         c.create_registered_model(name)
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     version = mlflow.register_model(f"runs:/{run_id}/{keys.MODEL_DIR}", name,
                                     tags={k: str(v) for k, v in tags.items()})
     c.update_model_version(name, version.version, description=description)
