@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,16 +19,9 @@ from mlflow import MlflowClient
 
 from pipeline import PROJECT_ROOT
 from pipeline.tracking import keys
-from tests.conftest import TINY, answers_health, free_port
+from tests.conftest import TINY, answers_health, free_port, missing
 
 pytestmark = pytest.mark.slow
-
-
-def _missing(what: str) -> None:
-    """Absent tools fail the test in CI (which installs them) and skip it elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing: .ci/run installs it")
-    pytest.skip(f"{what} is missing (bash .ci/run installs it)")
 
 
 class Postgres:
@@ -39,7 +30,7 @@ class Postgres:
     def __init__(self) -> None:
         bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         if not bins:
-            _missing("PostgreSQL (apt-get install postgresql)")
+            missing("PostgreSQL (apt-get install postgresql)")
         self.bin = bins[-1].parent
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="pg"))
@@ -96,35 +87,6 @@ def server(postgres: Postgres, tmp_path_factory) -> Iterator[str]:
     yield url
     os.killpg(proc.pid, 15)
     proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
-    """A Ray head from ``ray start --head --num-cpus=2`` (``--block`` keeps it in one process of
-    ours, so stopping it stops only this cluster); its address and the client's environment."""
-    if not (Path(sys.executable).parent / "ray").exists():
-        _missing('Ray (pip install -e ".[ray]")')
-    root = tmp_path_factory.mktemp("ray")
-    port = free_port()
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    # the workers import this checkout's pipeline, whatever is installed
-    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PROJECT_ROOT)}
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must be short
-    log = open(root / "ray.log", "w")  # noqa: SIM115
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={ray_tmp}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
-    deadline = time.monotonic() + 180
-    while "Ray runtime started" not in (root / "ray.log").read_text():
-        assert head.poll() is None and time.monotonic() < deadline, \
-            (root / "ray.log").read_text()[-3000:]
-        time.sleep(1)
-    yield f"127.0.0.1:{port}", {**auth, "PYTHONPATH": str(PROJECT_ROOT)}
-    head.terminate()
-    head.wait(timeout=120)
-    log.close()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_ray_sweep_into_a_postgres_backed_server_loses_nothing(server, ray_head, tmp_path):

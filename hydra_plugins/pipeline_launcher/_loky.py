@@ -23,6 +23,8 @@ class LokyBackend:
     """Start, call, bury and stop loky workers for :class:`.launcher.PipelineLauncher`."""
 
     name = "loky"
+    #: Whether :meth:`open`'s count is a hard limit on the workers that can run at once.
+    cores_limit = False
 
     def open(self) -> int:
         """Nothing to connect to: the cores a worker count of ``-1`` means."""

@@ -105,6 +105,8 @@ class RayBackend:
     """Start, call, bury and stop Ray actors for :class:`.launcher.PipelineLauncher`."""
 
     name = "ray"
+    #: Whether :meth:`open`'s count is a hard limit on the workers that can run at once.
+    cores_limit = True
 
     def __init__(self, init: dict[str, Any] | None, remote: dict[str, Any] | None) -> None:
         # None means "Ray's default" (and must not be given when joining a cluster)

@@ -59,19 +59,20 @@ BACKENDS = ("loky", "ray")
 
 
 class PipelineLauncher(Launcher):
-    def __init__(self, n_jobs: int = 2, warm: bool = True, backend: str = "loky",
+    def __init__(self, n_jobs: int = 2, warm: bool = True, backend: str | None = "loky",
                  ray: Any = None, **_: Any) -> None:
+        backend = backend or "loky"  # hydra/launcher=joblib: joblib's schema, backend null
         if backend not in BACKENDS:
             print(f"Error in config: hydra.launcher.backend={backend}: the project's launcher "
                   f"runs its workers on {' or '.join(BACKENDS)} (this machine's processes, or "
                   f"Ray actors).", file=sys.stderr)
             sys.exit(2)
-        self._n_jobs_asked = n_jobs
-        self._n_jobs = self._resolve_n_jobs(os.cpu_count() or 1)
         self.warm = warm
         self.backend_name = backend
         self._ray_conf = ray
-        self._backend: Any = None
+        self._backend: Any = None  # made in setup: Ray starts there, not when Hydra loads us
+        self._n_jobs_asked = n_jobs
+        self._n_jobs = self._resolve_n_jobs(os.cpu_count() or 1)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -117,9 +118,17 @@ class PipelineLauncher(Launcher):
         return LokyBackend()
 
     def _resolve_n_jobs(self, cores: int) -> int:
-        """``n_jobs``, where ``-1`` is one worker per core of the backend (joblib's rule)."""
+        """``n_jobs``, where ``-1`` is one worker per core of the backend (joblib's rule). A
+        backend whose cores are a hard limit (Ray: an actor beyond the cluster's CPUs never
+        starts, and the jobs handed to it would wait forever) gets at most that many."""
         n = self._n_jobs_asked
-        return max(1, n if n > 0 else cores + 1 + n)
+        n = max(1, n if n > 0 else cores + 1 + n)
+        if self._backend is not None and self._backend.cores_limit and n > cores:
+            log.warning("hydra.launcher.n_jobs=%d, but the %s cluster holds %d workers of "
+                        "hydra.launcher.ray.remote.num_cpus: %d workers.", n,
+                        self._backend.name, cores, cores)
+            n = cores
+        return n
 
     def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
         """Queue job ``job_idx``; it starts as soon as a worker is free. The future's result is
