@@ -172,3 +172,26 @@ def test_an_optuna_search_on_ray_actors_ends_with_exactly_n_trials(tmp_path, ray
     [parent] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == keys.ROLE_PARENT]
     assert parent.data.tags[keys.SWEEP_LAUNCHER] == "PipelineLauncher"
     assert parent.data.tags[keys.STUDY_NAME] == s.study_name
+
+
+def test_sigterm_to_the_launcher_stops_the_actors_jobs_with_checkpoints(tmp_path, ray_head):
+    """SIGTERM to the launching process: no job starts any more, the busy actors get SIGTERM
+    (from a task on their node: they are not the launcher's children) and their runs end
+    KILLED with checkpoints, so ``sweep.resume`` continues them; exit status 143."""
+    address, env = ray_head
+    proc = subprocess.Popen(
+        _command(tmp_path, "meta_train.iterations=100000,20", "seed=0,1", address=address),
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=_env(env))
+    logs = [tmp_path / "multirun" / str(n) / "__main__.log" for n in (0, 1)]
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None and not all(
+            p.exists() and re.search(r"iteration \d+/100000", p.read_text()) for p in logs):
+        time.sleep(0.5)  # until both long jobs are meta-training
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 143, out[-3000:]
+    jobs = _jobs(tmp_path)
+    assert sorted(jobs) == [0, 1], out[-3000:]  # the short jobs never started
+    assert [r.info.status for r in jobs[0] + jobs[1]] == ["KILLED", "KILLED"], out[-3000:]
+    assert all(keys.CHECKPOINT_ITERATION in r.data.tags for r in jobs[0] + jobs[1])

@@ -190,9 +190,9 @@ class RayBackend:
 def death_reason(error: BaseException) -> str:
     """A dead actor's reason, as recorded in its job's run: Ray's own words, shortened."""
     text = str(error)
-    if isinstance(error, rx.OutOfMemoryError) or "memory pressure" in text or "OOM" in text:
+    if isinstance(error, rx.OutOfMemoryError) or "NODE_OUT_OF_MEMORY" in text:
         return "worker killed by Ray's memory monitor (out of memory)"
-    if isinstance(error, rx.NodeDiedError):
+    if isinstance(error, rx.NodeDiedError) or "its node has died" in text:
         return "worker's node died"
     if "ray.kill" in text:
         return "worker killed by ray.kill"
