@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import threading
 import time
 from concurrent.futures import Future
@@ -121,8 +122,15 @@ class RayBackend:
         """Start or join Ray; how many workers of ``remote.num_cpus`` the cluster holds."""
         if not ray.is_initialized():
             log.info("Initializing Ray with %s", self.init)
+            # ray.init installs a failure handler of its own for SIGTERM (it aborts the
+            # process): the sweep's handlers (stop, mark KILLED, resume) are put back.
+            handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
             ray.init(**self.init)
             self._started_ray = True
+            with contextlib.suppress(ValueError, TypeError):  # not the main thread
+                for signum, handler in handlers.items():
+                    if handler is not None:
+                        signal.signal(signum, handler)
         self._actor_class = ray.remote(RayWorker).options(
             max_restarts=0, max_task_retries=0, **self.remote)
         if self._dispatcher is None or not self._dispatcher.is_alive():
