@@ -64,11 +64,15 @@ class _Dispatcher(threading.Thread):
         self._calls: dict[Any, Future] = {}
         self._lock = threading.Lock()
         self._closed = threading.Event()
+        self._lost: BaseException | None = None  # why Ray went away, if it did
 
     def add(self, ref: Any) -> Future:
         future: Future = Future()
         with self._lock:
-            self._calls[ref] = future
+            if self._lost is None:
+                self._calls[ref] = future
+                return future
+        future.set_exception(self._lost)
         return future
 
     def in_flight(self) -> list[Future]:
@@ -87,10 +91,12 @@ class _Dispatcher(threading.Thread):
                 continue
             try:
                 ready, _ = ray.wait(refs, num_returns=1, timeout=WAIT_S)
-            except Exception:  # Ray shut down under us: nothing more will resolve
-                if self._closed.is_set():
-                    return
-                raise
+            except Exception as e:  # Ray is gone under us: nothing more will resolve
+                with self._lock:
+                    lost, self._calls, self._lost = list(self._calls.values()), {}, e
+                for future in lost:  # their jobs fail with why, rather than hang the sweep
+                    future.set_exception(e)
+                return
             for ref in ready:
                 with self._lock:
                     future = self._calls.pop(ref)
@@ -202,6 +208,9 @@ def death_reason(error: BaseException) -> str:
         return "worker killed by Ray's memory monitor (out of memory)"
     if isinstance(error, rx.NodeDiedError) or "its node has died" in text:
         return "worker's node died"
+    if getattr(error, "actor_init_failed", False):  # its set-up raised (an import, ...)
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        return f"worker failed to start (Ray: {last[:300]})"
     if "ray.kill" in text:
         return "worker killed by ray.kill"
     detail = re.search(r"Worker exit detail: (.*?)(?: Some common causes|\n|$)", text)
