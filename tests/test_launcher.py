@@ -231,3 +231,18 @@ def test_workers_die_with_their_launcher(tmp_path):
     jobs = _jobs(tmp_path)
     assert [r.info.status for r in jobs[0] + jobs[1]] == ["KILLED", "KILLED"]
     assert all(keys.CHECKPOINT_ITERATION in r.data.tags for r in jobs[0] + jobs[1])
+
+
+def test_only_local_workers_are_warned_about_oversubscribing_the_cores(caplog):
+    """More loky workers than cores fight for this machine's cores; as many Ray actors of 1 CPU
+    each are placed by Ray on a cluster's CPUs (the launcher lowers n_jobs to what it holds)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.sweep.callback import _warn_oversubscription
+
+    for backend, warned in (("loky", True), ("ray", False)):
+        caplog.clear()
+        _warn_oversubscription(OmegaConf.create({
+            "hydra": {"launcher": {"n_jobs": 2 * (os.cpu_count() or 1) + 1, "backend": backend}},
+            "runtime": {"intra_op_threads": 1}}))
+        assert ("oversubscribes" in caplog.text) == warned, backend
