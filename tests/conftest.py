@@ -4,11 +4,13 @@ against a real MLflow store in a temporary folder."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,39 @@ def no_stray_store():
     yield
     assert before or not stray.exists(), f"a test created {stray}: some MLflow client was "
     "given no tracking URI"
+
+
+def missing(what: str) -> None:
+    """Absent tools fail the test in CI (which installs them) and skip it elsewhere."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing: .ci/run installs it")
+    pytest.skip(f"{what} is missing (bash .ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head from ``ray start --head --num-cpus=2`` (``--block`` keeps it in one process of
+    ours, so stopping it stops only this cluster); its address and the client's environment."""
+    if not (Path(sys.executable).parent / "ray").exists():
+        missing('Ray (pip install -e ".[ray]")')
+    root = tmp_path_factory.mktemp("ray")
+    port = free_port()
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    # the workers import this checkout's pipeline, whatever is installed
+    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PROJECT_ROOT)}
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must be short
+    log = open(root / "ray.log", "w")  # noqa: SIM115
+    head = subprocess.Popen(
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={ray_tmp}"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
+    deadline = time.monotonic() + 180
+    while "Ray runtime started" not in (root / "ray.log").read_text():
+        assert head.poll() is None and time.monotonic() < deadline, \
+            (root / "ray.log").read_text()[-3000:]
+        time.sleep(1)
+    yield f"127.0.0.1:{port}", {**auth, "PYTHONPATH": str(PROJECT_ROOT)}
+    head.terminate()
+    head.wait(timeout=120)
+    log.close()
+    shutil.rmtree(ray_tmp, ignore_errors=True)

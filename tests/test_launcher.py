@@ -80,6 +80,40 @@ def test_death_reasons_name_the_signal():
     assert death_reason(3)[0] == "worker exited with status 3 during the job"
 
 
+def test_ray_death_reasons_say_what_ray_knows():
+    """A dead actor's reason, as its job's run records it (``hydra.launcher.backend=ray``)."""
+    pytest.importorskip("ray")
+    from ray import exceptions as rx
+
+    from hydra_plugins.pipeline_launcher import _ray
+
+    assert _ray.death_reason(rx.OutOfMemoryError("Task was killed due to the node running "
+                                                 "low on memory.")) == \
+        "worker killed by Ray's memory monitor (out of memory)"
+    monitor = rx.ActorDiedError()
+    monitor.error_msg = ("The actor is dead because its worker process has died. Worker exit "
+                         "type: NODE_OUT_OF_MEMORY Worker exit detail: Task was killed due to "
+                         "the node running low on memory.")
+    assert _ray.death_reason(monitor) == "worker killed by Ray's memory monitor (out of memory)"
+    sigkill = rx.ActorDiedError()
+    sigkill.error_msg = ("The actor is dead because its worker process has died. Worker exit "
+                         "type: SYSTEM_ERROR Worker exit detail: Worker unexpectedly exits with "
+                         "a connection error code 2. End of file. Some common causes include: ...")
+    assert _ray.death_reason(sigkill) == (
+        "worker died during the job (Ray: Worker unexpectedly exits with a connection error code "
+        "2. End of file; often: killed by a signal or out of memory)")
+
+
+def test_an_unknown_backend_is_refused_in_one_line(capsys):
+    from hydra_plugins.pipeline_launcher.launcher import PipelineLauncher
+
+    with pytest.raises(SystemExit) as stop:
+        PipelineLauncher(backend="dask")
+    assert stop.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert "hydra.launcher.backend=dask" in line and "loky or ray" in line
+
+
 # --- real sweeps (slow: several TensorFlow processes) ------------------------------------------
 
 #: Jobs 0 and 1 train long enough to be killed; 2 and 3 are short.
@@ -197,3 +231,18 @@ def test_workers_die_with_their_launcher(tmp_path):
     jobs = _jobs(tmp_path)
     assert [r.info.status for r in jobs[0] + jobs[1]] == ["KILLED", "KILLED"]
     assert all(keys.CHECKPOINT_ITERATION in r.data.tags for r in jobs[0] + jobs[1])
+
+
+def test_only_local_workers_are_warned_about_oversubscribing_the_cores(caplog):
+    """More loky workers than cores fight for this machine's cores; as many Ray actors of 1 CPU
+    each are placed by Ray on a cluster's CPUs (the launcher lowers n_jobs to what it holds)."""
+    from omegaconf import OmegaConf
+
+    from pipeline.sweep.callback import _warn_oversubscription
+
+    for backend, warned in (("loky", True), ("ray", False)):
+        caplog.clear()
+        _warn_oversubscription(OmegaConf.create({
+            "hydra": {"launcher": {"n_jobs": 2 * (os.cpu_count() or 1) + 1, "backend": backend}},
+            "runtime": {"intra_op_threads": 1}}))
+        assert ("oversubscribes" in caplog.text) == warned, backend

@@ -1,18 +1,18 @@
 """The team setup, for real: a PostgreSQL server (the Debian package) on 127.0.0.1, an ``mlflow
 server`` on it, a Ray cluster from ``ray start --head`` with 2 CPUs, and an 8-job Ray sweep into
 that server: nothing lost (8 FINISHED jobs, one parent, groups right), and a job rerun from the
-server bit-identical. CI installs PostgreSQL and ``.[ray,server]`` (``.ci/run``)."""
+server bit-identical; then an Optuna search on the cluster's actors (the project's launcher on
+Ray) with its study in the same PostgreSQL. CI installs PostgreSQL and ``.[ray,server]``
+(``.ci/run``)."""
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,16 +21,9 @@ from mlflow import MlflowClient
 
 from pipeline import PROJECT_ROOT
 from pipeline.tracking import keys
-from tests.conftest import TINY, answers_health, free_port
+from tests.conftest import TINY, answers_health, free_port, missing
 
 pytestmark = pytest.mark.slow
-
-
-def _missing(what: str) -> None:
-    """Absent tools fail the test in CI (which installs them) and skip it elsewhere."""
-    if os.environ.get("CI"):
-        pytest.fail(f"{what} is missing: .ci/run installs it")
-    pytest.skip(f"{what} is missing (bash .ci/run installs it)")
 
 
 class Postgres:
@@ -39,7 +32,7 @@ class Postgres:
     def __init__(self) -> None:
         bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
         if not bins:
-            _missing("PostgreSQL (apt-get install postgresql)")
+            missing("PostgreSQL (apt-get install postgresql)")
         self.bin = bins[-1].parent
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="pg"))
@@ -48,6 +41,8 @@ class Postgres:
         if self.as_user:
             shutil.chown(self.root, "postgres")
         self.uri = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/mlflow"
+        #: The Optuna studies' database, in the same cluster.
+        self.optuna_uri = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/optuna"
 
     def _run(self, *args: str) -> None:
         out = subprocess.run([*self.as_user, *args], capture_output=True, text=True, timeout=120)
@@ -60,7 +55,7 @@ class Postgres:
         self._run(str(self.bin / "pg_ctl"), "-D", str(data), "-l", str(self.root / "log"), "-w",
                   "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1", "start")
         self._run(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U",
-                  "postgres", "-c", "CREATE DATABASE mlflow")
+                  "postgres", "-c", "CREATE DATABASE mlflow", "-c", "CREATE DATABASE optuna")
 
     def stop(self) -> None:
         subprocess.run([*self.as_user, str(self.bin / "pg_ctl"), "-D", str(self.root / "data"),
@@ -96,35 +91,6 @@ def server(postgres: Postgres, tmp_path_factory) -> Iterator[str]:
     yield url
     os.killpg(proc.pid, 15)
     proc.wait(timeout=60)
-
-
-@pytest.fixture(scope="module")
-def ray_head(tmp_path_factory) -> Iterator[tuple[str, dict[str, str]]]:
-    """A Ray head from ``ray start --head --num-cpus=2`` (``--block`` keeps it in one process of
-    ours, so stopping it stops only this cluster); its address and the client's environment."""
-    if not (Path(sys.executable).parent / "ray").exists():
-        _missing('Ray (pip install -e ".[ray]")')
-    root = tmp_path_factory.mktemp("ray")
-    port = free_port()
-    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    # the workers import this checkout's pipeline, whatever is installed
-    env = {**os.environ, **auth, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(PROJECT_ROOT)}
-    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must be short
-    log = open(root / "ray.log", "w")  # noqa: SIM115
-    head = subprocess.Popen(
-        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}",
-         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={ray_tmp}"],
-        stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
-    deadline = time.monotonic() + 180
-    while "Ray runtime started" not in (root / "ray.log").read_text():
-        assert head.poll() is None and time.monotonic() < deadline, \
-            (root / "ray.log").read_text()[-3000:]
-        time.sleep(1)
-    yield f"127.0.0.1:{port}", {**auth, "PYTHONPATH": str(PROJECT_ROOT)}
-    head.terminate()
-    head.wait(timeout=120)
-    log.close()
-    shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def test_ray_sweep_into_a_postgres_backed_server_loses_nothing(server, ray_head, tmp_path):
@@ -170,3 +136,47 @@ def test_ray_sweep_into_a_postgres_backed_server_loses_nothing(server, ray_head,
                             "--tracking-uri", server], cwd=PROJECT_ROOT, capture_output=True,
                            text=True, timeout=600)
     assert rerun.returncode == 0 and "IDENTICAL" in rerun.stdout, rerun.stdout + rerun.stderr
+
+
+def test_a_search_on_the_ray_cluster_keeps_its_study_in_postgres(server, postgres, ray_head,
+                                                                 tmp_path):
+    """A small search into the server, its study in PostgreSQL (a database ``optuna`` beside
+    MLflow's), its trials on the cluster's warm actors (``hydra/launcher=pipeline_ray``):
+    exactly n_trials trials in the study, each trial's run tagged with its number and the
+    study, the parent naming the study, and the winner's re-evaluation group."""
+    import optuna
+
+    address, env = ray_head
+    experiment = "team-search"
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline", "-m", "hparams_search=maml_optuna", *TINY,
+         "data.num_val_tasks=10", "meta_train.validate_every=10", "tracking.log_model=false",
+         "tracking=server", f"tracking.uri={server}", f"tracking.experiment_name={experiment}",
+         f"hydra.sweeper.storage={postgres.optuna_uri}", "hydra.sweeper.n_trials=3",
+         "hydra.sweeper.reevaluate.top_k=1", "hydra.sweeper.reevaluate.seeds=2",
+         "hydra/launcher=pipeline_ray", f"hydra.launcher.ray.init.address={address}",
+         "++hydra.launcher.ray.init.object_store_memory=null",
+         f"hydra.sweep.dir={tmp_path}/multirun", f"paths.data_dir={tmp_path}/data"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1200,
+        env={**os.environ, **env})
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    [summary] = optuna.get_all_study_summaries(postgres.optuna_uri)
+    study = optuna.load_study(study_name=summary.study_name, storage=postgres.optuna_uri)
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert all(t.state.name == "COMPLETE" for t in study.trials)
+    client = MlflowClient(server)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    [parent] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == keys.ROLE_PARENT]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags[keys.SWEEP_LAUNCHER] == "PipelineLauncher"
+    assert parent.data.tags[keys.STUDY_NAME] == study.study_name
+    assert parent.data.tags[keys.STUDY_STORAGE] == postgres.optuna_uri  # no password to mask
+    trials = [r for r in runs if keys.TRIAL_NUMBER in r.data.tags]
+    assert sorted(int(r.data.tags[keys.TRIAL_NUMBER]) for r in trials) == [0, 1, 2]
+    for r in trials:
+        assert r.info.status == "FINISHED" and r.data.tags[keys.STUDY_NAME] == study.study_name
+        assert r.data.tags[keys.TRIAL_STATE] == "COMPLETE"
+    [group] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == keys.ROLE_GROUP]
+    assert group.data.tags[keys.REEVALUATES] == str(study.best_trial.number)
+    assert group.info.status == "FINISHED" and group.data.metrics["seeds/n_seeds"] == 2
+    assert group.data.tags["mlflow.parentRunId"] == parent.info.run_id

@@ -1,9 +1,8 @@
 """The launcher's parts that must keep their identity for a whole sweep (Hydra's plugin scan
 re-executes public plugin modules in place, never underscore ones): :class:`WorkerLost`, the
-slots and jobs, reading a dead worker's exit status."""
+slots and jobs, the reason a dead worker's exit status gives."""
 
 
-import re
 import signal
 from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
@@ -49,22 +48,17 @@ class Job:
 
 @dataclass
 class Slot:
-    """One worker process: its own single-worker loky executor."""
+    """One warm worker: a single-worker loky executor, or a Ray actor (``worker``, the
+    backend's handle), its process once it is up (``pid``, on ``node``), the job it runs."""
 
     number: int
-    executor: Any = None
+    worker: Any = None
     pid: int | None = None
+    node: str | None = None
     job: Job | None = None
     jobs_run: int = 0
-
-
-def exit_status(executor: Any, pid: int | None, error: BaseException) -> int | None:
-    """The dead worker's exit code: from loky's process table, else from loky's message."""
-    proc = getattr(executor, "_processes", {}).get(pid) if pid is not None else None
-    if proc is not None and proc.exitcode is not None:
-        return proc.exitcode
-    found = re.search(r"\((-?\d+)\)", str(error))
-    return int(found.group(1)) if found else None
+    #: The job number a stop already sent a signal for (one signal per job).
+    signalled: int | None = None
 
 
 def wait_interruptibly(futures: list[Future]) -> None:

@@ -1,12 +1,13 @@
 """Inside a worker process: set up once (the sweep's Hydra context, TensorFlow imported, a
 watchdog on the launcher), then run job after job, each from a clean per-job state.
 
-A worker is a long-lived loky process that runs many jobs, so whatever a job leaves behind in
-the process must not reach the next one: the working directory, environment variables, Hydra's
-job state and logging (set again by ``run_job``), the MLflow run still active after a job that
-died half-way, the signal a job noted, TensorFlow's seeds (every run seeds them again). Only the
-built algorithms are kept on purpose (:mod:`pipeline.warm`): a later job of the same graph
-reuses their compiled steps, with this job's state in them.
+A worker is a long-lived process (a loky worker, or a Ray actor) that runs many jobs, so
+whatever a job leaves behind in the process must not reach the next one: the working directory,
+environment variables, Hydra's job state and logging (set again by ``run_job``), the MLflow
+run still active after a job that died half-way, the signal a job noted, TensorFlow's seeds
+(every run seeds them again). Only the built algorithms are kept on purpose
+(:mod:`pipeline.warm`): a later job of the same graph reuses their compiled steps, with this
+job's state in them.
 """
 
 
@@ -45,13 +46,16 @@ _sweep: _Sweep | None = None
 _running = threading.Event()
 
 
-def init(launcher_pid: int, hydra_context: HydraContext, config: DictConfig,
+def init(launcher_pid: int | None, hydra_context: HydraContext, config: DictConfig,
          task_function: TaskFunction, singleton_state: dict[Any, Any], warm: bool) -> None:
-    """loky's initializer: keep the sweep's context, start the watchdog, import TensorFlow and
-    the pipeline (imports only: thread settings apply at the first op, in the first job)."""
+    """A worker's set-up (loky's initializer, a Ray actor's constructor): keep the sweep's
+    context, start the watchdog on the launching process ``launcher_pid`` (None: a Ray actor,
+    which Ray ends with its driver), import TensorFlow and the pipeline (imports only: thread
+    settings apply at the first op, in the first job)."""
     global _sweep
-    threading.Thread(target=_watch, args=(launcher_pid,), daemon=True,
-                     name="launcher-watchdog").start()
+    if launcher_pid is not None:
+        threading.Thread(target=_watch, args=(launcher_pid,), daemon=True,
+                         name="launcher-watchdog").start()
     from pipeline import runtime_env
     from pipeline import warm as warm_cache
 

@@ -1,24 +1,24 @@
-"""The project's launcher: ``n_jobs`` warm worker processes, a job started the moment one is
-free, a worker's death failing only its job.
+"""The project's launcher: ``n_jobs`` warm workers, a job started the moment one is free, a
+worker's death failing only its job.
 
-Design. Each worker is its own single-worker loky executor (``ProcessPoolExecutor(
-max_workers=1)``), a *slot*, rather than one executor of ``n_jobs`` workers: when a worker of a
-loky executor dies (SIGKILL, the OOM killer, a segfault) the executor is broken and loky
-terminates *all* its workers, which lost every job in flight with it (issue 20.3). With one
-executor per slot a dead worker breaks only its slot: its job resolves FAILED with the signal
-("worker killed by signal 9 (often: out of memory)"), the launcher marks that job's MLflow run
-FAILED with the same reason (the worker cannot), and a fresh executor takes the slot for the
-next job; the other slots' jobs go on. A slot gets one job at a time from the launcher's own
-queue, so a job starts as soon as any worker is free (no batch barrier: a long job holds only
-its slot) and a job never waits behind another in a busy worker.
+Design. Each worker is a *slot*: one worker process of a *backend*, either this machine's
+(``backend=loky``, :mod:`._loky`: a single-worker loky executor per slot) or a Ray cluster's
+(``backend=ray``, :mod:`._ray`: a Ray actor per slot). A backend starts a slot's worker,
+submits a job to it (a future), says whether a failed call means its worker died and why,
+signals it, and stops it; everything else is this module's, for both. A slot gets one job at a
+time from the launcher's own queue, so a job starts as soon as any worker is free (no batch
+barrier: a long job holds only its slot) and a job never waits behind another in a busy worker.
+A dead worker fails only its job: its job resolves FAILED with the reason ("worker killed by
+signal 9 (often: out of memory)"), the launcher marks that job's MLflow run FAILED with the
+same reason (the worker cannot), and a fresh worker takes the slot for the next job; the other
+slots' jobs go on. No job is retried.
 
-Workers are long-lived: each is set up once (:func:`.worker.init`: the sweep's Hydra context,
+Workers are long-lived: each is set up once (:func:`._worker.init`: the sweep's Hydra context,
 TensorFlow imported) and runs job after job with a clean per-job state; built algorithms are
 kept (:mod:`pipeline.warm`), so later jobs of the same graph reuse their compiled steps.
-Workers die with their launcher: a watchdog thread in each polls its parent (a parent-death
-signal would fire when the *thread* that spawned the worker exits, and loky spawns from a
-manager thread). SIGTERM to the launcher is the sweep callback's (``pipeline.sweep``): the
-busy workers get SIGTERM and mark their runs KILLED with checkpoints; no queued job starts.
+Workers die with their launcher (a watchdog on the launching process in loky's; Ray ends an
+actor with its driver). SIGTERM to the launcher is the sweep callback's (``pipeline.sweep``):
+no queued job starts, the busy workers get SIGTERM and mark their runs KILLED with checkpoints.
 
 The contract a sweeper codes against: :meth:`PipelineLauncher.submit` (a future of a Hydra
 ``JobReturn`` that never raises for a job's failure), :attr:`~PipelineLauncher.n_jobs`,
@@ -27,10 +27,10 @@ and returns its results in order.
 """
 
 import atexit
-import contextlib
 import logging
 import os
 import signal
+import sys
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -49,18 +49,30 @@ from hydra_plugins.pipeline_launcher._core import (
     Slot,
     WorkerLost,
     death_reason,
-    exit_status,
     wait_interruptibly,
 )
 
 log = logging.getLogger(__name__)
 
+#: The backends a slot's worker can run on (``hydra.launcher.backend``).
+BACKENDS = ("loky", "ray")
+
 
 class PipelineLauncher(Launcher):
-    def __init__(self, n_jobs: int = 2, warm: bool = True, **_: Any) -> None:
-        cores = os.cpu_count() or 1
-        self._n_jobs = max(1, n_jobs if n_jobs > 0 else cores + 1 + n_jobs)
+    def __init__(self, n_jobs: int = 2, warm: bool = True, backend: str | None = "loky",
+                 ray: Any = None, **_: Any) -> None:
+        backend = backend or "loky"  # hydra/launcher=joblib: joblib's schema, backend null
+        if backend not in BACKENDS:
+            print(f"Error in config: hydra.launcher.backend={backend}: the project's launcher "
+                  f"runs its workers on {' or '.join(BACKENDS)} (this machine's processes, or "
+                  f"Ray actors).", file=sys.stderr)
+            sys.exit(2)
         self.warm = warm
+        self.backend_name = backend
+        self._ray_conf = ray
+        self._backend: Any = None  # made in setup: Ray starts there, not when Hydra loads us
+        self._n_jobs_asked = n_jobs
+        self._n_jobs = self._resolve_n_jobs(os.cpu_count() or 1)
         self.config: DictConfig | None = None
         self.task_function: TaskFunction | None = None
         self.hydra_context: HydraContext | None = None
@@ -85,10 +97,38 @@ class PipelineLauncher(Launcher):
         self._closed = False
         with self._lock:
             if not self._slots:
+                self._backend = self._backend or self._make_backend()
+                self._n_jobs = self._resolve_n_jobs(self._backend.open())
                 self._slots = [Slot(n) for n in range(self._n_jobs)]
                 for slot in self._slots:
                     self._start(slot)
-        atexit.register(self.shutdown)
+        atexit.register(self.shutdown)  # after the backend's own (Ray's): it runs first
+
+    def _make_backend(self) -> Any:
+        if self.backend_name == "ray":
+            from omegaconf import OmegaConf
+
+            from hydra_plugins.pipeline_launcher._ray import RayBackend
+
+            conf = OmegaConf.to_container(self._ray_conf, resolve=True) \
+                if isinstance(self._ray_conf, DictConfig) else dict(self._ray_conf or {})
+            return RayBackend(conf.get("init"), conf.get("remote"))
+        from hydra_plugins.pipeline_launcher._loky import LokyBackend
+
+        return LokyBackend()
+
+    def _resolve_n_jobs(self, cores: int) -> int:
+        """``n_jobs``, where ``-1`` is one worker per core of the backend (joblib's rule). A
+        backend whose cores are a hard limit (Ray: an actor beyond the cluster's CPUs never
+        starts, and the jobs handed to it would wait forever) gets at most that many."""
+        n = self._n_jobs_asked
+        n = max(1, n if n > 0 else cores + 1 + n)
+        if self._backend is not None and self._backend.cores_limit and n > cores:
+            log.warning("hydra.launcher.n_jobs=%d, but the %s cluster holds %d workers of "
+                        "hydra.launcher.ray.remote.num_cpus: %d workers.", n,
+                        self._backend.name, cores, cores)
+            n = cores
+        return n
 
     def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
         """Queue job ``job_idx``; it starts as soon as a worker is free. The future's result is
@@ -142,45 +182,36 @@ class PipelineLauncher(Launcher):
         return results
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the workers (idle ones exit at once); queued jobs are not started."""
+        """Stop the workers (idle ones exit at once); queued jobs are not started. A stopping
+        sweep's busy workers get SIGTERM first (once a job), so their runs end KILLED."""
+        if self._stopping():
+            self._signal_busy(signal.SIGTERM)
         with self._lock:
             self._closed = True
             slots, self._slots = self._slots, []
         self._drop_queue("the launcher was shut down: job not started")
-        for slot in slots:
-            if slot.executor is not None:
-                with contextlib.suppress(Exception):
-                    slot.executor.shutdown(wait=wait)
+        if self._backend is not None:
+            self._backend.close([s.worker for s in slots if s.worker is not None], wait=wait)
 
     def _signal_busy(self, signum: int) -> None:
-        """Send ``signum`` to the workers running a job."""
+        """Send ``signum`` to the workers running a job (each job's worker once)."""
         with self._lock:
-            pids = [slot.pid for slot in self._slots if slot.job is not None and slot.pid]
-        for pid in pids:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signum)
+            busy = [s for s in self._slots if s.job is not None and s.signalled != s.job.idx]
+            for slot in busy:
+                assert slot.job is not None
+                slot.signalled = slot.job.idx
+        for slot in busy:
+            self._backend.signal(slot, signum)
 
     # --- slots ------------------------------------------------------------------------------
 
     def _start(self, slot: Slot) -> None:
-        """A fresh worker process for ``slot``, set up in the background."""
-        from joblib.externals.loky.process_executor import ProcessPoolExecutor
-
-        from hydra_plugins.pipeline_launcher import _worker as worker
-
-        slot.executor = ProcessPoolExecutor(
-            max_workers=1, initializer=worker.init,
-            initargs=(os.getpid(), self.hydra_context, self.config, self.task_function,
-                      Singleton.get_state(), self.warm))
-        slot.pid = None
-        ready = slot.executor.submit(worker.ready)
-        ready.add_done_callback(lambda f, s=slot: setattr(
-            s, "pid", f.result() if f.exception() is None else None))
+        """A fresh worker for ``slot``, set up in the background."""
+        self._backend.start(slot, (self.hydra_context, self.config, self.task_function,
+                                   Singleton.get_state(), self.warm))
 
     def _dispatch(self) -> None:
         """Hand queued jobs to free workers, unless the sweep is stopping."""
-        from hydra_plugins.pipeline_launcher import _worker as worker
-
         if self._stopping():
             self._drop_queue("the sweep is stopping: job not started")
             return
@@ -191,23 +222,22 @@ class PipelineLauncher(Launcher):
                 if slot.job is not None:
                     continue
                 job = slot.job = self._queue.popleft()
-                executor = slot.executor
-                future = executor.submit(worker.run, job.idx, job.overrides, job.config)
+                handle = slot.worker
+                future = self._backend.submit(slot, job)
                 future.add_done_callback(
-                    lambda f, s=slot, j=job, e=executor: self._finished(s, j, e, f))
+                    lambda f, s=slot, j=job, h=handle: self._finished(s, j, h, f))
 
-    def _finished(self, slot: Slot, job: Job, executor: Any, future: Future) -> None:
-        """A slot's job ended (in loky's thread): resolve it, replace a dead worker, go on."""
-        from joblib.externals.loky.process_executor import BrokenProcessPool
-
+    def _finished(self, slot: Slot, job: Job, handle: Any, future: Future) -> None:
+        """A slot's job ended (in the backend's thread): resolve it, replace a dead worker, go
+        on."""
         error = future.exception()
+        death = None if error is None else self._backend.death(slot, handle, error)
         if error is None:
             result = future.result()
-        elif isinstance(error, BrokenProcessPool):  # the worker died: only this slot is broken
-            reason, signum = death_reason(exit_status(executor, slot.pid, error))
+        elif death is not None:  # the worker died: only this slot is broken
+            reason, signum = death
             result = self._failed(job, WorkerLost(reason, job.idx, signum))
-            with contextlib.suppress(Exception):
-                executor.shutdown(wait=False)
+            self._backend.stop(handle)
             with self._lock:
                 if not self._closed:
                     self._start(slot)

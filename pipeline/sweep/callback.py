@@ -332,6 +332,8 @@ def _base_name(config: DictConfig) -> str:
 
 
 def _warn_oversubscription(config: DictConfig) -> None:
+    if OmegaConf.select(config, "hydra.launcher.backend", default=None) == "ray":
+        return  # workers are Ray actors of 1 CPU each, anywhere on the cluster: Ray counts
     n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
     threads = OmegaConf.select(config, "runtime.intra_op_threads", default=1)
     cores = os.cpu_count() or 1
