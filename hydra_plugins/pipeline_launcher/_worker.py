@@ -11,6 +11,7 @@ reuses their compiled steps, with this job's state in them.
 
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -60,6 +61,9 @@ def init(launcher_pid: int, hydra_context: HydraContext, config: DictConfig,
     from pipeline.tracking import store
 
     store.preload()
+    # What the imports built lives as long as the worker: out of the collector's scans, so a
+    # collection (loky runs one between jobs, on the next job's path) walks only a job's objects.
+    gc.freeze()
 
     warm_cache.enable(warm)
     _sweep = _Sweep(hydra_context, config, task_function, singleton_state, os.getcwd(),
@@ -118,7 +122,9 @@ def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) ->
     return whose exception survives pickling back to the launcher."""
     assert _sweep is not None
     from pipeline import warm
+    from pipeline.search.occupancy import SPAN_ATTR
 
+    started = time.time()
     _running.set()
     try:
         _fresh_state()
@@ -133,6 +139,7 @@ def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) ->
         _running.clear()
     if ret.status == JobStatus.FAILED:
         ret.return_value = _picklable(ret._return_value)
+    setattr(ret, SPAN_ATTR, (started, time.time()))  # a search's worker utilisation
     return ret
 
 

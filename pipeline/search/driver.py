@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 from pipeline import groups
 from pipeline.errors import ConfigError
 from pipeline.search import objective, record, space, study
+from pipeline.search.occupancy import Occupancy
 from pipeline.sweep.plan import PARENT_FILE
 from pipeline.tracking import keys, store
 
@@ -105,6 +106,8 @@ class Search:
         self.parent = json.loads(parent_file.read_text()) if parent_file.is_file() else None
         self.parent_id: str | None = self.parent["run_id"] if self.parent else None
         self.submit = getattr(launcher, "submit", None)
+        #: The workers' time in trials (trials in flight through ``submit`` only).
+        self.occupancy: Occupancy | None = None
 
     # --- the study ----------------------------------------------------------------------------
 
@@ -215,7 +218,8 @@ class Search:
 
     def _run_async(self, next_trial, n_jobs: int) -> None:
         """``n_jobs`` trials in flight; a new one is asked as soon as one ends."""
-        inflight: dict[Future, int] = {}
+        inflight: dict[Future, tuple[int, float]] = {}
+        occupancy = self.occupancy = Occupancy(n_jobs)
         more = True
         while True:
             while more and len(inflight) < n_jobs:
@@ -224,12 +228,15 @@ class Search:
                     more = False
                     break
                 number, overrides = nxt
-                inflight[self.submit(overrides, number)] = number
+                at = occupancy.submitted()
+                inflight[self.submit(overrides, number)] = number, at
             if not inflight:
                 return
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             for future in done:
-                self._finish(inflight.pop(future), future.result())
+                number, at = inflight.pop(future)
+                occupancy.ended(future.result(), at)
+                self._finish(number, future.result())
 
     def _run_batches(self, next_trial, n_jobs: int) -> None:
         """Batches of ``n_jobs`` trials through ``launcher.launch`` (consecutive job numbers
@@ -316,6 +323,7 @@ class Search:
             sys.exit(2)
         try:
             self._run_trials(fixed, space_)
+            utilisation = self._utilisation()
             reevaluated = self._reevaluate(fixed)
         finally:
             shutdown = getattr(self.launcher, "shutdown", None)
@@ -328,8 +336,17 @@ class Search:
             log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
         if self.parent_id:
             record.log_search(self.uri, self.parent_id, self.study, self.s.objective,
-                              best, reevaluated)
+                              best, reevaluated, utilisation)
         return self.returns
+
+    def _utilisation(self) -> float | None:
+        """The workers' time in trials over workers x the trials' wall time (logged)."""
+        o = self.occupancy
+        value = o.utilisation() if o is not None else None
+        if o is not None and value is not None:
+            log.info("Workers in trials %.1f%% of the time (%.0f s of %d workers x %.0f s wall, "
+                     "%d trials)", 100 * value, o.busy, o.workers, o.wall, len(o.spans))
+        return value
 
     def _best(self) -> optuna.trial.FrozenTrial | None:
         try:
