@@ -150,8 +150,9 @@ class Search:
         return [*fixed, *space.overrides(params), f"sweep.trial={number}",
                 f"sweep.study={self.study_name}", *test]
 
-    def _finish(self, number: int, ret: JobReturn) -> None:
-        """Tell the study how trial ``number``'s job ended; tag its run with the state."""
+    def _finish(self, number: int, ret: JobReturn, tag: bool = True) -> str:
+        """Tell the study how trial ``number``'s job ended; tag its run with the state (or,
+        ``tag=False``, leave that to the caller: the state is returned)."""
         self.returns.append(ret)
         frozen = self.study.get_trials(deepcopy=False)[number]
         assert frozen.number == number
@@ -169,13 +170,16 @@ class Search:
             reason = ret._return_value if ret.status == JobStatus.FAILED else "no objective"
             log.warning("Trial %d failed: %s", number, reason)
         self.study.tell(number, value, state=state, skip_if_finished=True)
-        self._tag_run(number, state.name)
         done = sum(t.state.is_finished() for t in self.study.trials)
-        if done and self.failures / done > self.s.max_failure_rate:
+        failing = done and self.failures / done > self.s.max_failure_rate
+        if tag or failing:
+            self._tag_run(number, state.name)
+        if failing:
             raise RuntimeError(
                 f"{self.failures} of {done} trials failed, more than "
                 f"hydra.sweeper.max_failure_rate={self.s.max_failure_rate}: the search stops. "
                 f"Pruned trials do not count; see the failed trials' runs for why.")
+        return state.name
 
     def _tag_run(self, number: int, state: str) -> None:
         if not self.parent_id:
@@ -217,8 +221,11 @@ class Search:
             self._run_batches(next_trial, self.s.n_jobs)
 
     def _run_async(self, next_trial, n_jobs: int) -> None:
-        """``n_jobs`` trials in flight; a new one is asked as soon as one ends."""
+        """``n_jobs`` trials in flight; a new one is asked as soon as one ends (told to the
+        study first, so the sampler sees it; its run's state tag only once the free worker has
+        its next trial)."""
         inflight: dict[Future, tuple[int, float]] = {}
+        untagged: list[tuple[int, str]] = []
         occupancy = self.occupancy = Occupancy(n_jobs)
         more = True
         while True:
@@ -230,13 +237,16 @@ class Search:
                 number, overrides = nxt
                 at = occupancy.submitted()
                 inflight[self.submit(overrides, number)] = number, at
+            for number, state in untagged:
+                self._tag_run(number, state)
+            untagged.clear()
             if not inflight:
                 return
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             for future in done:
                 number, at = inflight.pop(future)
                 occupancy.ended(future.result(), at)
-                self._finish(number, future.result())
+                untagged.append((number, self._finish(number, future.result(), tag=False)))
 
     def _run_batches(self, next_trial, n_jobs: int) -> None:
         """Batches of ``n_jobs`` trials through ``launcher.launch`` (consecutive job numbers
