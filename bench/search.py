@@ -1,6 +1,7 @@
 """Pruning pays: the same Optuna search with and without a successive-halving pruner.
 
     .venv/bin/python -m bench.search [--trials 24] [--iterations 40] [--validate-every 5]
+        [--workers 2] [--pruned-only]
 
 A search of ``algorithm.inner_lr`` x ``optimizer.learning_rate`` on ``omniglot_5w1s_maml`` with
 short budgets (validation every ``--validate-every`` meta-iterations on ``--val-tasks`` episodes
@@ -11,11 +12,18 @@ and differ only by what pruning stopped. Reported: the meta-iterations each sear
 complete trial: all of them; a pruned one: up to its pruning step), their ratio (goal <= 40%),
 and the best trial's validation accuracy of each (goal: the pruned search within 0.5 points).
 No re-evaluation (``reevaluate.top_k=0``): the figure is about the search itself.
+
+``--workers N`` runs the searches on the project's launcher with ``N`` warm workers
+(``hydra/launcher=joblib``: trials in flight, a new one asked as soon as one ends) and reports
+the worker utilisation the search logs on its parent run (``search/worker_utilisation``: the
+workers' time in trials over workers x the trials' wall time; goal >= 90% with 2 workers and
+pruning on). ``--pruned-only`` skips the unpruned search.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,6 +40,9 @@ PRUNER = ["+hydra.sweeper.pruner._target_=optuna.pruners.SuccessiveHalvingPruner
 
 def run_search(root: Path, name: str, args: argparse.Namespace, *extra: str) -> dict:
     import optuna
+    from mlflow import MlflowClient
+
+    from pipeline.tracking import keys
 
     data_root = args.data_root or (OMNIGLOT if OMNIGLOT.is_dir() else None)
     command = [
@@ -49,7 +60,9 @@ def run_search(root: Path, name: str, args: argparse.Namespace, *extra: str) -> 
         "hydra.sweeper.reevaluate.top_k=0", "hydra.sweeper.max_failure_rate=1.0",
         f"paths.data_dir={root}/data", f"paths.mlruns_dir={root}/mlruns",
         f"hydra.sweep.dir={root}/{name}",
-        *([f"data.root={data_root}"] if data_root else []), *extra]
+        *([f"data.root={data_root}"] if data_root else []),
+        *(["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.workers}"] if args.workers
+          else []), *extra]
     start = time.perf_counter()
     out = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -65,7 +78,13 @@ def run_search(root: Path, name: str, args: argparse.Namespace, *extra: str) -> 
         elif t.state.name == "PRUNED":
             spent += int(t.user_attrs.get("pruned_at_step", t.last_step or 0))
     states = [t.state.name for t in study.trials]
-    return {"wall_s": wall, "iterations": spent, "best": study.best_value,
+    client = MlflowClient(f"sqlite:///{root}/mlruns/mlflow.db")
+    experiment = client.get_experiment_by_name("meta-learning").experiment_id
+    [parent] = client.search_runs([experiment], f"tags.{keys.SWEEP_ROLE} = "
+                                                f"'{keys.ROLE_PARENT}' and tags.{keys.SWEEP_ID}"
+                                                f" LIKE '%/{name}'")
+    return {"utilisation": parent.data.metrics.get(keys.SEARCH_WORKER_UTILISATION),
+            "wall_s": wall, "iterations": spent, "best": study.best_value,
             "best_trial": study.best_trial.number, "best_params": study.best_params,
             "complete": states.count("COMPLETE"), "pruned": states.count("PRUNED"),
             "failed": states.count("FAIL")}
@@ -80,22 +99,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-tasks", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=None)
+    p.add_argument("--workers", type=int, default=0,
+                   help="warm workers of the project's launcher (0: the basic launcher)")
+    p.add_argument("--pruned-only", action="store_true")
     args = p.parse_args(argv)
-    print(machine())
+    print(f"{machine()}, load average at start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        full = run_search(root, "unpruned", args)
+        full = None if args.pruned_only else run_search(root, "unpruned", args)
         pruned = run_search(root, "pruned", args, *PRUNER,
                             f"+hydra.sweeper.pruner.min_resource={args.validate_every}")
-    ratio = pruned["iterations"] / full["iterations"]
-    gap = 100 * (full["best"] - pruned["best"])
     print(f"{args.trials} trials x {args.iterations} meta-iterations, validation every "
           f"{args.validate_every} (omniglot_5w1s_maml, meta-batch {args.meta_batch}, seed "
-          f"{args.seed})")
+          f"{args.seed}), {f'{args.workers} warm workers' if args.workers else 'basic launcher'}"
+          f", load average at end {os.getloadavg()[0]:.1f}")
     for name, r in (("unpruned", full), ("successive halving", pruned)):
+        if r is None:
+            continue
+        used = (f", workers in trials {100 * r['utilisation']:.1f}% of the time"
+                if r["utilisation"] is not None else "")
         print(f"  {name:>18}: {r['iterations']:5d} meta-iterations, best validation accuracy "
               f"{100 * r['best']:.2f}% (trial {r['best_trial']}), {r['complete']} complete / "
-              f"{r['pruned']} pruned / {r['failed']} failed, {r['wall_s']:.0f} s")
+              f"{r['pruned']} pruned / {r['failed']} failed, {r['wall_s']:.0f} s{used}")
+    if args.workers and pruned["utilisation"] is not None:
+        ok = pruned["utilisation"] >= 0.9
+        print(f"  worker utilisation, pruned search on {args.workers} workers: "
+              f"{100 * pruned['utilisation']:.1f}% (goal >= 90%: {'met' if ok else 'NOT met'})")
+    if full is None:
+        return 0
+    ratio = pruned["iterations"] / full["iterations"]
+    gap = 100 * (full["best"] - pruned["best"])
     print(f"  meta-iterations pruned/unpruned: {100 * ratio:.1f}% (goal <= 40%: "
           f"{'met' if ratio <= 0.40 else 'NOT met'})")
     print(f"  best validation accuracy, unpruned - pruned: {gap:.2f} points (goal <= 0.5: "

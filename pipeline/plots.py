@@ -1,4 +1,8 @@
-"""Figures logged with each run (matplotlib, headless)."""
+"""Figures logged with each run (matplotlib, headless).
+
+A run's own figures are drawn on plain :class:`~matplotlib.figure.Figure` objects with fixed
+margins: no pyplot figure manager and no ``tight_layout`` pass (which lays the text out once
+more before the real draw). Every sweep job draws them, so they are on each job's path."""
 
 from __future__ import annotations
 
@@ -16,7 +20,8 @@ def per_task(results: dict[str, np.ndarray], baseline: dict[str, np.ndarray] | N
 
     Tasks with a non-finite value (diverged) are left out and counted in the legend.
     """
-    fig, (ax, hist) = plt.subplots(1, 2, figsize=(12, 4), width_ratios=[3, 1])
+    fig = Figure(figsize=(12, 4))
+    ax, hist = fig.subplots(1, 2, width_ratios=[3, 1])
     after = results[f"{metric}_after"]
     tasks = np.arange(len(after))
     order = np.argsort(np.where(np.isfinite(after), after, np.inf))
@@ -40,18 +45,21 @@ def per_task(results: dict[str, np.ndarray], baseline: dict[str, np.ndarray] | N
     ax.legend(loc="best", fontsize=8)
     hist.set_xlabel("tasks")
     fig.suptitle(f"Per-task query {metric} (lines: means)")
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.06, right=0.985, bottom=0.12, top=0.9, wspace=0.12)
     return fig
 
 
 def curves(curves: dict[str, tuple[list[int], list[float]]]) -> Figure:
-    fig, axes = plt.subplots(1, max(len(curves), 1), figsize=(5 * max(len(curves), 1), 3.5))
+    n = max(len(curves), 1)
+    fig = Figure(figsize=(5 * n, 3.5))
+    axes = fig.subplots(1, n)
     for ax, (name, (steps, values)) in zip(np.atleast_1d(axes), sorted(curves.items()),
                                            strict=False):
         ax.plot(steps, values)
         ax.set_xlabel("meta-iteration")
         ax.set_ylabel(name if "/" in name else f"train/{name}")  # val/...: already scoped
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.75 / (5 * n), right=1 - 0.15 / (5 * n), bottom=0.14, top=0.95,
+                        wspace=0.3)
     return fig
 
 

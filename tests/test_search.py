@@ -253,6 +253,30 @@ def test_trials_start_without_a_batch_barrier(tmp_path):
     assert overlaps, {n: (t.start_time, t.end_time) for n, t in trials.items()}
     [group] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == "group"]
     assert group.info.status == "FINISHED" and group.data.metrics["seeds/n_seeds"] == 2
+    [parent] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == "parent"]
+    assert 0 < parent.data.metrics[keys.SEARCH_WORKER_UTILISATION] <= 1
+
+
+def test_worker_utilisation_counts_the_workers_time_in_trials_over_the_search():
+    """Time in trials over workers x wall, from the first submission to the last trial's end:
+    the worker's reported span where there is one (the wait for a free worker is not busy
+    time), else submission to result."""
+    from types import SimpleNamespace
+
+    from pipeline.search.occupancy import SPAN_ATTR, Occupancy
+
+    o = Occupancy(2)
+    first = o.submitted()
+    o.started = 100.0  # trials 0 and 1 submitted at 100; worker 1 ready only at 104
+    o.ended(SimpleNamespace(**{SPAN_ATTR: (100.5, 110.0)}), 100.0)
+    o.ended(SimpleNamespace(**{SPAN_ATTR: (104.0, 112.0)}), 100.0)
+    o.ended(SimpleNamespace(**{SPAN_ATTR: (110.0, 120.0)}), 110.0)
+    assert o.wall == 20.0 and o.busy == 9.5 + 8.0 + 10.0
+    assert o.utilisation() == pytest.approx(27.5 / 40)
+    late = Occupancy(1)
+    late.ended(object(), first - 1.0)  # no span from the launcher: submission to result
+    assert late.spans[0][0] == first - 1.0 and late.spans[0][1] >= first
+    assert Occupancy(2).utilisation() is None
 
 
 @pytest.mark.parametrize("pruner", [

@@ -12,6 +12,7 @@ job's state in them.
 
 
 import contextlib
+import gc
 import os
 import pickle
 import signal
@@ -64,6 +65,9 @@ def init(launcher_pid: int | None, hydra_context: HydraContext, config: DictConf
     from pipeline.tracking import store
 
     store.preload()
+    # What the imports built lives as long as the worker: out of the collector's scans, so a
+    # collection (loky runs one between jobs, on the next job's path) walks only a job's objects.
+    gc.freeze()
 
     warm_cache.enable(warm)
     _sweep = _Sweep(hydra_context, config, task_function, singleton_state, os.getcwd(),
@@ -122,7 +126,9 @@ def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) ->
     return whose exception survives pickling back to the launcher."""
     assert _sweep is not None
     from pipeline import warm
+    from pipeline.search.occupancy import SPAN_ATTR
 
+    started = time.time()
     _running.set()
     try:
         _fresh_state()
@@ -137,6 +143,7 @@ def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) ->
         _running.clear()
     if ret.status == JobStatus.FAILED:
         ret.return_value = _picklable(ret._return_value)
+    setattr(ret, SPAN_ATTR, (started, time.time()))  # a search's worker utilisation
     return ret
 
 

@@ -42,6 +42,7 @@ from optuna.trial import TrialState
 from pipeline import groups
 from pipeline.errors import ConfigError
 from pipeline.search import objective, record, space, study
+from pipeline.search.occupancy import Occupancy
 from pipeline.sweep.plan import PARENT_FILE
 from pipeline.tracking import keys, store
 
@@ -105,6 +106,8 @@ class Search:
         self.parent = json.loads(parent_file.read_text()) if parent_file.is_file() else None
         self.parent_id: str | None = self.parent["run_id"] if self.parent else None
         self.submit = getattr(launcher, "submit", None)
+        #: The workers' time in trials (trials in flight through ``submit`` only).
+        self.occupancy: Occupancy | None = None
 
     # --- the study ----------------------------------------------------------------------------
 
@@ -147,8 +150,9 @@ class Search:
         return [*fixed, *space.overrides(params), f"sweep.trial={number}",
                 f"sweep.study={self.study_name}", *test]
 
-    def _finish(self, number: int, ret: JobReturn) -> None:
-        """Tell the study how trial ``number``'s job ended; tag its run with the state."""
+    def _finish(self, number: int, ret: JobReturn, tag: bool = True) -> str:
+        """Tell the study how trial ``number``'s job ended; tag its run with the state (or,
+        ``tag=False``, leave that to the caller: the state is returned)."""
         self.returns.append(ret)
         frozen = self.study.get_trials(deepcopy=False)[number]
         assert frozen.number == number
@@ -166,13 +170,16 @@ class Search:
             reason = ret._return_value if ret.status == JobStatus.FAILED else "no objective"
             log.warning("Trial %d failed: %s", number, reason)
         self.study.tell(number, value, state=state, skip_if_finished=True)
-        self._tag_run(number, state.name)
         done = sum(t.state.is_finished() for t in self.study.trials)
-        if done and self.failures / done > self.s.max_failure_rate:
+        failing = done and self.failures / done > self.s.max_failure_rate
+        if tag or failing:
+            self._tag_run(number, state.name)
+        if failing:
             raise RuntimeError(
                 f"{self.failures} of {done} trials failed, more than "
                 f"hydra.sweeper.max_failure_rate={self.s.max_failure_rate}: the search stops. "
                 f"Pruned trials do not count; see the failed trials' runs for why.")
+        return state.name
 
     def _tag_run(self, number: int, state: str) -> None:
         if not self.parent_id:
@@ -214,8 +221,12 @@ class Search:
             self._run_batches(next_trial, self.s.n_jobs)
 
     def _run_async(self, next_trial, n_jobs: int) -> None:
-        """``n_jobs`` trials in flight; a new one is asked as soon as one ends."""
-        inflight: dict[Future, int] = {}
+        """``n_jobs`` trials in flight; a new one is asked as soon as one ends (told to the
+        study first, so the sampler sees it; its run's state tag only once the free worker has
+        its next trial)."""
+        inflight: dict[Future, tuple[int, float]] = {}
+        untagged: list[tuple[int, str]] = []
+        occupancy = self.occupancy = Occupancy(n_jobs)
         more = True
         while True:
             while more and len(inflight) < n_jobs:
@@ -224,12 +235,18 @@ class Search:
                     more = False
                     break
                 number, overrides = nxt
-                inflight[self.submit(overrides, number)] = number
+                at = occupancy.submitted()
+                inflight[self.submit(overrides, number)] = number, at
+            for number, state in untagged:
+                self._tag_run(number, state)
+            untagged.clear()
             if not inflight:
                 return
             done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
             for future in done:
-                self._finish(inflight.pop(future), future.result())
+                number, at = inflight.pop(future)
+                occupancy.ended(future.result(), at)
+                untagged.append((number, self._finish(number, future.result(), tag=False)))
 
     def _run_batches(self, next_trial, n_jobs: int) -> None:
         """Batches of ``n_jobs`` trials through ``launcher.launch`` (consecutive job numbers
@@ -316,6 +333,7 @@ class Search:
             sys.exit(2)
         try:
             self._run_trials(fixed, space_)
+            utilisation = self._utilisation()
             reevaluated = self._reevaluate(fixed)
         finally:
             shutdown = getattr(self.launcher, "shutdown", None)
@@ -328,8 +346,17 @@ class Search:
             log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
         if self.parent_id:
             record.log_search(self.uri, self.parent_id, self.study, self.s.objective,
-                              best, reevaluated)
+                              best, reevaluated, utilisation)
         return self.returns
+
+    def _utilisation(self) -> float | None:
+        """The workers' time in trials over workers x the trials' wall time (logged)."""
+        o = self.occupancy
+        value = o.utilisation() if o is not None else None
+        if o is not None and value is not None:
+            log.info("Workers in trials %.1f%% of the time (%.0f s of %d workers x %.0f s wall, "
+                     "%d trials)", 100 * value, o.busy, o.workers, o.wall, len(o.spans))
+        return value
 
     def _best(self) -> optuna.trial.FrozenTrial | None:
         try:

@@ -71,12 +71,16 @@ def group_result(uri: str, group_id: str) -> tuple[float, float, str | None]:
 
 
 def log_search(uri: str, parent_id: str, study: optuna.Study, objective: str,
-               best: FrozenTrial | None, reevaluated: list[tuple[FrozenTrial, str]]) -> None:
-    """Everything a reader of the parent run needs to judge the search."""
+               best: FrozenTrial | None, reevaluated: list[tuple[FrozenTrial, str]],
+               utilisation: float | None = None) -> None:
+    """Everything a reader of the parent run needs to judge the search (``utilisation``: the
+    workers' time in trials, :mod:`pipeline.search.occupancy`)."""
     trials = study.get_trials(deepcopy=False)
     counts = [sum(t.state == s for t in trials)
               for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
     metrics: dict[str, float] = dict(zip(keys.SEARCH_TRIALS, counts, strict=True))
+    if utilisation is not None:
+        metrics[keys.SEARCH_WORKER_UTILISATION] = utilisation
     tags: dict[str, str] = {}
     if best is not None:
         metrics[keys.SEARCH_VAL_BEST] = float(best.value)

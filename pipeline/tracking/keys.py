@@ -87,6 +87,9 @@ SEARCH_VAL_BEST = "search/best_trial_val"
 SEARCH_TEST_MEAN, SEARCH_TEST_CI95 = "search/reevaluated_test_mean", "search/reevaluated_test_ci95"
 SEARCH_OPTIMISM = "search/selection_optimism"
 SEARCH_TRIALS = ("search/trials_complete", "search/trials_pruned", "search/trials_failed")
+#: Time the workers spent in trials over workers x the trials' wall time
+#: (:mod:`pipeline.search.occupancy`; only with a launcher that keeps trials in flight).
+SEARCH_WORKER_UTILISATION = "search/worker_utilisation"
 SEARCH_BEST_TRIAL, SEARCH_BEST_GROUP = "search_best_trial", "search_best_group"
 #: Runs of ``pipeline.compare --paired --log`` and ``--register``.
 ROLE_PAIRED = "paired_comparison"
