@@ -26,7 +26,7 @@ from pipeline.models import build_model
 from pipeline.registration import AlreadyRegistered, register
 from pipeline.tracking import Tracker, keys, liveness, store
 from pipeline.tracking.run import StoreLost, Undelivered
-from tests.conftest import TINY, compose_raw, store_overrides
+from tests.conftest import TINY, compose_raw, empty_store_schema, store_overrides
 
 TRACKING = ["-m", "pipeline.tracking"]
 
@@ -359,6 +359,21 @@ def test_a_logged_model_is_found_without_a_store_in_the_cwd(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "True"
     assert not list(fresh.iterdir()), "a store was created outside the one named"
+
+
+def test_the_store_layer_leaves_other_clients_registries_alone(tmp_path):
+    """After the store layer opened store A, a client made for store B registers its models in
+    B: the process-wide URI the store layer sets must not redirect other clients' registries
+    (a test that registered into its own store once found its model in another one)."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for root in (a, b):
+        root.mkdir()
+        shutil.copyfile(empty_store_schema(), root / "mlflow.db")
+    uri_a, uri_b = f"sqlite:///{a}/mlflow.db", f"sqlite:///{b}/mlflow.db"
+    store.client(uri_a)
+    MlflowClient(uri_b).create_registered_model("only-in-b")
+    assert [m.name for m in MlflowClient(uri_b).search_registered_models()] == ["only-in-b"]
+    assert store.client(uri_a).search_registered_models() == []
 
 
 def test_unknown_run_ids_are_refused(cfg, tmp_path, capsys):

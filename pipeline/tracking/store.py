@@ -53,9 +53,10 @@ def client(uri: str) -> Any:
     # Some of MLflow's own code builds a client from the process-wide URI rather than ours
     # (listing a run's artifacts looks up its logged models with ``MlflowClient()``): left
     # unset, that is MLflow's default ``sqlite:///mlflow.db`` and a stray, empty store
-    # appears in the working folder. The process-wide URIs follow the store in use.
+    # appears in the working folder. The process-wide tracking URI follows the store in use;
+    # the registry URI is left unset, so it defaults to each client's own tracking URI (set
+    # process-wide, it would redirect every other client's registry in this process).
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
