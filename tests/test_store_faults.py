@@ -386,6 +386,55 @@ def test_unknown_run_ids_are_refused(cfg, tmp_path, capsys):
         assert err.startswith("Refused: no run with id") and missing in err, err
 
 
+_STUBBORN_LAUNCHER = """
+import subprocess, sys, time
+from pathlib import Path
+from pipeline.sweep import workers
+from pipeline.sweep.callback import SweepCallback
+
+sweep_dir = Path(sys.argv[1])
+worker = subprocess.Popen([sys.executable, "-c", "import signal, time; "
+                           "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); "
+                           "time.sleep(120)"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+worker.stdout.readline()  # SIGTERM is ignored from now on
+(sweep_dir / workers.JOBS_DIR).mkdir(parents=True)
+(sweep_dir / workers.JOBS_DIR / str(worker.pid)).write_text("0")
+callback = SweepCallback()
+callback.sweep_dir, callback.parent_run_id = sweep_dir, "parent0123"
+callback._handle_signals()
+print(worker.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_signal_stops_the_wait_for_stubborn_workers(tmp_path):
+    """A stopped sweep waits for its busy workers' runs to end; a worker that ignores SIGTERM
+    keeps it waiting, and the second Ctrl-C ends the wait: one line naming the parent to
+    resume, exit 130, no traceback."""
+    proc = subprocess.Popen([sys.executable, "-c", _STUBBORN_LAUNCHER, str(tmp_path)],
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout is not None
+    worker = int(proc.stdout.readline())
+    try:
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / ".stop").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (tmp_path / ".stop").exists(), "the first signal did not stop the sweep"
+        time.sleep(0.5)
+        assert proc.poll() is None, "the sweep did not wait for its busy worker"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        with contextlib.suppress(OSError):
+            os.kill(worker, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    [line] = err.strip().splitlines()
+    assert line.startswith("Sweep stopped again by signal 2") and "sweep.resume=parent0123" in line
+
+
 @pytest.mark.slow
 def test_double_ctrl_c_on_a_sweep_ends_in_one_line(tmp_path):
     """Ctrl-C twice to a joblib sweep's launcher: the second stops waiting for the workers,
@@ -408,14 +457,16 @@ def test_double_ctrl_c_on_a_sweep_ends_in_one_line(tmp_path):
     proc.send_signal(signal.SIGINT)
     rest, _ = proc.communicate(timeout=300)
     out = "".join(lines) + rest
+    # The second signal lands while the first waits for the workers ("stopped again",
+    # test_a_second_signal_stops_the_wait_for_stubborn_workers) or, when they stopped within
+    # the half second, in the launcher's exit: 130 and one line either way.
     assert proc.returncode == 130, out[-3000:]
     assert "Traceback" not in out, out[-3000:]
-    assert "Sweep stopped again by signal 2" in out
     uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("meta-learning").experiment_id
     [parent] = client.search_runs([exp], "tags.sweep_role = 'parent'")
     assert parent.info.status == "KILLED"
-    assert f"sweep.resume={parent.info.run_id}" in out.split("stopped again")[1]
+    assert f"sweep.resume={parent.info.run_id}" in out.split("Sweep stopped")[-1]
     liveness.reap(uri, older_than=0)
     assert not client.search_runs([exp], "attributes.status = 'RUNNING'")
