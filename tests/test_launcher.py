@@ -246,3 +246,44 @@ def test_only_local_workers_are_warned_about_oversubscribing_the_cores(caplog):
             "hydra": {"launcher": {"n_jobs": 2 * (os.cpu_count() or 1) + 1, "backend": backend}},
             "runtime": {"intra_op_threads": 1}}))
         assert ("oversubscribes" in caplog.text) == warned, backend
+
+
+class _Counted:
+    """Hydra's real config loader, its compositions counted."""
+
+    def __init__(self, loader):
+        self.loader, self.composed = loader, []
+
+    def load_sweep_config(self, master_config, sweep_overrides):
+        self.composed.append(list(sweep_overrides))
+        return self.loader.load_sweep_config(master_config, sweep_overrides)
+
+
+def test_a_job_the_sweeper_checked_is_not_composed_again_to_run_it():
+    """Hydra's basic sweeper composes each job to check it; the launcher runs that config, not
+    a second composition (0.3-0.4 s each); a job nobody checked is composed once and not kept;
+    pickled to a worker, the loader is Hydra's own."""
+    import pickle
+
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import HydraContext, RunMode
+
+    from hydra_plugins.pipeline_launcher._compose import ComposeOnce
+    from hydra_plugins.pipeline_launcher._worker import job_config
+    from pipeline.config import register_configs
+
+    register_configs()
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        hydra_loader = GlobalHydra.instance().config_loader()
+        master = hydra_loader.load_configuration("config", [], RunMode.MULTIRUN)
+        counted = _Counted(hydra_loader)
+        context = HydraContext(config_loader=ComposeOnce.around(counted), callbacks=None)
+        checked = context.config_loader.load_sweep_config(master, ["seed=3"])  # the sweeper
+        ran = job_config(context, master, 7, ["seed=3"])
+        assert ran is checked and counted.composed == [["seed=3"]]
+        assert (ran.seed, ran.hydra.job.num) == (3, 7)
+        unchecked = [job_config(context, master, n, ["seed=4"]) for n in (8, 9)]
+        assert counted.composed == [["seed=3"], ["seed=4"], ["seed=4"]]
+        assert unchecked[0] is not unchecked[1] and not context.config_loader._kept
+        assert type(pickle.loads(pickle.dumps(context)).config_loader) is _Counted

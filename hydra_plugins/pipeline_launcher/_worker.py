@@ -112,8 +112,11 @@ def _fresh_state() -> None:
 
 def job_config(hydra_context: HydraContext, sweep_config: DictConfig, idx: int,
                overrides: Sequence[str]) -> DictConfig:
-    """Job ``idx``'s composed config, as Hydra's launchers make it."""
-    config = hydra_context.config_loader.load_sweep_config(sweep_config, list(overrides))
+    """Job ``idx``'s composed config, as Hydra's launchers make it (in the launching process,
+    the one its sweeper composed to check the job, if it did: :mod:`._compose`)."""
+    loader = hydra_context.config_loader
+    compose = getattr(loader, "take", loader.load_sweep_config)
+    config = compose(sweep_config, list(overrides))
     with open_dict(config):
         config.hydra.job.id = f"{config.hydra.job.name}_{idx}"
         config.hydra.job.num = idx

@@ -44,6 +44,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig
 
+from hydra_plugins.pipeline_launcher._compose import ComposeOnce
 from hydra_plugins.pipeline_launcher._core import (
     Job,
     Slot,
@@ -92,6 +93,9 @@ class PipelineLauncher(Launcher):
               config: DictConfig) -> None:
         """Keep the sweep's context and start the workers now, so their start-up (spawn,
         TensorFlow's import) overlaps whatever the sweeper does before its first job."""
+        # The sweeper shares this context: jobs it composes to check them are not composed
+        # again to run them.
+        hydra_context.config_loader = ComposeOnce.around(hydra_context.config_loader)
         self.config, self.task_function, self.hydra_context = config, task_function, \
             hydra_context
         self._closed = False

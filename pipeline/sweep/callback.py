@@ -110,7 +110,6 @@ class SweepCallback(Callback):
              "resume": bool(resume)}))
         _warn_oversubscription(config)
         workers.mark_launcher()
-        atexit.register(self._leave_if_stopped)  # first registered: runs after the others
         atexit.register(self._abandon)
         self._handle_signals()
         self._start_heartbeat(cfg.uri)
@@ -326,20 +325,6 @@ class SweepCallback(Callback):
         print(f"Sweep stopped by signal {signum}: its runs are marked KILLED. Continue it with "
               f"the same command and sweep.resume={parent}", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
-
-
-    def _leave_if_stopped(self) -> None:
-        """A sweep stopped by a signal leaves, once its runs are ended and its workers told,
-        without the interpreter's teardown: that teardown puts the default signal handlers
-        back, so a second Ctrl-C landing in it (users press it twice) killed the process by
-        the signal (exit -2, not 130), and it tears down TensorFlow for nothing."""
-        if not self._stopped:
-            return
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(128 + self._stopped)
 
 
 def _base_name(config: DictConfig) -> str:
