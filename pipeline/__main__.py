@@ -10,7 +10,6 @@ TensorFlow or MLflow load and before anything is written. Then the surroundings 
 from __future__ import annotations
 
 import atexit
-import contextlib
 import json
 import logging
 import os
@@ -25,7 +24,13 @@ from omegaconf import DictConfig
 
 from pipeline import runtime_env
 from pipeline.config import register_configs, validate
-from pipeline.errors import ConfigError, PipelineError, TrialPruned, stop_on_sigterm
+from pipeline.errors import (
+    ConfigError,
+    PipelineError,
+    TrialPruned,
+    leave_now,
+    stop_on_sigterm,
+)
 
 log = logging.getLogger("pipeline")
 
@@ -181,16 +186,12 @@ class _Exit:
 
 
 def _leave() -> None:
-    """The last exit handler: leave without the interpreter's teardown of every loaded module
-    (about 1 s here, on every command's wall time and on a sweep's end). What matters is done
-    by then: runs ended and flushed, the other exit handlers run, logs and streams flushed. It
-    also keeps a second Ctrl-C from landing in that teardown, where the default handlers are
-    back and the signal would kill the process (exit -2 instead of 130)."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(_Exit.code)
+    """The last exit handler: leave without the interpreter's teardown (about 1 s here, on
+    every command's wall time and on a sweep's end). What matters is done by then: runs ended
+    and flushed, the other exit handlers run. It also keeps a second Ctrl-C from landing in
+    that teardown, where the default handlers are back and the signal would kill the process
+    (exit -2 instead of 130)."""
+    leave_now(_Exit.code)
 
 
 def _status(code: object) -> int:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import logging
 import os
 import signal
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -101,11 +99,6 @@ def _exit_fast_at_shutdown() -> None:
         return
     _fast_exit_registered = True
 
-    def leave() -> None:
-        logging.shutdown()
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(Exception):
-                stream.flush()
-        os._exit(0)
+    from pipeline import errors
 
-    atexit.register(leave)
+    atexit.register(errors.leave_now, 0)
