@@ -25,9 +25,11 @@ from omegaconf import DictConfig
 from pipeline import runtime_env
 from pipeline.config import register_configs, validate
 from pipeline.errors import (
+    INTERRUPTED,
     ConfigError,
     PipelineError,
     TrialPruned,
+    interrupted_status,
     leave_now,
     stop_on_sigterm,
 )
@@ -123,10 +125,8 @@ def _main(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         if hc.mode == RunMode.MULTIRUN:
             raise
-        print("Interrupted: the run is marked KILLED in MLflow; its checkpoint (if meta-training "
-              "had started) is logged and `python -m pipeline.resume RUN_ID` continues it.",
-              file=sys.stderr)
-        sys.exit(130)
+        print(INTERRUPTED, file=sys.stderr)
+        sys.exit(interrupted_status())
     except Exception:
         if job is not None:
             sweep.job_ended(job)

@@ -62,6 +62,17 @@ def note_signal(signum, frame) -> None:
     stopped_by = signum
 
 
+#: What a command stopped by Ctrl-C or SIGTERM says (its run is KILLED, with a checkpoint).
+INTERRUPTED = ("Interrupted: the run is marked KILLED in MLflow; its checkpoint (if "
+               "meta-training had started) is logged and `python -m pipeline.resume RUN_ID` "
+               "continues it.")
+
+
+def interrupted_status() -> int:
+    """The exit status of a command whose run a signal stopped: 130 Ctrl-C, 143 SIGTERM."""
+    return 128 + (stopped_by or signal.SIGINT)
+
+
 def stop_on_sigterm() -> None:
     """Make SIGTERM (a scheduler's or a user's stop) end a run like Ctrl-C: marked KILLED in
     MLflow, with a checkpoint if meta-training had started. Main thread only; else a no-op."""

@@ -7,7 +7,7 @@ the run's ``data_fingerprint`` (refuses a file that was altered), warns when the
 versions differ, runs again as a new run tagged ``rerun_of=RUN_ID``, and compares every per-task
 metric, training curve and aggregate value by value. Exit status (README, "Exit status"): 0
 identical, 3 different, 2 refused (no such run, run not finished, config drift, data altered),
-1 the rerun itself failed.
+1 the rerun itself failed, 130 / 143 stopped by Ctrl-C / SIGTERM (the new run KILLED).
 
 ``--tracking-uri http://host:port`` reruns a run of an MLflow server (the new run goes there too).
 """
@@ -23,7 +23,7 @@ from datetime import datetime
 
 from omegaconf import OmegaConf
 
-from pipeline import PROJECT_ROOT, runtime_env
+from pipeline import PROJECT_ROOT, errors, runtime_env
 from pipeline.config import default_tracking_uri
 from pipeline.replay import Refused, code_differences, recompose, verify_data
 from pipeline.tracking import keys, store
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunNotFound as e:
         print(f"Refused: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(errors.INTERRUPTED, file=sys.stderr)
+        return errors.interrupted_status()
     except Exception as e:  # the store or the run itself failed
         print(f"Rerun of {args.run_id} failed: {type(e).__name__}: {keys.plain_text(str(e))}",
               file=sys.stderr)
@@ -129,4 +132,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    errors.stop_on_sigterm()  # SIGTERM stops the run as Ctrl-C does: KILLED, with a checkpoint
     sys.exit(main())

@@ -7,7 +7,8 @@ command recomposes the run's config from its logged overrides (refusing if the c
 changed since), checks the data against the run's fingerprint, restores the checkpoint and
 finishes the run in place: the same MLflow run ends FINISHED, with curves and per-task metrics
 bit-identical to an uninterrupted run.
-Exit status: 0 finished, 2 refused (no such run, not resumable), 1 the resumed run failed.
+Exit status: 0 finished, 2 refused (no such run, not resumable), 1 the resumed run failed,
+130 / 143 stopped again by Ctrl-C / SIGTERM (KILLED with a later checkpoint: resume it again).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-from pipeline import PROJECT_ROOT, checkpoint, runtime_env
+from pipeline import PROJECT_ROOT, checkpoint, errors, runtime_env
 from pipeline.config import default_tracking_uri
 from pipeline.replay import Refused, code_differences, recompose
 from pipeline.tracking import keys, store
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     except RunNotFound as e:
         print(f"Refused: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(errors.INTERRUPTED, file=sys.stderr)
+        return errors.interrupted_status()
     except Exception as e:  # the store or the run itself failed
         print(f"Resuming run {args.run_id} failed: {type(e).__name__}: "
               f"{keys.plain_text(str(e))}", file=sys.stderr)
@@ -90,4 +94,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    errors.stop_on_sigterm()  # SIGTERM stops the run as Ctrl-C does: KILLED, with a checkpoint
     sys.exit(main())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from mlflow import MlflowClient
@@ -69,10 +70,9 @@ def _resume(uri: str, run_id: str) -> subprocess.CompletedProcess:
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
 
 
-def _check_killed_and_resume(client, exp_id, uri, interrupted, name,
-                             rcs: tuple[int, ...] = (130,)) -> int:
+def _check_killed_and_resume(client, exp_id, uri, interrupted, name, rc: int) -> int:
     err, _ = interrupted.communicate(timeout=120)
-    assert interrupted.returncode in rcs, err[-3000:]
+    assert interrupted.returncode == rc, err[-3000:]
     assert "Traceback" not in err and "resume" in err
     run = _run(client, exp_id, name)
     assert run.info.status == "KILLED" and run.data.tags["error"], run.data.tags
@@ -97,7 +97,7 @@ def test_sigterm_during_meta_test_then_resume_completes_the_run(tmp_path):
     _wait_for(interrupted, "meta-tested maml on 12 tasks")
     interrupted.send_signal(signal.SIGTERM)
     assert _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted",
-                                    (130, 143)) == 300
+                                    143) == 300
     a = _record(client, _run(client, exp_id, "interrupted").info.run_id)
     assert len(a["train/loss"]) == 6 and len(a["scratch_task/query_acc_after"]) == 12
 
@@ -109,7 +109,7 @@ def test_sigterm_during_meta_training_then_resume_is_bit_identical(tmp_path):
     _wait_for(interrupted, "iteration 1200/6000")
     reference = _start(tmp_path, "reference", IN_TRAINING)  # the uninterrupted twin
     interrupted.send_signal(signal.SIGTERM)
-    stopped_at = _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted")
+    stopped_at = _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted", 143)
     assert 0 < stopped_at < 6000, "interrupt the run during meta-training"
     err, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
@@ -126,7 +126,7 @@ def test_sigint_during_meta_test_resumes_straight_at_meta_test(tmp_path):
     reference = _start(tmp_path, "reference", IN_TEST)
     _wait_for(interrupted, "meta-tested maml on 12 tasks")  # the scratch baseline runs now
     interrupted.send_signal(signal.SIGINT)
-    stopped_at = _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted")
+    stopped_at = _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted", 130)
     assert stopped_at == 300  # training was done: nothing is trained again
     err, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, err[-3000:]
@@ -134,3 +134,48 @@ def test_sigint_during_meta_test_resumes_straight_at_meta_test(tmp_path):
     b = _record(client, _run(client, exp_id, "reference").info.run_id)
     assert len(a["train/loss"]) == 6 and len(a["scratch_task/query_acc_after"]) == 12
     assert a.keys() == b.keys() and a == b
+
+
+@pytest.mark.slow
+def test_a_resume_or_a_rerun_stopped_by_a_signal_ends_killed_in_one_line(tmp_path):
+    """``pipeline.resume`` and ``pipeline.rerun`` stop as a run does: exit 143 on SIGTERM and
+    130 on Ctrl-C, one line and no traceback, the run KILLED with a later checkpoint (so it can
+    be resumed again), never left RUNNING."""
+    from pipeline import errors
+    from pipeline.tracking import keys
+
+    uri, client, exp_id = _store(tmp_path)
+    first = _start(tmp_path, "first", [*IN_TRAINING, "meta_train.iterations=30000"])
+    _wait_for(first, "/30000")
+    first.send_signal(signal.SIGTERM)
+    first.communicate(timeout=120)
+    assert first.returncode == 143
+    run_id = _run(client, exp_id, "first").info.run_id
+    stopped_at = int(client.get_run(run_id).data.tags[keys.CHECKPOINT_ITERATION])
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.resume", run_id,
+                                 "--tracking-uri", uri], cwd=PROJECT_ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        _wait_for(proc, "/30000")  # meta-training goes on
+        proc.send_signal(signum)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signum, out[-3000:]
+        assert "Traceback" not in out and out.strip().endswith(errors.INTERRUPTED), out[-3000:]
+        run = client.get_run(run_id)
+        assert run.info.status == "KILLED", run.data.tags
+        assert int(run.data.tags[keys.CHECKPOINT_ITERATION]) > stopped_at
+        stopped_at = int(run.data.tags[keys.CHECKPOINT_ITERATION])
+    assert _resume(uri, run_id).returncode == 0
+    rerun = subprocess.Popen([sys.executable, "-m", "pipeline.rerun", run_id, "--tracking-uri",
+                              uri], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    new = []
+    while not new and rerun.poll() is None:  # the rerun's run has started meta-training
+        new = [r for r in client.search_runs([exp_id], f"tags.{keys.RERUN_OF} = '{run_id}'")
+               if "train/loss" in r.data.metrics]
+        time.sleep(0.2)
+    rerun.send_signal(signal.SIGTERM)
+    out, _ = rerun.communicate(timeout=120)
+    assert rerun.returncode == 143, out[-3000:]
+    assert "Traceback" not in out and out.strip().endswith(errors.INTERRUPTED), out[-3000:]
+    assert client.get_run(new[0].info.run_id).info.status == "KILLED"
