@@ -6,20 +6,37 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import provenance
+from pipeline import errors, provenance
 from pipeline.config import Config, compose, validate
-from pipeline.errors import PipelineError
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
 
 class Refused(Exception):
     """The run cannot be replayed exactly (the message says why)."""
+
+
+def report_failure(error: Exception | KeyboardInterrupt, refused: str, failed: str) -> int:
+    """Say in one line why a resume or a rerun did not end, and return its exit status (README,
+    "Exit status"): 2 refused (``refused`` says what) or no such run, 130 / 143 stopped by
+    Ctrl-C / SIGTERM (its run KILLED with a checkpoint), 1 the store or the run itself failed
+    (``failed`` says what)."""
+    if isinstance(error, Refused):
+        line, status = f"Refused: {refused}: {error}", 2
+    elif isinstance(error, store.RunNotFound):
+        line, status = f"Refused: {error}", 2
+    elif isinstance(error, KeyboardInterrupt):
+        line, status = errors.INTERRUPTED, errors.interrupted_status()
+    else:
+        line, status = f"{failed}: {type(error).__name__}: {keys.plain_text(str(error))}", 1
+    print(line, file=sys.stderr)
+    return status
 
 
 def config_drift(logged: dict, recomposed: dict) -> list[str]:
@@ -103,6 +120,6 @@ def recompose(uri: str, original: RunRecord,
                       "changed since):\n  " + "\n  ".join(drift))
     try:
         cfg = validate(raw)
-    except PipelineError as e:
+    except errors.PipelineError as e:
         raise Refused(f"the logged overrides are no longer a valid config: {e}") from e
     return raw, cfg, overrides

@@ -25,9 +25,9 @@ from omegaconf import OmegaConf
 
 from pipeline import PROJECT_ROOT, errors, runtime_env
 from pipeline.config import default_tracking_uri
-from pipeline.replay import Refused, code_differences, recompose, verify_data
+from pipeline.replay import Refused, code_differences, recompose, report_failure, verify_data
 from pipeline.tracking import keys, store
-from pipeline.tracking.store import RunNotFound, RunRecord
+from pipeline.tracking.store import RunRecord
 
 
 @dataclass(frozen=True)
@@ -107,19 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         comparison, new_id = rerun(args.run_id, uri)
-    except Refused as e:
-        print(f"Refused: not an exact rerun of {args.run_id}: {e}", file=sys.stderr)
-        return 2
-    except RunNotFound as e:
-        print(f"Refused: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(errors.INTERRUPTED, file=sys.stderr)
-        return errors.interrupted_status()
-    except Exception as e:  # the store or the run itself failed
-        print(f"Rerun of {args.run_id} failed: {type(e).__name__}: {keys.plain_text(str(e))}",
-              file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as e:
+        return report_failure(e, refused=f"not an exact rerun of {args.run_id}",
+                              failed=f"Rerun of {args.run_id} failed")
     if comparison.identical:
         print(f"IDENTICAL: rerun {new_id} reproduces run {args.run_id} bit for bit "
               f"({comparison.compared} metrics compared, per-task values at every step).")

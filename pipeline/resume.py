@@ -22,9 +22,8 @@ from pathlib import Path
 
 from pipeline import PROJECT_ROOT, checkpoint, errors, runtime_env
 from pipeline.config import default_tracking_uri
-from pipeline.replay import Refused, code_differences, recompose
+from pipeline.replay import Refused, code_differences, recompose, report_failure
 from pipeline.tracking import keys, store
-from pipeline.tracking.store import RunNotFound
 
 RESUMABLE = (keys.KILLED, keys.FAILED)
 
@@ -76,19 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     uri = args.tracking_uri or default_tracking_uri()
     try:
         status = resume(args.run_id, uri)
-    except Refused as e:
-        print(f"Refused: cannot resume run {args.run_id}: {e}", file=sys.stderr)
-        return 2
-    except RunNotFound as e:
-        print(f"Refused: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(errors.INTERRUPTED, file=sys.stderr)
-        return errors.interrupted_status()
-    except Exception as e:  # the store or the run itself failed
-        print(f"Resuming run {args.run_id} failed: {type(e).__name__}: "
-              f"{keys.plain_text(str(e))}", file=sys.stderr)
-        return 1
+    except (Exception, KeyboardInterrupt) as e:
+        return report_failure(e, refused=f"cannot resume run {args.run_id}",
+                              failed=f"Resuming run {args.run_id} failed")
     print(f"Run {args.run_id} resumed and {status}.")
     return 0
 

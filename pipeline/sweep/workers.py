@@ -12,6 +12,8 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
+from pipeline import errors
+
 #: In the sweep folder: "stop" (no job starts any more) and one file per process running a job.
 STOP_FILE, JOBS_DIR = ".stop", ".running-jobs"
 #: The process that launched the sweep (set by the callback; workers, spawned or remote, have
@@ -98,7 +100,4 @@ def _exit_fast_at_shutdown() -> None:
     if _fast_exit_registered:
         return
     _fast_exit_registered = True
-
-    from pipeline import errors
-
     atexit.register(errors.leave_now, 0)
