@@ -123,6 +123,27 @@ def test_refuses_a_non_numeric_value_in_a_parquet_file(tmp_path):
             "column 'c'", "'n.a.' is not a number")
 
 
+def test_later_files_read_with_the_first_files_types_give_the_numbers_inference_gives(tmp_path):
+    """Files after the first are read with its float columns as float64, without inferring
+    types; a column of integers, booleans or nothing there gives the numbers that inference
+    gives (one of text is read again with inference: the refusal above names it)."""
+    ts = tasks(6)
+    ts["t02"]["a"] = np.arange(24)  # integers
+    ts["t03"]["b"] = np.arange(24) % 2 == 0  # True / False
+    ts["t04"]["c"] = np.nan  # an empty column
+    cfg = cfg_of(write_per_task(tmp_path / "set", ts))
+    read = {t.name: t.numeric for t in tabular.read_tasks(cfg)}
+    _, text = tabular._columns(cfg)
+    for name in ts:
+        path = tmp_path / "set" / f"{name}.csv"
+        table = tabular._read_file(path, text)  # every column's type inferred
+        rows = np.arange(1, table.num_rows + 1)
+        inferred = np.column_stack([tabular._numeric_column(path, table, c, rows)
+                                    for c in FEATURES])
+        np.testing.assert_array_equal(read[name], inferred)
+    assert read["t03"][:, 1].tolist() == [1.0, 0.0] * 12 and np.isnan(read["t04"][:, 2]).all()
+
+
 def test_refuses_an_empty_folder(tmp_path):
     (tmp_path / "set").mkdir()
     (tmp_path / "set" / "notes.txt").write_text("no tables here")
