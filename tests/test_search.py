@@ -209,7 +209,8 @@ def test_a_search_killed_midway_and_resumed_ends_with_exactly_n_trials(tmp_path)
             continue
         if len(trials) >= 3 and trials[2].intermediate_values:
             break
-    assert proc.poll() is None, "the search ended before it could be stopped"
+    assert proc.poll() is None, ("the search ended before it could be stopped: "
+                                 + proc.communicate()[0][-3000:])
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode != 0, out[-2000:]
