@@ -11,9 +11,10 @@ from contextlib import contextmanager
 
 from omegaconf import DictConfig
 
-from pipeline import PROJECT_ROOT, runtime_env
+from pipeline import PROJECT_ROOT
 from pipeline.config import Config, compose, validate
 from pipeline.data import TaskSet
+from pipeline.run import runtime_env
 
 runtime_env.import_tensorflow()
 

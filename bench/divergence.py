@@ -16,11 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from bench.common import config, tasks_of
-from pipeline import runtime
+from pipeline.analysis.stats import summarize
 from pipeline.data import FIELDS, SEED_STREAMS
-from pipeline.runner import build
+from pipeline.run import runtime
+from pipeline.run.runner import build
 from pipeline.stages.meta_test import DIVERGENCE_FACTOR
-from pipeline.stats import summarize
 
 COMMON = ["paths.data_dir=/tmp/bench/data", "tracking.log_model=false"]
 

@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import config, machine, tasks_of
-from pipeline import PROJECT_ROOT, runtime
-from pipeline.runner import build
+from pipeline import PROJECT_ROOT
+from pipeline.run import runtime
+from pipeline.run.runner import build
 from pipeline.stages import meta_test
 
 #: name -> (what, overrides). Test episodes: 5-way 1-shot, 15 queries per class (80 images).

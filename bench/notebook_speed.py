@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from bench.common import best_of, config, machine, tasks_of
-from pipeline import runtime
-from pipeline.runner import build
+from pipeline.run import runtime
+from pipeline.run.runner import build
 
 
 def notebook_loop(tasks, cfg) -> None:

@@ -21,7 +21,7 @@ import time
 from bench.common import OMNIGLOT_ROOT, machine, raw_config
 from pipeline.config import validate
 from pipeline.errors import stop_on_sigterm
-from pipeline.runner import execute
+from pipeline.run.runner import execute
 
 #: name -> (preset, published accuracy %)
 RUNS = {

@@ -98,11 +98,11 @@ def pipeline_worker(name: str, threads: int, iters: int, warmup: int) -> list[fl
     import numpy as np
 
     from bench.common import config
-    from pipeline import runtime
     from pipeline.algorithms import Batch, Context, build_algorithm
-    from pipeline.losses import MSE, SOFTMAX, TaskLoss
+    from pipeline.algorithms.losses import MSE, SOFTMAX, TaskLoss
+    from pipeline.algorithms.optimizers import build_optimizer
     from pipeline.models import build_model
-    from pipeline.optimizers import build_optimizer
+    from pipeline.run import runtime
 
     w = WORKLOADS[name]
     cfg = config(*w.overrides, f"runtime.intra_op_threads={threads}")

@@ -21,11 +21,11 @@ import time
 import numpy as np
 
 from bench.common import config, machine, peak_rss_mib, tasks_of
-from pipeline import runtime
+from pipeline.analysis.stats import summarize
 from pipeline.data import SEED_STREAMS
-from pipeline.runner import build
+from pipeline.run import runtime
+from pipeline.run.runner import build
 from pipeline.stages import meta_test
-from pipeline.stats import summarize
 
 ALGORITHMS = ("maml", "fomaml", "anil", "metasgd", "reptile")
 #: Published MAML MSE (Meta-SGD paper, Table 1; 1 step) and learn2learn's anchors.

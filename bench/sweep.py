@@ -112,7 +112,7 @@ def overhead(root: Path, *extra: str) -> tuple[float, float, float]:
     delivered by a background thread; this is what the run itself waits for: fluent calls and
     the final flush), and the wall time of the same run untracked."""
     from bench.common import config
-    from pipeline.runner import execute
+    from pipeline.run.runner import execute
 
     cfg = config("data.num_test_tasks=1000", "meta_train.iterations=300",
                  f"paths.data_dir={root}/data", f"paths.mlruns_dir={root}/mlruns", *extra)
@@ -128,9 +128,9 @@ def overhead(root: Path, *extra: str) -> tuple[float, float, float]:
 
 def reruns(root: Path) -> list[tuple[str, str]]:
     from bench.common import raw_config
-    from pipeline import rerun
     from pipeline.config import validate
-    from pipeline.runner import execute
+    from pipeline.replay import rerun
+    from pipeline.run.runner import execute
 
     presets = {
         "maml (second order)": ["meta_train.iterations=100"],

@@ -33,7 +33,7 @@ from pathlib import Path
 from bench.common import machine, raw_config
 from pipeline import PROJECT_ROOT
 from pipeline.config import validate
-from pipeline.runner import execute
+from pipeline.run.runner import execute
 
 SCRIPT = PROJECT_ROOT / "scripts" / "make_fake_tabular.py"
 

@@ -2,9 +2,9 @@
 
 Only the config schemas are imported up front, so a bad config is refused in a second, before
 TensorFlow or MLflow load and before anything is written. Then the surroundings are checked
-(:mod:`pipeline.preflight`), then the run starts (:mod:`pipeline.runner`). Exit status (README,
-"Exit status"): 0 done, 1 the run failed (marked FAILED in MLflow), 2 refused before it started
-(Hydra's own composition errors too), 130 interrupted, 143 stopped by SIGTERM.
+(:mod:`pipeline.run.preflight`), then the run starts (:mod:`pipeline.run.runner`). Exit status
+(README, "Exit status"): 0 done, 1 the run failed (marked FAILED in MLflow), 2 refused before it
+started (Hydra's own composition errors too), 130 interrupted, 143 stopped by SIGTERM.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from pipeline import runtime_env
 from pipeline.config import register_configs, validate
 from pipeline.errors import (
     INTERRUPTED,
@@ -33,6 +32,7 @@ from pipeline.errors import (
     leave_now,
     stop_on_sigterm,
 )
+from pipeline.run import runtime_env
 
 log = logging.getLogger("pipeline")
 
@@ -62,7 +62,7 @@ def _main(cfg: DictConfig) -> float:
     except PipelineError as e:
         _fail(e, "Error in config", 2)
 
-    from pipeline import preflight
+    from pipeline.run import preflight
 
     try:
         preflight.check(config)
@@ -91,7 +91,7 @@ def _main(cfg: DictConfig) -> float:
         return _objective(value, higher, job.uri, job.previous.run_id)
 
     runtime_env.import_tensorflow()
-    from pipeline.runner import execute
+    from pipeline.run.runner import execute
 
     on_validation = None
     if trial is not None:
@@ -159,8 +159,9 @@ def _resume_job(config, raw: DictConfig, job, on_validation=None):
     ``python -m pipeline.resume`` does (bit-identical to an uninterrupted run)."""
     from omegaconf import OmegaConf
 
-    from pipeline import replay, resume
-    from pipeline.runner import Resume, execute
+    from pipeline.replay import logged as replay
+    from pipeline.replay import resume
+    from pipeline.run.runner import Resume, execute
     from pipeline.tracking import keys, store
 
     previous = job.previous

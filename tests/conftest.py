@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from omegaconf import DictConfig
 
-from pipeline import PROJECT_ROOT, runtime_env
+from pipeline import PROJECT_ROOT
 from pipeline.config import Config, compose, validate
+from pipeline.run import runtime_env
 
 #: The Omniglot zips: ``$OMNIGLOT_ROOT``, else where this workplace keeps them (the README's
 #: ``../shared/data/omniglot`` beside the project). Tests that need them skip without them.

@@ -11,11 +11,11 @@ import tensorflow as tf
 
 from pipeline.algorithms import Context, build_algorithm
 from pipeline.algorithms import functional as F
+from pipeline.algorithms.losses import SIGMOID, SOFTMAX, TaskLoss
 from pipeline.algorithms.maml import MAML
+from pipeline.algorithms.optimizers import build_optimizer
 from pipeline.config import MAMLConfig, MLPConfig, ScratchConfig
-from pipeline.losses import SIGMOID, SOFTMAX, TaskLoss
 from pipeline.models import build_model, fresh_weights
-from pipeline.optimizers import build_optimizer
 from tests.gradcheck import finite_differences
 
 

@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from pipeline.config import ConfigError, validate
 from pipeline.errors import PipelineError
-from pipeline.runner import execute
+from pipeline.run.runner import execute
 from tests.conftest import TINY, compose_raw, run_cli, store_overrides
 
 # (overrides, the key the message must name, a fragment of what is allowed)
@@ -208,7 +208,7 @@ def _garbage_store(root: Path) -> None:
     (root / "mlflow.db").write_bytes(b"not an SQLite file " * 100)
 
 
-# Refused by the checks of the surroundings (pipeline.preflight), before anything is written:
+# Refused by the checks of the surroundings (pipeline.run.preflight), before anything is written:
 # (overrides, files to make under the folder {root}, the key or file named, what is said).
 BAD_SURROUNDINGS = [
     (["tracking.experiment_name=" + "e" * 2000], None, "tracking.experiment_name=",
@@ -223,7 +223,7 @@ BAD_SURROUNDINGS = [
 @pytest.mark.parametrize("overrides, make, named, said", BAD_SURROUNDINGS,
                          ids=[o[0][:40] for o, *_ in BAD_SURROUNDINGS])
 def test_bad_surroundings_are_refused_in_one_line(overrides, make, named, said, tmp_path):
-    from pipeline import preflight
+    from pipeline.run import preflight
 
     root = tmp_path / "given"
     if make is not None:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from pipeline import registry
-from pipeline.config import validate
+from pipeline.config import registry, validate
 from tests.conftest import compose_raw, run_cli, store_overrides
 
 

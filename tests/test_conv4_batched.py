@@ -20,8 +20,10 @@ from pipeline.algorithms import Context
 from pipeline.algorithms import conv4_batched as C
 from pipeline.algorithms import functional as F
 from pipeline.algorithms.anil import ANIL
+from pipeline.algorithms.losses import SOFTMAX, TaskLoss
 from pipeline.algorithms.maml import MAML
 from pipeline.algorithms.metasgd import MetaSGD
+from pipeline.algorithms.optimizers import build_optimizer
 from pipeline.algorithms.protonet import ProtoNet
 from pipeline.algorithms.reptile import Reptile
 from pipeline.config import (
@@ -36,9 +38,7 @@ from pipeline.config import (
     ReptileConfig,
 )
 from pipeline.data import TaskSplit
-from pipeline.losses import SOFTMAX, TaskLoss
 from pipeline.models import build_model, portable
-from pipeline.optimizers import build_optimizer
 from tests.gradcheck import finite_differences
 from tests.test_algorithms import float64  # noqa: F401  (fixture)
 

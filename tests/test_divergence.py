@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from pipeline import data
 from pipeline.config.validate import warnings
 from pipeline.errors import DivergenceError
-from pipeline.runner import execute
+from pipeline.run.runner import execute
 from pipeline.stages import meta_test
 from pipeline.tracking import keys
 

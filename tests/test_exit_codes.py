@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import PROJECT_ROOT, compare
+from pipeline import PROJECT_ROOT
+from pipeline.analysis import compare
 from pipeline.config import TrackingConfig
 from pipeline.tracking import keys, store
 from tests.conftest import TINY, store_overrides

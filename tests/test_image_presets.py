@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline.runner import execute
+from pipeline.run.runner import execute
 from pipeline.tracking import keys
 from tests import image_sets
 from tests.conftest import run_cli, store_overrides

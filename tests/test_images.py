@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import data, preflight
+from pipeline import data
 from pipeline.data import decoded, images
 from pipeline.data.episodes import EpisodeSampler, EpisodeSet
 from pipeline.errors import ConfigError, DataError
+from pipeline.run import preflight
 from tests import image_sets
 from tests.conftest import run_cli, store_overrides
 

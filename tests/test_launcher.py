@@ -19,8 +19,9 @@ import pytest
 from mlflow import MlflowClient
 
 from hydra_plugins.pipeline_launcher.launcher import death_reason
-from pipeline import PROJECT_ROOT, warm
-from pipeline.runner import execute
+from pipeline import PROJECT_ROOT
+from pipeline.run import warm
+from pipeline.run.runner import execute
 from pipeline.sweep.workers import JOBS_DIR
 from pipeline.tracking import keys
 from tests.conftest import TINY, store_overrides

@@ -8,9 +8,9 @@ import pytest
 from mlflow import MlflowClient
 
 from bench.memory import peak_rss
-from pipeline import memory
 from pipeline.errors import ConfigError
-from pipeline.runner import execute
+from pipeline.run import memory
+from pipeline.run.runner import execute
 from pipeline.tracking import keys
 from tests import image_sets
 from tests.conftest import TINY, run_cli, store_overrides

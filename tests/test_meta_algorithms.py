@@ -11,8 +11,10 @@ import tensorflow as tf
 from pipeline.algorithms import Context, build_algorithm, outer
 from pipeline.algorithms import functional as F
 from pipeline.algorithms.anil import ANIL
+from pipeline.algorithms.losses import MSE, SOFTMAX, TaskLoss
 from pipeline.algorithms.maml import MAML
 from pipeline.algorithms.metasgd import MetaSGD
+from pipeline.algorithms.optimizers import build_optimizer
 from pipeline.algorithms.reptile import Reptile
 from pipeline.config import (
     AdamConfig,
@@ -25,9 +27,7 @@ from pipeline.config import (
     ReptileConfig,
 )
 from pipeline.data import TaskSplit
-from pipeline.losses import MSE, SOFTMAX, TaskLoss
 from pipeline.models import build_model
-from pipeline.optimizers import build_optimizer
 from tests.gradcheck import finite_differences
 from tests.test_algorithms import _batch, float64  # noqa: F401  (fixture)
 

@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import data, preflight
+from pipeline import data
 from pipeline.config import ConfigError
 from pipeline.data import omniglot
 from pipeline.data.episodes import sample_episodes
+from pipeline.run import preflight
 from tests.conftest import OMNIGLOT_ROOT
 
 SHARED = OMNIGLOT_ROOT
@@ -164,7 +165,7 @@ def test_model_and_data_must_fit(make_cfg):
 
 
 def test_protonet_prototypes_and_logits_match_numpy(make_cfg, tmp_path):
-    from pipeline.runner import build
+    from pipeline.run.runner import build
 
     cfg, _ = make_cfg("algorithm=protonet", "data.num_train_tasks=4", "data.num_test_tasks=6",
                       "meta_train.meta_batch_size=4")
@@ -193,9 +194,9 @@ def test_protonet_refuses_regression(make_cfg):
     import keras
 
     from pipeline.algorithms import Context
+    from pipeline.algorithms.losses import MSE, TaskLoss
     from pipeline.algorithms.protonet import ProtoNet
     from pipeline.config import ProtoNetConfig
-    from pipeline.losses import MSE, TaskLoss
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)])
     ctx = Context(model, TaskLoss(MSE), keras.optimizers.Adam(), 0)
@@ -208,7 +209,7 @@ def _bn_stats(algo) -> list[np.ndarray]:
 
 
 def test_running_batch_norm_statistics_are_updated_by_protonet(make_cfg, tmp_path):
-    from pipeline.runner import build
+    from pipeline.run.runner import build
 
     cfg, _ = make_cfg(*OMNIGLOT, "algorithm=protonet", "model.batch_norm=running",
                       "model.filters=8", "data.query_per_class=2", "data.num_test_tasks=2",
@@ -227,7 +228,7 @@ def test_protonet_learns_omniglot_through_the_pipeline(make_cfg, tmp_path):
     """A short run, end to end with MLflow: well above chance (0.2) on held-out characters."""
     from mlflow import MlflowClient
 
-    from pipeline.runner import execute
+    from pipeline.run.runner import execute
 
     cfg, raw = make_cfg("experiment=omniglot_5w1s_protonet", *SMALL,
                         "data.train_num_classes=5", "data.train_query_per_class=5",
@@ -247,7 +248,7 @@ def test_protonet_learns_omniglot_through_the_pipeline(make_cfg, tmp_path):
 def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg):
     """The MAML preset (second order, zero head) through the pipeline, batch statistics of
     each task's own batch; the head stays at zero, the body is meta-learned."""
-    from pipeline.runner import execute
+    from pipeline.run.runner import execute
 
     cfg, _ = make_cfg("experiment=omniglot_5w1s_maml", *SMALL, "model.filters=8",
                       "model.batch_norm=transductive", "data.num_test_tasks=6",
@@ -266,7 +267,7 @@ def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg)
     pytest.param("reptile", marks=pytest.mark.slow)])
 def test_every_gradient_based_algorithm_runs_on_omniglot(make_cfg, algorithm):
     """The whole algorithm suite runs on conv4 episodes (batched over tasks), with finite losses."""
-    from pipeline.runner import execute
+    from pipeline.run.runner import execute
 
     cfg, _ = make_cfg(*OMNIGLOT, f"algorithm={algorithm}", "model.filters=8",
                       "model.batch_norm=transductive", "data.num_classes=5", "data.k_shot=1",
@@ -288,7 +289,7 @@ def test_maml_with_running_batch_norm_is_refused(make_cfg):
 
 def test_protonet_on_synthetic_is_deterministic_and_beats_scratch(make_cfg):
     """The MLP's last hidden layer as the embedding; same seed, bit-identical episodes."""
-    from pipeline.runner import execute
+    from pipeline.run.runner import execute
     from tests.conftest import TINY
 
     cfg, _ = make_cfg("algorithm=protonet", *TINY, "meta_train.iterations=40")

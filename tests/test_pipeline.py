@@ -10,7 +10,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.errors import ConfigError
-from pipeline.runner import execute
+from pipeline.run.runner import execute
 from pipeline.tracking.keys import NO_GAIN as NO_GAIN_TAG
 from tests.conftest import TINY, run_cli, store_overrides
 

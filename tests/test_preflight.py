@@ -9,9 +9,9 @@ import subprocess
 
 import pytest
 
-from pipeline import preflight
 from pipeline.config import validate
 from pipeline.errors import ConfigError, TrackingError
+from pipeline.run import preflight
 from pipeline.tracking.store import check_writable
 from tests.conftest import TINY, compose_raw, run_cli, store_overrides
 

@@ -13,13 +13,13 @@ import pytest
 import tensorflow as tf
 
 from pipeline.algorithms import Batch, Context
+from pipeline.algorithms.losses import SOFTMAX, TaskLoss
 from pipeline.algorithms.maml import MAML
+from pipeline.algorithms.optimizers import build_optimizer
 from pipeline.config import AdamConfig, Conv4Config, MAMLConfig, ResNet12Config
-from pipeline.losses import SOFTMAX, TaskLoss
 from pipeline.models import BatchStatsNorm, build_model, fresh_weights, portable
 from pipeline.models.resnet12 import ResBlock
-from pipeline.optimizers import build_optimizer
-from pipeline.runner import execute
+from pipeline.run.runner import execute
 from tests import image_sets
 from tests.test_algorithms import float64  # noqa: F401  (fixture)
 

@@ -9,9 +9,9 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline import data
+from pipeline.analysis.stats import paired_gain
 from pipeline.config import ConfigError
-from pipeline.runner import execute
-from pipeline.stats import paired_gain
+from pipeline.run.runner import execute
 
 #: A small sinusoid run: few tasks, short training, a cheap scratch baseline.
 SMALL = ["data.num_train_tasks=2000", "data.num_test_tasks=100", "meta_test.scratch.steps=50",

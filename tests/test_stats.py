@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.stats import paired_gain, summarize
+from pipeline.analysis.stats import paired_gain, summarize
 
 
 def test_summary_matches_textbook_values():

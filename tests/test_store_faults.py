@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import PROJECT_ROOT, compare, paired, replay
+from pipeline import PROJECT_ROOT
+from pipeline.analysis import compare, paired
+from pipeline.analysis.registration import AlreadyRegistered, register
 from pipeline.config import TrackingConfig, validate
 from pipeline.models import build_model
-from pipeline.registration import AlreadyRegistered, register
+from pipeline.replay import logged as replay
 from pipeline.tracking import Tracker, keys, liveness, store
 from pipeline.tracking.run import StoreLost, Undelivered
 from tests.conftest import TINY, compose_raw, empty_store_schema, store_overrides
@@ -394,7 +396,7 @@ def test_the_store_layer_leaves_other_clients_registries_alone(tmp_path):
 
 
 def test_unknown_run_ids_are_refused(cfg, tmp_path, capsys):
-    from pipeline import rerun, resume
+    from pipeline.replay import rerun, resume
     store.prepare_store(cfg)
     missing = uuid.uuid4().hex
     for main in (rerun.main, resume.main):

@@ -17,9 +17,12 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import PROJECT_ROOT, compare, data, replay, rerun, sweep
+from pipeline import PROJECT_ROOT, data, sweep
+from pipeline.analysis import compare
 from pipeline.config import ConfigError
-from pipeline.runner import execute
+from pipeline.replay import logged as replay
+from pipeline.replay import rerun
+from pipeline.run.runner import execute
 from pipeline.tracking import keys
 from pipeline.tracking.store import get_run
 from tests.conftest import TINY, free_port, run_cli, store_overrides

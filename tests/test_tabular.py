@@ -14,11 +14,13 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import PROJECT_ROOT, data, preflight, rerun
+from pipeline import PROJECT_ROOT, data
 from pipeline.config import TabularDataConfig
 from pipeline.data import stream_rng, tabular
 from pipeline.errors import ConfigError
-from pipeline.runner import execute
+from pipeline.replay import rerun
+from pipeline.run import preflight
+from pipeline.run.runner import execute
 from pipeline.tracking import keys
 from tests.conftest import run_cli, store_overrides
 

@@ -11,7 +11,7 @@ import pytest
 from mlflow import MlflowClient
 
 from pipeline.errors import TrackingError
-from pipeline.runner import execute
+from pipeline.run.runner import execute
 from pipeline.tracking import Tracker
 from pipeline.tracking.keys import FALLBACK_FILE
 from pipeline.tracking.run import Undelivered

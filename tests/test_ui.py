@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import PROJECT_ROOT, compare
+from pipeline import PROJECT_ROOT
+from pipeline.analysis import compare
 from pipeline.tracking import keys, store
 from tests.conftest import answers_health, free_port
 from tests.test_sweeps import multirun

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from pipeline import checkpoint, data
-from pipeline.runner import build, execute
+from pipeline import data
+from pipeline.run import checkpoint
+from pipeline.run.runner import build, execute
 from pipeline.stages import meta_test, meta_train
 from pipeline.stages.validation import Validation
 from pipeline.tracking import keys

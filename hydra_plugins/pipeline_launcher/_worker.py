@@ -6,7 +6,7 @@ whatever a job leaves behind in the process must not reach the next one: the wor
 environment variables, Hydra's job state and logging (set again by ``run_job``), the MLflow
 run still active after a job that died half-way, the signal a job noted, TensorFlow's seeds
 (every run seeds them again). Only the built algorithms are kept on purpose
-(:mod:`pipeline.warm`): a later job of the same graph reuses their compiled steps, with this
+(:mod:`pipeline.run.warm`): a later job of the same graph reuses their compiled steps, with this
 job's state in them.
 """
 
@@ -57,11 +57,11 @@ def init(launcher_pid: int | None, hydra_context: HydraContext, config: DictConf
     if launcher_pid is not None:
         threading.Thread(target=_watch, args=(launcher_pid,), daemon=True,
                          name="launcher-watchdog").start()
-    from pipeline import runtime_env
-    from pipeline import warm as warm_cache
+    from pipeline.run import runtime_env
+    from pipeline.run import warm as warm_cache
 
     runtime_env.import_tensorflow()
-    import pipeline.runner  # noqa: F401  (TensorFlow, Keras, the stages: once per worker)
+    import pipeline.run.runner  # noqa: F401  (TensorFlow, Keras, the stages: once per worker)
     from pipeline.tracking import store
 
     store.preload()
@@ -128,7 +128,7 @@ def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) ->
     launcher while this worker was busy; else composed here); a job that raises is a FAILED
     return whose exception survives pickling back to the launcher."""
     assert _sweep is not None
-    from pipeline import warm
+    from pipeline.run import warm
     from pipeline.search.occupancy import SPAN_ATTR
 
     started = time.time()

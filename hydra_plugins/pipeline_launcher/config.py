@@ -27,7 +27,7 @@ class PipelineLauncherConf:
     #: ``ray.remote.num_cpus`` CPUs of the cluster).
     n_jobs: int = 2
     #: Keep built algorithms in each worker, so later jobs of the same graph reuse their
-    #: compiled steps (pipeline.warm); false builds and traces every job afresh.
+    #: compiled steps (pipeline.run.warm); false builds and traces every job afresh.
     warm: bool = True
     #: Where the workers run: ``loky`` (processes on this machine) or ``ray`` (actors on a Ray
     #: cluster, started here without ``ray.init.address``).

@@ -15,7 +15,7 @@ slots' jobs go on. No job is retried.
 
 Workers are long-lived: each is set up once (:func:`._worker.init`: the sweep's Hydra context,
 TensorFlow imported) and runs job after job with a clean per-job state; built algorithms are
-kept (:mod:`pipeline.warm`), so later jobs of the same graph reuse their compiled steps.
+kept (:mod:`pipeline.run.warm`), so later jobs of the same graph reuse their compiled steps.
 Workers die with their launcher (a watchdog on the launching process in loky's; Ray ends an
 actor with its driver). SIGTERM to the launcher is the sweep callback's (``pipeline.sweep``):
 no queued job starts, the busy workers get SIGTERM and mark their runs KILLED with checkpoints.

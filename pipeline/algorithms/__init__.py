@@ -5,9 +5,8 @@ inner-loop family (MAML, FOMAML, ANIL, Meta-SGD, Reptile) behind
 
 from __future__ import annotations
 
-from pipeline import registry
 from pipeline.algorithms.base import Algorithm, Batch, Context
-from pipeline.config import AlgorithmConfig
+from pipeline.config import AlgorithmConfig, registry
 
 
 def build_algorithm(cfg: AlgorithmConfig, ctx: Context) -> Algorithm:

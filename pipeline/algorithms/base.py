@@ -25,14 +25,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline import checkpoint
 from pipeline.algorithms import functional as F
-from pipeline.checkpoint import Checkpoint, Progress
+from pipeline.algorithms.losses import TaskLoss
 from pipeline.config import AlgorithmConfig, MetaTrainConfig
 from pipeline.data import FIELDS, TaskSplit
 from pipeline.data.episodes import EpisodeSampler, TaskRowSampler
 from pipeline.errors import ConfigError
-from pipeline.losses import TaskLoss
+from pipeline.run import checkpoint
+from pipeline.run.checkpoint import Checkpoint, Progress
 
 #: What :meth:`Algorithm.meta_train` yields: the chunk's first iteration and each metric's
 #: values, one per iteration of the chunk.

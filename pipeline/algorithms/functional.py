@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from pipeline.algorithms import conv4_batched
-from pipeline.losses import TaskLoss
+from pipeline.algorithms.losses import TaskLoss
 
 Params = list[tf.Tensor]
 

@@ -48,7 +48,7 @@ class MAML(InnerLoop):
             v.assign(tf.zeros_like(v))
         self._frozen = {id(v) for v in head}  # held at zero: not meta-learned
         # A variable, not a constant baked into the compiled steps: a warm sweep worker reuses
-        # them for a job with another inner rate (pipeline.warm).
+        # them for a job with another inner rate (pipeline.run.warm).
         dtype = ctx.model.trainable_variables[0].dtype if ctx.model.trainable_variables \
             else "float32"
         self.inner_lr = tf.Variable(cfg.inner_lr, dtype=dtype, trainable=False, name="inner_lr")

@@ -13,9 +13,9 @@ import tensorflow as tf
 
 from pipeline.algorithms import functional as F
 from pipeline.algorithms.base import Algorithm, Context
-from pipeline.checkpoint import Checkpoint, Progress
 from pipeline.config import MetaTrainConfig, NotebookAlgorithmConfig
 from pipeline.data import TaskSplit
+from pipeline.run.checkpoint import Checkpoint, Progress
 
 
 class Notebook(Algorithm):

@@ -23,9 +23,9 @@ import tensorflow as tf
 
 from pipeline.algorithms import conv4_batched
 from pipeline.algorithms.base import Algorithm, Batch, Context
+from pipeline.algorithms.losses import MSE, SOFTMAX, TaskLoss
 from pipeline.config import ProtoNetConfig
 from pipeline.errors import ConfigError
-from pipeline.losses import MSE, SOFTMAX, TaskLoss
 
 
 def prototypes(emb: tf.Tensor, labels: tf.Tensor, num_classes: tf.Tensor) -> tf.Tensor:

@@ -1,5 +1,5 @@
 """Config schemas (one dataclass per Hydra group option, registered with
-:func:`pipeline.registry.option`), Hydra composition and pure validation.
+:func:`pipeline.config.registry.option`), Hydra composition and pure validation.
 
 Hydra/OmegaConf check key names and types while composing (a mistyped key or a non-numeric
 learning rate stops composition). Ranges and choice lists live in each field's metadata and are

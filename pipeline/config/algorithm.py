@@ -10,7 +10,7 @@ from typing import ClassVar
 from omegaconf import MISSING
 
 from pipeline.config.fields import INNER_OPTIMIZERS, choice, num
-from pipeline.registry import option
+from pipeline.config.registry import option
 
 
 @dataclass
@@ -33,7 +33,7 @@ class AlgorithmConfig:
     meta_batches: ClassVar[bool] = True
     #: Values the compiled steps read at run time (variables or call arguments), not baked in
     #: as constants: a warm sweep worker reuses the steps of a job that differs only in these
-    #: (:mod:`pipeline.warm`).
+    #: (:mod:`pipeline.run.warm`).
     fed_values: ClassVar[tuple[str, ...]] = ()
 
     name: str = MISSING

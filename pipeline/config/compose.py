@@ -6,13 +6,14 @@ from __future__ import annotations
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import CONFIG_DIR, PROJECT_ROOT, registry
+from pipeline import CONFIG_DIR, PROJECT_ROOT
+from pipeline.config import registry
 from pipeline.config.run import Config
 
 
 def register_configs() -> None:
     """Store the root schema as ``config_schema`` and every option's schema under
-    :attr:`~pipeline.registry.Option.schema_name` (root-level entries: Hydra lists them as no
+    :attr:`~pipeline.config.registry.Option.schema_name` (root-level entries: Hydra lists them as no
     group's option, so ``algorithm=...`` offers only the YAML options)."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)

@@ -19,7 +19,7 @@ from pipeline.config.fields import (
     choice,
     num,
 )
-from pipeline.registry import option
+from pipeline.config.registry import option
 
 
 @dataclass

@@ -17,7 +17,7 @@ from pipeline.config.fields import (
     choice,
     num,
 )
-from pipeline.registry import option
+from pipeline.config.registry import option
 
 
 @dataclass

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from pipeline.config.fields import LR_SCHEDULES, choice, num
-from pipeline.registry import option
+from pipeline.config.registry import option
 
 
 @dataclass
@@ -26,7 +26,7 @@ class OptimizerConfig:
     min_lr_fraction: float = num(0.0, ge=0, le=1)
 
 
-@option("optimizer", builds="pipeline.optimizers:adam")
+@option("optimizer", builds="pipeline.algorithms.optimizers:adam")
 @dataclass
 class AdamConfig(OptimizerConfig):
     name: str = "adam"
@@ -35,7 +35,7 @@ class AdamConfig(OptimizerConfig):
     epsilon: float = num(1e-7, gt=0)
 
 
-@option("optimizer", builds="pipeline.optimizers:sgd")
+@option("optimizer", builds="pipeline.algorithms.optimizers:sgd")
 @dataclass
 class SGDConfig(OptimizerConfig):
     name: str = "sgd"

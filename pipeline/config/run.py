@@ -12,7 +12,7 @@ from pipeline.config.data import DataConfig
 from pipeline.config.fields import num
 from pipeline.config.model import ModelConfig
 from pipeline.config.optimizer import OptimizerConfig
-from pipeline.registry import option
+from pipeline.config.registry import option
 
 
 @dataclass

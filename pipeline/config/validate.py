@@ -1,6 +1,6 @@
 """Pure validation of a composed config: every error names the full dotted key, the bad value
 and what is allowed, in one line. Nothing here touches the file system or the network (that is
-:mod:`pipeline.preflight`)."""
+:mod:`pipeline.run.preflight`)."""
 
 from __future__ import annotations
 

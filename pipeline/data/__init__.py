@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import registry
+from pipeline.config import registry
 from pipeline.config.fields import CLASSIFICATION as CLASSIFICATION
 from pipeline.config.fields import REGRESSION as REGRESSION
 from pipeline.data.episodes import EpisodeSampler, EpisodeSet, TaskRowSampler

@@ -10,8 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from pipeline import registry
-from pipeline.config import ModelConfig
+from pipeline.config import ModelConfig, registry
 from pipeline.models.norm import BatchStatsNorm, portable
 
 #: Name of the per-class output layer (what ANIL adapts and ``algorithm.zero_head`` zeroes).

@@ -17,8 +17,8 @@ params (their KILLED runs continue from their checkpoints through the sweep's re
 machinery), and new trials are asked until the study holds exactly ``n_trials``.
 
 After the last trial the test tasks are touched once: the best ``reevaluate.top_k`` trials are
-re-run on ``reevaluate.seeds`` fresh seeds each, as seed groups (:mod:`pipeline.groups`) through
-the same launcher, and the parent run records the search (:mod:`pipeline.search.record`).
+re-run on ``reevaluate.seeds`` fresh seeds each, as seed groups (:mod:`pipeline.analysis.groups`)
+through the same launcher, and the parent run records the search (:mod:`pipeline.search.record`).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-from pipeline import groups
+from pipeline.analysis import groups
 from pipeline.errors import ConfigError
 from pipeline.search import objective, record, space, study
 from pipeline.search.occupancy import Occupancy

@@ -17,8 +17,8 @@ import optuna
 import pandas as pd
 from optuna.trial import FrozenTrial, TrialState
 
-from pipeline import plots
-from pipeline.results import objective_metric
+from pipeline.analysis import plots
+from pipeline.analysis.results import objective_metric
 from pipeline.tracking import keys, store
 
 log = logging.getLogger(__name__)

@@ -128,7 +128,8 @@ def divergence_steps(algo: Algorithm, test: Episodes, ids: np.ndarray,
 
 def regression_fits(algo: Algorithm, test: TaskSplit, num_tasks: int = 4) -> dict[str, np.ndarray]:
     """For the first test tasks: support points, query inputs and truth, and the model's
-    predictions before and after adaptation (for :func:`pipeline.plots.regression_fits`)."""
+    predictions before and after adaptation (for
+    :func:`pipeline.analysis.plots.regression_fits`)."""
     chunk = test.take(slice(0, min(num_tasks, test.num_tasks)))
     ids = np.arange(chunk.num_tasks)
     qx = tf.constant(chunk.query_x)

@@ -21,14 +21,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from pipeline import checkpoint, warm
 from pipeline.algorithms import Algorithm
-from pipeline.checkpoint import deferred_interrupts
+from pipeline.algorithms.optimizers import schedule_of
 from pipeline.config import MetaTrainConfig
 from pipeline.data import SEED_STREAMS, TaskSplit
 from pipeline.data.episodes import EpisodeSampler, TaskRowSampler
 from pipeline.errors import DivergenceError
-from pipeline.optimizers import schedule_of
+from pipeline.run import checkpoint, warm
+from pipeline.run.checkpoint import deferred_interrupts
 from pipeline.stages.validation import STATE, Selection, Validation
 from pipeline.tracking import Tracker, keys
 

@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import plots
 from pipeline.algorithms import Algorithm
+from pipeline.analysis import plots
+from pipeline.analysis.stats import Summary, paired_gain, summarize
 from pipeline.data import REGRESSION, TaskSet
 from pipeline.errors import DivergenceError
 from pipeline.models import portable
 from pipeline.stages import meta_test
 from pipeline.stages.meta_test import Tested
 from pipeline.stages.meta_train import Trained
-from pipeline.stats import Summary, paired_gain, summarize
 from pipeline.tracking import Tracker, keys
 
 log = logging.getLogger(__name__)

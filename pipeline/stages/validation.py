@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.algorithms import Algorithm
-from pipeline.checkpoint import Checkpoint
 from pipeline.data import Episodes
+from pipeline.run.checkpoint import Checkpoint
 from pipeline.stages import meta_test
 from pipeline.tracking import Tracker, keys
 

@@ -1,14 +1,14 @@
 """Multirun tracking (``python -m pipeline -m ...``): one MLflow parent run per sweep, a group
 run per seed group, a run per job.
 
-:class:`SweepCallback` (``hydra.callbacks.sweep`` in ``conf/config.yaml``) runs in the process
-that launches the sweep. Before any job starts it creates the tracking store (parallel jobs that
-open a fresh SQLite store at once corrupt its schema), the parent run and, when the grid varies a
-``sweep.group_by`` key (the seed), one group run per group (:mod:`pipeline.groups`), and writes
-their ids to ``<sweep dir>/mlflow_parent.json``. Each job, in whatever process or machine the
+:class:`SweepCallback` (``hydra.callbacks.sweep`` in ``conf/config.yaml``) runs in the process that
+launches the sweep. Before any job starts it creates the tracking store (parallel jobs that open a
+fresh SQLite store at once corrupt its schema), the parent run and, when the grid varies a
+``sweep.group_by`` key (the seed), one group run per group (:mod:`pipeline.analysis.groups`), and
+writes their ids to ``<sweep dir>/mlflow_parent.json``. Each job, in whatever process or machine the
 launcher puts it, finds its parent and group through that file or, without a shared file system,
-through tags in the tracking store (:func:`job_context`). A group is written when its last job
-ends; when the sweep ends, the parent gets the comparison of its groups (or jobs).
+through tags in the tracking store (:func:`job_context`). A group is written when its last job ends;
+when the sweep ends, the parent gets the comparison of its groups (or jobs).
 
 ``sweep.resume=<PARENT_RUN_ID>|last`` attaches the same command to an earlier sweep: FINISHED
 jobs are skipped, KILLED ones continue from their checkpoints (as ``pipeline.resume`` does),

@@ -19,7 +19,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import groups
+from pipeline.analysis import groups
 from pipeline.config import TrackingConfig
 from pipeline.errors import ConfigError
 from pipeline.search import objective as search_objective
@@ -69,7 +69,8 @@ class SweepCallback(Callback):
         self._stopped_parent: str | None = None  # kept for the message of a second signal
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from pipeline import errors, preflight
+        from pipeline import errors
+        from pipeline.run import preflight
 
         errors.started = True
         if search_objective.is_search(config):  # nothing recorded before it is refused
@@ -215,7 +216,7 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self.parent_run_id is None or self.uri is None:
             return
-        from pipeline import compare
+        from pipeline.analysis import compare
 
         sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
         direction = OmegaConf.select(config, "hydra.sweeper.direction", default=None)

@@ -12,9 +12,9 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
-from pipeline import groups
+from pipeline.analysis import groups
+from pipeline.analysis.results import objective_metric
 from pipeline.config import TrackingConfig
-from pipeline.results import objective_metric
 from pipeline.sweep.plan import (
     NEW,
     PARENT_FILE,

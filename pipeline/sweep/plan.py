@@ -10,7 +10,7 @@ from typing import Any
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import groups
+from pipeline.analysis import groups
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 

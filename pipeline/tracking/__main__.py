@@ -71,5 +71,10 @@ def _reap(uri: str, older_than: float, experiments: list[str] | None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console command: exit with :func:`main`'s status."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 
-from pipeline import groups
+from pipeline.analysis import groups
+from pipeline.analysis.results import metric_columns, objective_metric
 from pipeline.errors import PipelineError
-from pipeline.results import metric_columns, objective_metric
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 

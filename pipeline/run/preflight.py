@@ -1,7 +1,7 @@
 """Checks of the world a valid config points at, before anything is written: folders that must
 be creatable, a tracking store that must answer and take writes, source files that must be
 there (Omniglot's zips; an image collection's layout, splits and class sizes), memory enough
-for the run's largest step (:mod:`pipeline.memory`). Each failure is
+for the run's largest step (:mod:`pipeline.run.memory`). Each failure is
 one line naming the key and what to do (exit status 2 at the CLI).
 
 :class:`OutputDirCheck` (``hydra.callbacks.preflight`` in ``conf/config.yaml``) checks Hydra's
@@ -20,7 +20,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from pipeline import memory
 from pipeline.config import (
     Config,
     ImagesDataConfig,
@@ -29,6 +28,7 @@ from pipeline.config import (
     TrackingConfig,
 )
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.run import memory
 from pipeline.tracking import store
 
 #: Printed before a preflight failure at the CLI.

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from pipeline import registry
-from pipeline.config import AdamConfig, OptimizerConfig, SGDConfig
+from pipeline.config import AdamConfig, OptimizerConfig, SGDConfig, registry
 
 Schedule = float | keras.optimizers.schedules.LearningRateSchedule
 

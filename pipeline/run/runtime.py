@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from pipeline import runtime_env  # noqa: F401  (before TensorFlow is imported)
 from pipeline.config import RuntimeConfig
+from pipeline.run import runtime_env  # noqa: F401  (before TensorFlow is imported)
 
 
 def setup(cfg: RuntimeConfig, seed: int) -> None:

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import errors, provenance
+from pipeline import errors
 from pipeline.config import Config, compose, validate
+from pipeline.run import provenance
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 

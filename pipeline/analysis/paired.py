@@ -18,9 +18,9 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from pipeline import groups
+from pipeline.analysis import groups
+from pipeline.analysis.stats import summarize
 from pipeline.errors import PipelineError
-from pipeline.stats import summarize
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
@@ -185,7 +185,7 @@ def metrics(result: PairedResult) -> dict[str, float]:
 
 def figure(result: PairedResult, title: str):
     """Per-task differences, sorted, with their mean and 95% CI, and their histogram."""
-    from pipeline import plots
+    from pipeline.analysis import plots
 
     fig, (ax, hist) = plots.plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[3, 1])
     d = result.pairs["diff"].to_numpy(np.float64)
@@ -208,7 +208,7 @@ def figure(result: PairedResult, title: str):
 def log(uri: str, result: PairedResult, a: RunRecord, b: RunRecord) -> str:
     """The paired comparison as a new MLflow run in A's experiment: the numbers as
     ``paired/...`` metrics, each pair's difference at its step, a table and a plot."""
-    from pipeline import plots
+    from pipeline.analysis import plots
 
     run_id = store.create_run(uri, a.experiment_id, f"paired {a.name} vs {b.name}", {
         keys.SWEEP_ROLE: keys.ROLE_PAIRED, keys.PAIRED_A: a.run_id, keys.PAIRED_B: b.run_id,

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.results import objective_metric
-from pipeline.stats import summarize
+from pipeline.analysis.results import objective_metric
+from pipeline.analysis.stats import summarize
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
@@ -129,7 +129,7 @@ def _digest(runs: dict[int, RunRecord]) -> str:
 def _figure(runs: list[RunRecord], metric: str | None, group_by: list[str], title: str):
     """Each seed's value of the objective (with its own 95% CI over test tasks), the
     across-seed mean and its 95% CI."""
-    from pipeline import plots
+    from pipeline.analysis import plots
 
     fig, ax = plots.plt.subplots(figsize=(6, 3.6))
     done = [r for r in runs if r.status == keys.FINISHED and metric in r.metrics]
@@ -196,7 +196,7 @@ def write_if_complete(uri: str, group_run_id: str, sweep_dir: Path | None = None
 
 def _write(uri: str, group: RunRecord, runs: list[RunRecord], jobs: list[int],
            digest: str) -> None:
-    from pipeline import plots
+    from pipeline.analysis import plots
 
     group_by = json.loads(group.tags.get(keys.GROUP_BY, '["seed"]'))
     stats = seed_statistics(runs)

@@ -20,17 +20,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import memory, provenance, runtime, warm
 from pipeline.algorithms import Algorithm, Context, build_algorithm
-from pipeline.checkpoint import Checkpoint
+from pipeline.algorithms.losses import MSE, SOFTMAX, TaskLoss, output_units
+from pipeline.algorithms.optimizers import build_optimizer
 from pipeline.config import AlgorithmConfig, ClassificationDataConfig, Config, EpisodeDataConfig
 from pipeline.config.validate import check_image_size
 from pipeline.config.validate import warnings as config_warnings
 from pipeline.data import REGRESSION, TaskSet, derive_seed
 from pipeline.errors import ConfigError, DataError
-from pipeline.losses import MSE, SOFTMAX, TaskLoss, output_units
 from pipeline.models import build_model
-from pipeline.optimizers import build_optimizer
+from pipeline.run import memory, provenance, runtime, warm
+from pipeline.run.checkpoint import Checkpoint
 from pipeline.stages import generate, meta_test, meta_train, report
 from pipeline.stages.report import Report
 from pipeline.stages.validation import Validation
@@ -90,7 +90,7 @@ def build(cfg: Config, tasks: TaskSet, algo_cfg: AlgorithmConfig | None = None) 
 
 def _graph_key(cfg: Config, algo_cfg: AlgorithmConfig, tasks: TaskSet, loss: TaskLoss,
                units: int | None) -> str:
-    """What an algorithm's compiled steps depend on (:mod:`pipeline.warm`): not its fed
+    """What an algorithm's compiled steps depend on (:mod:`pipeline.run.warm`): not its fed
     values, the seed or the initial weights, which :meth:`Algorithm.adopt` replaces."""
     fed = {f: None for f in algo_cfg.fed_values}
     constant_rate = getattr(cfg.optimizer, "schedule", "constant") == "constant"
