@@ -65,8 +65,8 @@ def test_synthetic_always_generates_balanced_tasks(num_features, num_classes):
         cfg = {"samples_per_task": 60, "num_features": num_features, "num_classes": num_classes,
                "k_shot": k_shot, "latent_dim": latent_dim, "task_diversity": diversity,
                "map_scale": 1.5, "label_noise": 0.0, "num_train_tasks": 12, "num_test_tasks": 6}
-        train, test, _, _ = synthetic.generate(cfg, np.random.default_rng(k_shot))
-        for split in (train, test):
+        tasks = synthetic.generate(cfg, np.random.default_rng(k_shot))
+        for split in (tasks.train, tasks.test):
             labels = np.concatenate([split.support_y, split.query_y], axis=1)
             counts = np.stack([np.bincount(row, minlength=num_classes) for row in labels])
             assert (counts.max(axis=1) - counts.min(axis=1) <= 1).all(), counts

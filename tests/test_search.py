@@ -115,10 +115,10 @@ def test_synthetic_and_sinusoid_validation_tasks_leave_train_and_test_unchanged(
     base = dict(compose_raw(f"data={family.__name__.rsplit('.', 1)[-1]}").data)
     base |= {"num_train_tasks": 6, "num_test_tasks": 4}
     without = family.generate({**base, "num_val_tasks": 0}, stream_rng(0, "data"))
-    train, test, *_rest, val = family.generate({**base, "num_val_tasks": 5},
-                                               stream_rng(0, "data"))
-    assert len(without) == 4 and val.num_tasks == 5
-    for a, b in ((without[0], train), (without[1], test)):
+    made = family.generate({**base, "num_val_tasks": 5}, stream_rng(0, "data"))
+    train, test, val = made.train, made.test, made.val
+    assert without.val is None and val.num_tasks == 5
+    for a, b in ((without.train, train), (without.test, test)):
         np.testing.assert_array_equal(a.support_x, b.support_x)
         np.testing.assert_array_equal(a.query_y, b.query_y)
     seen = {x.tobytes() for split in (train, test) for x in split.support_x}

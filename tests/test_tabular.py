@@ -17,6 +17,7 @@ from mlflow import MlflowClient
 from pipeline import PROJECT_ROOT, data
 from pipeline.config import TabularDataConfig
 from pipeline.data import stream_rng, tabular
+from pipeline.data.tabular import read as tabular_read
 from pipeline.errors import ConfigError
 from pipeline.replay import rerun
 from pipeline.run import preflight
@@ -135,12 +136,12 @@ def test_later_files_read_with_the_first_files_types_give_the_numbers_inference_
     ts["t04"]["c"] = np.nan  # an empty column
     cfg = cfg_of(write_per_task(tmp_path / "set", ts))
     read = {t.name: t.numeric for t in tabular.read_tasks(cfg)}
-    _, text = tabular._columns(cfg)
+    _, text = tabular_read.columns_of(cfg)
     for name in ts:
         path = tmp_path / "set" / f"{name}.csv"
-        table = tabular._read_file(path, text)  # every column's type inferred
+        table = tabular_read.read_file(path, text)  # every column's type inferred
         rows = np.arange(1, table.num_rows + 1)
-        inferred = np.column_stack([tabular._numeric_column(path, table, c, rows)
+        inferred = np.column_stack([tabular_read.numeric_column(path, table, c, rows)
                                     for c in FEATURES])
         np.testing.assert_array_equal(read[name], inferred)
     assert read["t03"][:, 1].tolist() == [1.0, 0.0] * 12 and np.isnan(read["t04"][:, 2]).all()
@@ -214,15 +215,15 @@ def test_long_and_per_task_layouts_give_the_same_tasks(tmp_path):
     long.to_parquet(tmp_path / "long.parquet", index=False)
     a = tabular.generate(cfg_of(per_task), stream_rng(0, "data"))
     b = tabular.generate(cfg_of(tmp_path / "long.parquet", layout="long"), stream_rng(0, "data"))
-    for split_a, split_b in ((a[1], b[1]), (a[4], b[4])):
+    for split_a, split_b in ((a.test, b.test), (a.val, b.val)):
         for f in data.FIELDS:
             np.testing.assert_array_equal(getattr(split_a, f), getattr(split_b, f))
-    np.testing.assert_array_equal(a[0].rows, b[0].rows)
-    assert a[2:4] == b[2:4] == ("classification", 3)
-    info = a[5]
+    np.testing.assert_array_equal(a.train.rows, b.train.rows)
+    assert (a.task_type, a.num_outputs) == (b.task_type, b.num_outputs) == ("classification", 3)
+    info = a.info
     assert (info["tasks_train"], info["tasks_val"], info["tasks_test"]) == (7, 2, 3)
     assert (info["n_way"], info["k_shot"], info["query_per_class"]) == (3, 2, 4)
-    test = a[1]
+    test = a.test
     assert test.support_x.shape == (6, 6, 3) and test.query_x.shape == (6, 12, 3)
     assert all(np.array_equal(np.bincount(y), [2, 2, 2]) for y in test.support_y)
 
@@ -235,7 +236,7 @@ def test_training_episodes_are_drawn_within_one_task_and_by_the_seed(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.task_split"):
         check(cfg)  # no test tasks
     cfg["task_split"] = [0.75, 0, 0.25]
-    train = tabular.generate(cfg, stream_rng(0, "data"))[0]
+    train = tabular.generate(cfg, stream_rng(0, "data")).train
     batch = train.sample(np.random.default_rng(5), 16)
     again = train.sample(np.random.default_rng(5), 16)
     np.testing.assert_array_equal(batch.support_x, again.support_x)
@@ -246,7 +247,7 @@ def test_training_episodes_are_drawn_within_one_task_and_by_the_seed(tmp_path):
         assert len(set(rows)) == len(rows)  # no row twice in an episode
         labels = np.concatenate([sy, qy])
         np.testing.assert_array_equal(labels, rows.astype(int) % 2)  # labels follow the rows
-    fixed = tabular.generate({**cfg, "num_train_tasks": 6}, stream_rng(0, "data"))[0]
+    fixed = tabular.generate({**cfg, "num_train_tasks": 6}, stream_rng(0, "data")).train
     assert isinstance(fixed, data.TaskSplit)  # one fixed episode per training task
     assert sorted(fixed.support_x[:, 0, 0]) == sorted(set(train.rows[:, 0]))
 
@@ -261,7 +262,7 @@ def test_named_splits_by_column_and_by_folders(tmp_path):
     cfg = cfg_of(tmp_path / "long.csv", layout="long", task_split=None, split_column="split")
     got = {s: [t.name for t in v] for s, v in check(cfg).items()}
     assert got == {"train": ["t00", "t01", "t02"], "val": ["t03"], "test": ["t04", "t05"]}
-    assert tabular.generate(cfg, stream_rng(0, "data"))[5]["features_numeric"] == 3  # not split
+    assert tabular.generate(cfg, stream_rng(0, "data")).info["features_numeric"] == 3  # not split
     for name, split in named.items():
         write_per_task(tmp_path / "folders" / split, {name: ts[name]})
     got = {s: [t.name for t in v] for s, v in
@@ -283,11 +284,12 @@ def test_normalisation_uses_training_tasks_only(tmp_path):
     held_out = _test_split(tmp_path / "set", cfg)  # the seed's split depends on names only
     assert len(held_out) == 2
     write_per_task(tmp_path / "set", {n: f + 100.0 * (n in held_out) for n, f in ts.items()})
-    train, test, *_ = tabular.generate(cfg, stream_rng(0, "data"))
+    made = tabular.generate(cfg, stream_rng(0, "data"))
+    train, test = made.train, made.test
     np.testing.assert_allclose(train.rows.mean(axis=0), 0, atol=1e-5)
     np.testing.assert_allclose(train.rows.std(axis=0), 1, atol=1e-3)
     assert test.support_x.mean() > 50  # test tasks scaled with the training statistics only
-    _, test, *_ = tabular.generate({**cfg, "normalize": "support"}, stream_rng(0, "data"))
+    test = tabular.generate({**cfg, "normalize": "support"}, stream_rng(0, "data")).test
     np.testing.assert_allclose(test.support_x.mean(axis=1), 0, atol=1e-5)  # each support set
     assert abs(test.query_x.mean()) < 5  # the query set scaled by its support set's statistics
 
@@ -307,7 +309,8 @@ def test_one_hot_with_training_categories_and_imputed_medians_are_counted(tmp_pa
     ts[first].loc[1, "colour"] = np.nan
     write_per_task(tmp_path / "set", ts)
     refused({**cfg, "missing": "refuse"}, f"{first}.csv", "row 1 (line 2)", "column 'a'")
-    train, test, _, _, _, info = tabular.generate(cfg, stream_rng(0, "data"))
+    made = tabular.generate(cfg, stream_rng(0, "data"))
+    train, test, info = made.train, made.test, made.info
     assert info["input_width"] == 5  # a, b, c, blue, red: green is not a training category
     assert info["imputed_cells"] == 2 and info["unseen_categories"] == 24  # 2 tasks x 12 green
     train_a = np.concatenate([f["a"].dropna() for n, f in ts.items() if n not in held_out])
@@ -320,9 +323,10 @@ def test_one_hot_with_training_categories_and_imputed_medians_are_counted(tmp_pa
 def test_regression_tasks(tmp_path):
     ts = {n: f.assign(target=f["a"] * 2.5 + 0.3 * i) for i, (n, f) in enumerate(tasks().items())}
     root = write_per_task(tmp_path / "set", ts)
-    train, test, task_type, outputs, _val, info = tabular.generate(
-        cfg_of(root, task_type="regression", k_shot=5, query_per_class=100),
-        stream_rng(0, "data"))
+    made = tabular.generate(cfg_of(root, task_type="regression", k_shot=5, query_per_class=100),
+                            stream_rng(0, "data"))
+    train, test, task_type, outputs, info = (made.train, made.test, made.task_type,
+                                             made.num_outputs, made.info)
     assert (task_type, outputs, info["query_per_class"]) == ("regression", 1, 19)
     assert test.support_y.dtype == np.float32 and test.support_x.shape == (6, 5, 3)
     assert test.query_y.shape == (6, 19)

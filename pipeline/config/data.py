@@ -1,5 +1,6 @@
-"""Schemas of the ``data`` group: one dataclass per task family (its module in ``pipeline/data/``
-generates the tasks)."""
+"""Schemas of the ``data`` group: one dataclass per task family, registered with the family
+class that generates its tasks (in ``pipeline/data/``; the contract:
+:mod:`pipeline.data.family`)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,7 @@ class ClassificationDataConfig(DataConfig):
     k_shot: int = num(5, ge=1)
 
 
-@option("data", builds="pipeline.data.notebook:generate")
+@option("data", builds="pipeline.data.notebook:Notebook")
 @dataclass
 class NotebookDataConfig(ClassificationDataConfig):
     """The notebook's data, exactly: 100 train and 100 test tasks x 100 samples x 20 features,
@@ -64,7 +65,7 @@ class NotebookDataConfig(ClassificationDataConfig):
     k_shot: int = num(10, ge=1)
 
 
-@option("data", builds="pipeline.data.synthetic:generate")
+@option("data", builds="pipeline.data.synthetic:Synthetic")
 @dataclass
 class SyntheticDataConfig(ClassificationDataConfig):
     """Tasks sharing a random nonlinear feature map, each with its own linear rule on top.
@@ -95,7 +96,7 @@ class SyntheticDataConfig(ClassificationDataConfig):
         return self.num_val_tasks
 
 
-@option("data", builds="pipeline.data.sinusoid:generate")
+@option("data", builds="pipeline.data.sinusoid:Sinusoid")
 @dataclass
 class SinusoidDataConfig(DataConfig):
     """The MAML sinusoid regression benchmark (Finn et al. 2017), see :mod:`pipeline.data.sinusoid`.
@@ -153,7 +154,7 @@ class EpisodeDataConfig(DataConfig):
         return self.num_val_tasks
 
 
-@option("data", builds="pipeline.data.omniglot:generate")
+@option("data", builds="pipeline.data.omniglot:Omniglot")
 @dataclass
 class OmniglotDataConfig(EpisodeDataConfig):
     """Omniglot from the official zips; see :mod:`pipeline.data.omniglot` for the protocols."""
@@ -185,7 +186,7 @@ class OmniglotDataConfig(EpisodeDataConfig):
         return self.num_val_tasks if self.num_val_characters else 0
 
 
-@option("data", builds="pipeline.data.images:generate")
+@option("data", builds="pipeline.data.images:Images")
 @dataclass
 class ImagesDataConfig(EpisodeDataConfig):
     """A labelled image collection on disk (miniImageNet, CIFAR-FS, FC100, tieredImageNet, your
@@ -214,7 +215,7 @@ class ImagesDataConfig(EpisodeDataConfig):
     num_test_tasks: int = num(600, ge=2)
 
 
-@option("data", builds="pipeline.data.tabular:generate")
+@option("data", builds="pipeline.data.tabular:Tabular")
 @dataclass
 class TabularDataConfig(DataConfig):
     """Your own tabular tasks on disk (CSV or Parquet), one MLP across them; see

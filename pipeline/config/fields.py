@@ -27,7 +27,7 @@ BATCH_NORM = ("transductive", "running", "none")
 IMAGE_LAYOUTS = ("folders", "csv", "pickle")
 DOWNSAMPLE = ("maxpool", "stride")
 CLASSIFICATION, REGRESSION = "classification", "regression"
-# Tabular tasks on disk (pipeline/data/tabular.py).
+# Tabular tasks on disk (pipeline/data/tabular/).
 TABULAR_LAYOUTS = ("long", "per_task")
 TABULAR_NORMALIZE = ("train", "support", "none")
 TABULAR_MISSING = ("refuse", "impute")

@@ -1,18 +1,18 @@
 """Task data: every family produces a :class:`TaskSet` of fixed-shape support/query arrays.
 
-A task family is one module here with a ``generate(cfg, rng) -> (train, test, task_type,
-num_outputs[, val])`` function, named by its schema in :mod:`pipeline.config.data`. Sizes are
-fixed per family config, so a whole split is one stacked array per field, ready to be sliced
-into vectorised meta-batches. A family read from files on disk may also define
-``source_digest(cfg) -> str``, a hash of those files' contents: it keys the cached task file
-too, so edited sources are never served from a stale cache.
+A task family is a class registered on its schema in :mod:`pipeline.config.data` (the contract:
+:mod:`pipeline.data.family`): made from its typed config, it generates a
+:class:`~pipeline.data.family.GeneratedTasks`. Sizes are fixed per family config, so a whole
+split is one stacked array per field, ready to be sliced into vectorised meta-batches. A family
+read from files on disk also hashes those files' contents (``source_digest``): the hash keys the
+cached task file too, so edited sources are never served from a stale cache.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +23,10 @@ from pipeline.config import registry
 from pipeline.config.fields import CLASSIFICATION as CLASSIFICATION
 from pipeline.config.fields import REGRESSION as REGRESSION
 from pipeline.data.episodes import EpisodeSampler, EpisodeSet, TaskRowSampler
+from pipeline.data.family import CI_EPISODE, TRACE_FIELDS, Family, GeneratedTasks
 from pipeline.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("support_x", "support_y", "query_x", "query_y")
 
@@ -67,6 +70,18 @@ class TaskSet:
     #: What the family did to its sources (choices and counts, e.g. a table's preprocessing),
     #: stored with the file and recorded as the run's tags.
     info: dict = field(default_factory=dict)
+    #: Where the test episodes come from (see :class:`~pipeline.data.family.GeneratedTasks`):
+    #: the independent unit of a test CI (``episode`` or ``task``), each episode's source task
+    #: (an index into ``unit_names``) or classes (indices into ``splits["test"]``), and the
+    #: names of each split's tasks or classes. A file written before these existed loads with
+    #: these defaults.
+    ci_unit: str = CI_EPISODE
+    test_source: np.ndarray | None = None
+    test_classes: np.ndarray | None = None
+    splits: dict[str, list[str]] = field(default_factory=dict)
+    unit_names: list[str] = field(default_factory=list)
+    val_source: np.ndarray | None = None
+    val_classes: np.ndarray | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -130,15 +145,15 @@ def split_support_query(x: np.ndarray, y: np.ndarray, k_shot: int, num_classes: 
     return take(x, sup_idx), take(y, sup_idx), take(x, qry_idx), take(y, qry_idx)
 
 
-def _family_module(cfg_dict: dict):
-    return importlib.import_module(str(registry.lookup("data", cfg_dict["family"]).builds)
-                                   .partition(":")[0])
+def family_of(cfg_dict: dict) -> Family:
+    """The family of a data config given as a dict (the form the task file is keyed by)."""
+    opt = registry.lookup("data", cfg_dict["family"])
+    return registry.build("data", opt.name, opt.schema(**cfg_dict))
 
 
 def source_digest(cfg_dict: dict) -> str | None:
-    """The family's hash of its source files (``source_digest`` in its module), if it has one."""
-    digest = getattr(_family_module(cfg_dict), "source_digest", None)
-    return digest(cfg_dict) if digest is not None else None
+    """The family's hash of its source files, if it reads any."""
+    return family_of(cfg_dict).source_digest()
 
 
 def data_file(cfg_dict: dict, seed: int, data_dir: Path) -> Path:
@@ -181,6 +196,12 @@ def load(path: Path, expected_fingerprint: str | None = None,
     ``expected_origin`` (``{"config": ..., "seed": ...}``) must match the config and seed the
     file says it was generated from: a valid file of another config is refused, not used.
     """
+    return _load(path, expected_fingerprint, expected_origin)[0]
+
+
+def _load(path: Path, expected_fingerprint: str | None = None,
+          expected_origin: dict | None = None) -> tuple[TaskSet, dict]:
+    """:func:`load`, and the file's metadata."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -211,8 +232,33 @@ def load(path: Path, expected_fingerprint: str | None = None,
     else:
         train = _episodes(arrays, "train")
     val = _episodes(arrays, "val") if "val_support_y" in arrays else None
-    return TaskSet(train, _episodes(arrays, "test"), meta["task_type"],
-                   int(meta["num_outputs"]), fp, path, val, meta.get("info", {}))
+    tasks = TaskSet(train, _episodes(arrays, "test"), meta["task_type"], int(meta["num_outputs"]),
+                    fp, path, val, meta.get("info", {}), **_from_trace(meta.get(TRACE, {})))
+    return tasks, meta
+
+
+#: The task file's metadata key of the episodes' trace (JSON, outside the fingerprint: the
+#: fingerprint covers the task arrays, and stays what it was before tasks carried a trace).
+TRACE = "trace"
+_INDEX_FIELDS = ("test_source", "val_source", "test_classes", "val_classes")
+
+
+def _to_trace(g: GeneratedTasks) -> dict:
+    values = {"ci_unit": g.ci_unit, "test_source": g.test_source, "val_source": g.val_source,
+              "test_classes": g.test_classes, "val_classes": g.val_classes,
+              "splits": {k: list(v) for k, v in g.splits.items()},
+              "unit_names": list(g.unit_names)}
+    return {k: (np.asarray(v).tolist() if k in _INDEX_FIELDS and v is not None else v)
+            for k, v in values.items()}
+
+
+def _from_trace(trace: dict) -> dict:
+    """TaskSet fields from a stored trace (absent ones: the defaults)."""
+    out = {k: v for k, v in trace.items() if k in TRACE_FIELDS}
+    for k in _INDEX_FIELDS:
+        if out.get(k) is not None:
+            out[k] = np.asarray(out[k], dtype=np.int64)
+    return out
 
 
 def _prefixed(arrays: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
@@ -226,21 +272,31 @@ def _episodes(arrays: dict[str, np.ndarray], name: str) -> Episodes:
 
 
 def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = True) -> TaskSet:
-    """The ``generate`` stage: build the family's tasks from the seed, or reuse the cached file."""
-    family = cfg_dict["family"]
+    """The ``generate`` stage: build the family's tasks from the seed, or reuse the cached file.
+
+    A cached file written before task files carried the episodes' trace is generated again
+    once, and replaced if its tasks are the same (same fingerprint), so it gains the trace."""
+    family_name = cfg_dict["family"]
+    family = family_of(cfg_dict)
     path = data_file(cfg_dict, seed, data_dir)
+    cached = None
     if cache and path.exists():
-        return load(path, expected_origin={"config": cfg_dict, "seed": seed})
-    rng = stream_rng(seed, "data")
-    train, test, task_type, num_outputs, *rest = registry.build("data", family, cfg_dict, rng)
-    val = rest[0] if rest else None
-    info = rest[1] if len(rest) > 1 else {}  # a family's account of what it did (optional)
-    meta = {"family": family, "seed": seed, "config": cfg_dict, "task_type": task_type,
-            "num_outputs": num_outputs} | ({"info": info} if info else {})
-    # A family of real-valued features (tables) gains little from compression and pays for it.
-    compress = getattr(_family_module(cfg_dict), "COMPRESS", True)
-    fp = save(path, train, test, meta, val, compress)
-    return TaskSet(train, test, task_type, num_outputs, fp, path, val, info)
+        cached, meta = _load(path, expected_origin={"config": cfg_dict, "seed": seed})
+        if TRACE in meta:
+            return cached
+    g = family.generate(stream_rng(seed, "data"))
+    meta = {"family": family_name, "seed": seed, "config": cfg_dict, "task_type": g.task_type,
+            "num_outputs": g.num_outputs, TRACE: _to_trace(g)} | (
+        {"info": g.info} if g.info else {})
+    if cached is not None and fingerprint_arrays(_arrays(g.train, g.test, g.val)) \
+            != cached.fingerprint:
+        log.warning("data file %s predates the episodes' trace, and this code generates other "
+                    "tasks from its config: it is used as it is, without the trace", path)
+        return cached
+    fp = save(path, g.train, g.test, meta, g.val, family.compress)
+    return TaskSet(g.train, g.test, g.task_type, g.num_outputs, fp, path, g.val, g.info,
+                   g.ci_unit, g.test_source, g.test_classes, dict(g.splits), list(g.unit_names),
+                   g.val_source, g.val_classes)
 
 
 #: Independent random streams derived from the one seed (numpy SeedSequence spawn keys).

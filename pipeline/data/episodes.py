@@ -95,11 +95,35 @@ def sample_episodes(pool: np.ndarray, rotations: tuple[int, ...], num_tasks: int
     ``[images, H, W, C]``; there are ``classes * len(rotations)`` classes (see :func:`draw`).
     Images get a channel axis if they have none: [tasks, n_way * k_shot, H, W, C].
     """
+    return sample_traced_episodes(pool, rotations, num_tasks, n_way, k_shot, q_query, rng,
+                                  class_sizes)[0]
+
+
+def sample_traced_episodes(pool: np.ndarray, rotations: tuple[int, ...], num_tasks: int,
+                           n_way: int, k_shot: int, q_query: int, rng: np.random.Generator,
+                           class_sizes: np.ndarray | None = None
+                           ) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """:func:`sample_episodes`, and the classes each episode drew, [tasks, n_way]: class
+    ``c * len(rotations) + r`` is pool class ``c`` rotated by ``rotations[r]``, in label order."""
     support, query = draw(_sizes(pool, class_sizes), len(rotations), num_tasks, n_way, k_shot,
                           q_query, rng)
     sx = _images(pool, class_sizes, rotations, *support[:3])
     qx = _images(pool, class_sizes, rotations, *query[:3])
-    return sx, support[3], qx, query[3]
+    classes = episode_classes(support[0] * len(rotations) + support[2], support[3], n_way)
+    return (sx, support[3], qx, query[3]), classes
+
+
+def episode_classes(classes: np.ndarray, labels: np.ndarray, n_way: int) -> np.ndarray:
+    """[episodes, n_way]: the class behind each label, read off an episode's examples
+    (``classes`` and ``labels`` [episodes, examples], every label present)."""
+    out = np.full((classes.shape[0], n_way), -1, dtype=np.int64)
+    out[np.arange(classes.shape[0])[:, None], labels] = classes
+    return out
+
+
+def flat_class(class_sizes: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The class of each position ``idx`` in a flat pool (inverse of :func:`flat_index`)."""
+    return np.searchsorted(np.cumsum(class_sizes), idx, side="right").astype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -125,6 +149,11 @@ class EpisodeSet:
     @property
     def num_tasks(self) -> int:
         return int(self.support_idx.shape[0])
+
+    def classes(self, class_sizes: np.ndarray) -> np.ndarray:
+        """[tasks, n_way] the class (of a pool of ``class_sizes``) behind each label."""
+        return episode_classes(flat_class(class_sizes, self.support_idx), self.support_y,
+                               int(self.support_y.max()) + 1)
 
     def take(self, idx: np.ndarray | slice):
         """The episodes at ``idx`` as images, a :class:`~pipeline.data.TaskSplit`."""

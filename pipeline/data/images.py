@@ -44,8 +44,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config.data import ImagesDataConfig
 from pipeline.data import CLASSIFICATION, decoded
 from pipeline.data.episodes import EpisodeSampler, EpisodeSet
+from pipeline.data.family import CI_EPISODE, FamilyBase, GeneratedTasks
 from pipeline.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -395,7 +397,19 @@ def _subset(pool: np.ndarray, sizes: np.ndarray, names: np.ndarray, idx: np.ndar
     return pool[rows], sizes[idx], names[idx]
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple:
+class Images(FamilyBase[ImagesDataConfig]):
+    """``data=images``: test episodes drawn from the held-out classes. The unit of its CI is
+    the episode (the field's convention); each episode's classes are recorded, so a CI that
+    resamples classes can be computed too."""
+
+    def source_digest(self) -> str:
+        return source_digest(self.settings)
+
+    def generate(self, rng: np.random.Generator) -> GeneratedTasks:
+        return generate(self.settings, rng)
+
+
+def generate(cfg: dict, rng: np.random.Generator) -> GeneratedTasks:
     splits = load_images(cfg)
     if cfg["class_split"] is not None:
         every = splits[ALL]
@@ -412,8 +426,12 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
     test = EpisodeSet.sample(splits["test"][0], splits["test"][1], cfg["num_test_tasks"], n, k,
                              q, rng)
     train = sampler.sample(rng, cfg["num_train_tasks"]) if cfg["num_train_tasks"] else sampler
-    val = None
+    val = val_classes = None
     if cfg["num_val_tasks"]:
         val = EpisodeSet.sample(splits["val"][0], splits["val"][1], cfg["num_val_tasks"], n, k,
                                 q, rng)
-    return train, test, CLASSIFICATION, n, val
+        val_classes = val.classes(splits["val"][1])
+    names = {s: [str(c) for c in splits[s][2]] for s in needed_splits(cfg)}
+    return GeneratedTasks(train, test, CLASSIFICATION, n, val, ci_unit=CI_EPISODE,
+                          test_classes=test.classes(splits["test"][1]), val_classes=val_classes,
+                          splits=names)

@@ -9,14 +9,23 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config.data import NotebookDataConfig
 from pipeline.data import CLASSIFICATION, TaskSplit, split_support_query
+from pipeline.data.family import FamilyBase, GeneratedTasks
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple[TaskSplit, TaskSplit, str, int]:
+class Notebook(FamilyBase[NotebookDataConfig]):
+    """``data=notebook``: every test task is a fresh random task, its own unit."""
+
+    def generate(self, rng: np.random.Generator) -> GeneratedTasks:
+        return generate(self.settings, rng)
+
+
+def generate(cfg: dict, rng: np.random.Generator) -> GeneratedTasks:
     n, f, c = cfg["samples_per_task"], cfg["num_features"], cfg["num_classes"]
     splits = []
     for num_tasks in (cfg["num_train_tasks"], cfg["num_test_tasks"]):
         x = rng.standard_normal((num_tasks, n, f)).astype(np.float32)
         y = rng.integers(0, c, size=(num_tasks, n)).astype(np.int32)
         splits.append(TaskSplit(*split_support_query(x, y, cfg["k_shot"], c, rng)))
-    return splits[0], splits[1], CLASSIFICATION, c
+    return GeneratedTasks(splits[0], splits[1], CLASSIFICATION, c)

@@ -43,9 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config.data import OmniglotDataConfig
 from pipeline.data import CLASSIFICATION, TaskSplit, decoded
 from pipeline.data.decoded import sha256
-from pipeline.data.episodes import EpisodeSampler, sample_episodes
+from pipeline.data.episodes import EpisodeSampler, sample_traced_episodes
+from pipeline.data.family import CI_EPISODE, FamilyBase, GeneratedTasks
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -200,11 +202,29 @@ def _check_rotations(key: str, rotations: list[int]) -> tuple[int, ...]:
     return tuple(int(r) % 360 for r in rotations)
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple:
+class Omniglot(FamilyBase[OmniglotDataConfig]):
+    """``data=omniglot``: test episodes drawn from the held-out characters. The unit of its CI
+    is the episode (the field's convention); each episode's classes are recorded, so a CI
+    that resamples classes can be computed too."""
+
+    def generate(self, rng: np.random.Generator) -> GeneratedTasks:
+        return generate(self.settings, rng)
+
+
+def class_names(characters: list[str], rotations: tuple[int, ...]) -> list[str]:
+    """A split's class names in class-id order: ``Alphabet/characterNN``, with ``/<degrees>``
+    when the split rotates its characters (each rotation is its own class)."""
+    plain = [c.split("/", 1)[-1] for c in characters]  # without the zip's images_<split>/
+    if rotations == (0,):
+        return plain
+    return [f"{c}/{r}" for c in plain for r in rotations]
+
+
+def generate(cfg: dict, rng: np.random.Generator) -> GeneratedTasks:
     train_rot = _check_rotations("train_rotations", cfg["train_rotations"])
     test_rot = _check_rotations("test_rotations", cfg["test_rotations"])
-    tr, _, te, _ = split_characters(cfg, rng)
-    tr, va = _validation_characters(tr, cfg["num_val_characters"])
+    tr, trn, te, ten = split_characters(cfg, rng)
+    (tr, trn), (va, van) = _validation_characters(tr, trn, cfg["num_val_characters"])
     n, k, q = cfg["num_classes"], cfg["k_shot"], cfg["query_per_class"]
     train_n = cfg["train_num_classes"] or n
     train_q = cfg["train_query_per_class"] or q
@@ -219,18 +239,26 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
                 f"fit the {split} split: it has {len(pool) * len(rot)} classes of "
                 f"{EXAMPLES_PER_CHARACTER} drawings each.")
     sampler = EpisodeSampler(tr, train_rot, train_n, k, train_q)
-    test = TaskSplit(*sample_episodes(te, test_rot, cfg["num_test_tasks"], n, k, q, rng))
+    test, test_classes = sample_traced_episodes(te, test_rot, cfg["num_test_tasks"], n, k, q, rng)
     train = sampler.sample(rng, cfg["num_train_tasks"]) if cfg["num_train_tasks"] else sampler
     # Drawn last: the test episodes are the same with or without a validation split.
-    val = TaskSplit(*sample_episodes(va, test_rot, num_val, n, k, q, rng)) if num_val else None
-    return train, test, CLASSIFICATION, n, val
+    val = val_classes = None
+    if num_val:
+        val, val_classes = sample_traced_episodes(va, test_rot, num_val, n, k, q, rng)
+    names = {"train": class_names(trn, train_rot), "test": class_names(ten, test_rot)}
+    if num_val:
+        names["val"] = class_names(van, test_rot)
+    return GeneratedTasks(train, TaskSplit(*test), CLASSIFICATION, n,
+                          TaskSplit(*val) if num_val else None, ci_unit=CI_EPISODE,
+                          test_classes=test_classes, val_classes=val_classes, splits=names)
 
 
-def _validation_characters(train: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+def _validation_characters(train: np.ndarray, names: list[str], count: int):
     """The last ``count`` training characters become the validation split (the ProtoNets
-    code's 1,028 / 172 of the 1,200 Vinyals training characters); ``(train, validation)``."""
+    code's 1,028 / 172 of the 1,200 Vinyals training characters): ``((train images, names),
+    (validation images, names))``."""
     if count >= len(train):
         raise ConfigError(f"data.num_val_characters={count} leaves no training characters: the "
                           f"training split has {len(train)}, so it must be < {len(train)}.")
     cut = len(train) - count
-    return train[:cut], train[cut:]
+    return (train[:cut], names[:cut]), (train[cut:], names[cut:])

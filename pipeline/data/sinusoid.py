@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config.data import SinusoidDataConfig
 from pipeline.data import REGRESSION, TaskSplit
+from pipeline.data.family import FamilyBase, GeneratedTasks
 
 
 def _tasks(cfg: dict, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +35,14 @@ def _split(sx: np.ndarray, qx: np.ndarray, amplitude: np.ndarray, phase: np.ndar
                      f(qx))
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple:
+class Sinusoid(FamilyBase[SinusoidDataConfig]):
+    """``data=sinusoid``: every test task is a fresh sinusoid, its own unit."""
+
+    def generate(self, rng: np.random.Generator) -> GeneratedTasks:
+        return generate(self.settings, rng)
+
+
+def generate(cfg: dict, rng: np.random.Generator) -> GeneratedTasks:
     """Train and test tasks, then (``num_val_tasks`` > 0) validation tasks drawn like the test
     ones from the rest of the stream: train and test do not depend on whether there are any."""
     k, n_train, n_test = cfg["k_shot"], cfg["num_train_tasks"], cfg["num_test_tasks"]
@@ -43,9 +52,9 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
     a, p = _tasks(cfg, rng, n_test)
     grid = np.linspace(cfg["x_min"], cfg["x_max"], cfg["test_grid_points"])
     test = _split(_points(cfg, rng, (n_test, k)), np.broadcast_to(grid, (n_test, grid.size)), a, p)
-    val = []
+    val = None
     if n_val := cfg.get("num_val_tasks", 0):
         a, p = _tasks(cfg, rng, n_val)
-        val = [_split(_points(cfg, rng, (n_val, k)), np.broadcast_to(grid, (n_val, grid.size)),
-                      a, p)]
-    return (train, test, REGRESSION, 1, *val)
+        val = _split(_points(cfg, rng, (n_val, k)), np.broadcast_to(grid, (n_val, grid.size)),
+                     a, p)
+    return GeneratedTasks(train, test, REGRESSION, 1, val)

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from pipeline.config.data import SyntheticDataConfig
 from pipeline.data import CLASSIFICATION, TaskSplit, split_support_query
+from pipeline.data.family import FamilyBase, GeneratedTasks
 
 _POOL_FACTOR = 20  # candidate inputs drawn per kept sample, so every class can be filled
 _SOFTNESS = 0.1  # Sinkhorn temperature, relative to the logits' spread
@@ -101,7 +103,14 @@ def draw_family(cfg: dict, rng: np.random.Generator):
     return phi, rng.standard_normal((cfg["latent_dim"], cfg["num_classes"]))
 
 
-def generate(cfg: dict, rng: np.random.Generator) -> tuple:
+class Synthetic(FamilyBase[SyntheticDataConfig]):
+    """``data=synthetic``: every test task is a fresh draw of the family, its own unit."""
+
+    def generate(self, rng: np.random.Generator) -> GeneratedTasks:
+        return generate(self.settings, rng)
+
+
+def generate(cfg: dict, rng: np.random.Generator) -> GeneratedTasks:
     """Train and test tasks, then (``num_val_tasks`` > 0) validation tasks drawn the same way
     from the rest of the stream: train and test do not depend on whether there are any."""
     phi, w0 = draw_family(cfg, rng)
@@ -112,4 +121,5 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
         xs, ys = draw_tasks(cfg, rng, phi, w0, num_tasks)
         splits.append(TaskSplit(*split_support_query(xs, ys, cfg["k_shot"], cfg["num_classes"],
                                                      rng)))
-    return (splits[0], splits[1], CLASSIFICATION, cfg["num_classes"], *splits[2:])
+    return GeneratedTasks(splits[0], splits[1], CLASSIFICATION, cfg["num_classes"],
+                          splits[2] if num_val else None)

@@ -10,6 +10,7 @@ from pipeline import data
 from pipeline.config import DataConfig
 from pipeline.data import TaskSet, TaskSplit
 from pipeline.data.episodes import EpisodeSet, TaskRowSampler
+from pipeline.data.family import CI_TASK
 from pipeline.tracking import Tracker, keys
 
 log = logging.getLogger(__name__)
@@ -23,9 +24,7 @@ def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | Non
     data_cfg = dataclasses.asdict(cfg)
     data_cfg.pop("cache")
     tasks = data.generate_or_load(data_cfg, seed, Path(data_dir), cfg.cache)
-    log.info("data %s: %d train / %d test%s tasks, fingerprint %s (%s)", cfg.family,
-             tasks.train.num_tasks, tasks.test.num_tasks,
-             f" / {tasks.val.num_tasks} validation" if tasks.val is not None else "",
+    log.info("data %s: %s, fingerprint %s (%s)", cfg.family, describe(tasks),
              tasks.fingerprint[:12], tasks.path)
     if tracker is not None:
         tracker.set_tags({keys.DATA_FINGERPRINT: tasks.fingerprint, keys.DATA_FILE: tasks.path}
@@ -35,6 +34,22 @@ def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | Non
         tracker.log_dataset(tasks.path, tasks.fingerprint, f"{cfg.family}-{seed}",
                             {"data": data_cfg, "seed": seed}, arrays)
     return tasks
+
+
+def describe(tasks: TaskSet) -> str:
+    """The splits' sizes, episodes told apart from the tasks or classes they were drawn from:
+    ``27 train tasks, 600 test episodes from 9 tasks, 100 validation episodes from 9 tasks``."""
+    if not tasks.splits:  # every episode is a task of its own (or a file without names)
+        val = f" / {tasks.val.num_tasks} validation" if tasks.val is not None else ""
+        return f"{tasks.train.num_tasks} train / {tasks.test.num_tasks} test{val} tasks"
+    what = "tasks" if tasks.ci_unit == CI_TASK else "classes"
+    sources = {s: f"{len(names)} {what}" for s, names in tasks.splits.items()}
+    train = (f"{tasks.train.num_tasks} train episodes from {sources['train']}"
+             if isinstance(tasks.train, TaskSplit) else f"train episodes from {sources['train']}")
+    parts = [train, f"{tasks.test.num_tasks} test episodes from {sources['test']}"]
+    if tasks.val is not None:
+        parts.append(f"{tasks.val.num_tasks} validation episodes from {sources['val']}")
+    return ", ".join(parts)
 
 
 def _named_views(tasks: TaskSet) -> dict[str, dict]:
