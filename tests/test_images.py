@@ -340,3 +340,20 @@ def test_hidden_files_and_folders_are_not_data(layout, make_cfg, tmp_path):
     dirty = data.generate_or_load(d, 0, tmp_path / "dirty")
     assert dirty.fingerprint == clean.fingerprint
     assert dirty.train.pool.shape == clean.train.pool.shape
+
+
+def test_episodes_record_their_classes_by_name(make_cfg, tmp_path):
+    """Each test (validation) episode's classes, label by label, as indices into the split's
+    class names: the folders' names."""
+    root = image_sets.write(tmp_path / "set", "folders")
+    _, d = _cfg(make_cfg, root)
+    ts = data.generate_or_load(d, 0, tmp_path / "data")
+    assert ts.ci_unit == "episode" and ts.test_source is None
+    for split in ("train", "val", "test"):
+        assert ts.splits[split] == sorted(p.name for p in (root / split).iterdir())
+    for episodes, classes in ((ts.test, ts.test_classes), (ts.val, ts.val_classes)):
+        assert classes.shape == (episodes.num_tasks, 5)
+        for t in range(episodes.num_tasks):
+            drawn = _classes_of(episodes, np.full(5, 8), t)
+            assert {label: {int(classes[t, label])} for label in range(5)} == drawn
+    np.testing.assert_array_equal(data.load(ts.path).test_classes, ts.test_classes)

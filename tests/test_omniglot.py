@@ -347,3 +347,18 @@ def test_hidden_members_of_a_zip_are_not_drawings(tmp_path):
     assert names == ["images_background/Alpha/character01"]
     assert images.shape == (1, omniglot.EXAMPLES_PER_CHARACTER, 28, 28)
     assert images[0, 3].max() == 3  # inverted: 255 - (255 - 3)
+
+
+def test_test_episodes_record_the_characters_they_drew(make_cfg, tmp_path):
+    """Each test episode's classes, label by label, index the test split's named characters:
+    the support images of a label are drawings of that character."""
+    _, d = _data_cfg(make_cfg)
+    ts = data.generate_or_load(d, 3, tmp_path / "d")
+    _, _, te, te_names = omniglot.split_characters(d, data.stream_rng(3, "data"))
+    assert ts.ci_unit == "episode" and ts.test_classes.shape == (20, 5)
+    assert ts.splits["test"] == [n.split("/", 1)[1] for n in te_names]
+    assert ts.splits["test"][0].count("/") == 1 and len(ts.splits["train"]) == 200 * 4
+    for t in range(20):
+        for image, label in zip(ts.test.support_x[t, ..., 0], ts.test.support_y[t], strict=True):
+            drawings = te[ts.test_classes[t, label]]
+            assert any(np.array_equal(image, drawing) for drawing in drawings)

@@ -22,6 +22,7 @@ from pipeline.errors import ConfigError
 from pipeline.replay import rerun
 from pipeline.run import preflight
 from pipeline.run.runner import execute
+from pipeline.stages.generate import describe
 from pipeline.tracking import keys
 from tests.conftest import run_cli, store_overrides
 
@@ -409,3 +410,72 @@ def test_long_layout_other_learners_and_a_bit_identical_rerun(tmp_path, make_cfg
     first = execute(cfg, raw, overrides)
     assert rerun.main([first.run_id, "--tracking-uri", cfg.tracking.uri]) == 0
     assert "IDENTICAL" in capsys.readouterr().out
+
+
+# --- provenance of the test episodes, and refusals of the CLI -----------------------------------
+
+
+def _numbered(n: int = 10) -> dict[str, pd.DataFrame]:
+    """Tasks named like real ones whose feature ``a`` holds the task's number."""
+    return {f"hospital_{i:02d}": pd.DataFrame({"a": np.full(12, float(i)), "b": np.arange(12.0),
+                                               "target": np.arange(12) % 2}) for i in range(n)}
+
+
+def test_test_episodes_are_traced_to_their_named_source_tasks(tmp_path):
+    long = pd.concat([f.assign(task=n) for n, f in _numbered().items()], ignore_index=True)
+    long.to_csv(tmp_path / "long.csv", index=False)
+    cfg = cfg_of(tmp_path / "long.csv", layout="long", normalize="none")
+    got = data.generate_or_load(cfg, 0, tmp_path / "data")
+    assert got.ci_unit == "task" and got.unit_names == got.splits["test"]
+    assert sorted(n for names in got.splits.values() for n in names) == sorted(_numbered())
+    assert (len(got.splits["train"]), len(got.splits["val"]), len(got.unit_names)) == (6, 2, 2)
+    for split, names in ((got.test, np.array(got.unit_names)[got.test_source]),
+                         (got.val, np.array(got.splits["val"])[got.val_source])):
+        assert len(names) == split.num_tasks and len(set(names)) == 2
+        numbers = [float(n.rsplit("_", 1)[1]) for n in names]
+        np.testing.assert_array_equal(split.support_x[:, :, 0],
+                                      np.repeat(np.array(numbers)[:, None], 4, axis=1))
+    assert describe(got) == ("train episodes from 6 tasks, 6 test episodes from 2 "
+                                      "tasks, 3 validation episodes from 2 tasks")
+    loaded = data.load(got.path)
+    assert (loaded.ci_unit, loaded.unit_names, loaded.splits) == (got.ci_unit, got.unit_names,
+                                                                  got.splits)
+    np.testing.assert_array_equal(loaded.test_source, got.test_source)
+    np.testing.assert_array_equal(loaded.val_source, got.val_source)
+
+
+def test_a_task_file_without_the_trace_loads_with_defaults_and_gains_it(tmp_path):
+    """A task file written before the trace existed: read as it is, with the defaults; the
+    generate stage fills the trace in once, keeping the file's fingerprint."""
+    cfg = cfg_of(write_per_task(tmp_path / "set", tasks()))
+    got = data.generate_or_load(cfg, 0, tmp_path / "data")
+    meta = {"family": "tabular", "seed": 0, "config": cfg, "task_type": got.task_type,
+            "num_outputs": got.num_outputs, "info": got.info}
+    assert data.save(got.path, got.train, got.test, meta, got.val, False) == got.fingerprint
+    old = data.load(got.path)
+    assert (old.ci_unit, old.test_source, old.splits, old.unit_names) == ("episode", None, {}, [])
+    again = data.generate_or_load(cfg, 0, tmp_path / "data")
+    assert again.fingerprint == got.fingerprint and again.path == got.path
+    upgraded = data.load(got.path)
+    assert upgraded.ci_unit == "task" and upgraded.unit_names == got.unit_names
+    np.testing.assert_array_equal(upgraded.test_source, got.test_source)
+
+
+@pytest.mark.parametrize("bad", ["duplicated_column", "infinite_value"])
+def test_cli_refuses_a_duplicated_column_or_an_infinite_value_before_any_run(tmp_path, bad):
+    long = pd.concat([f.assign(task=n) for n, f in tasks().items()], ignore_index=True)
+    long = long[["task", "a", "b", "c", "target"]]
+    if bad == "infinite_value":
+        long.loc[30, "b"] = -np.inf
+        said = ("long.csv, row 31 (line 32), column 'b'", "-inf is not a finite number")
+    else:
+        long.columns = ["task", "a", "b", "a", "target"]
+        said = ("long.csv, header row (line 1), column 'a'", "given twice (columns 2 and 4)")
+    long.to_csv(tmp_path / "long.csv", index=False)
+    proc = run_cli("data=tabular", f"data.root={tmp_path}/long.csv", "data.k_shot=2",
+                   *store_overrides(tmp_path))
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = [line for line in proc.stderr.splitlines() if "Cannot start" in line]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert all(s in lines[0] for s in said), lines[0]
+    assert not (tmp_path / "mlruns").exists()  # nothing recorded
