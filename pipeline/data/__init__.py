@@ -243,13 +243,17 @@ TRACE = "trace"
 _INDEX_FIELDS = ("test_source", "val_source", "test_classes", "val_classes")
 
 
-def _to_trace(g: GeneratedTasks) -> dict:
-    values = {"ci_unit": g.ci_unit, "test_source": g.test_source, "val_source": g.val_source,
-              "test_classes": g.test_classes, "val_classes": g.val_classes,
-              "splits": {k: list(v) for k, v in g.splits.items()},
-              "unit_names": list(g.unit_names)}
+def _trace_of(g: GeneratedTasks) -> dict:
+    """The trace fields of generated tasks (keyword arguments of :class:`TaskSet`)."""
+    return {"ci_unit": g.ci_unit, "test_source": g.test_source, "val_source": g.val_source,
+            "test_classes": g.test_classes, "val_classes": g.val_classes,
+            "splits": {k: list(v) for k, v in g.splits.items()},
+            "unit_names": list(g.unit_names)}
+
+
+def _to_json(trace: dict) -> dict:
     return {k: (np.asarray(v).tolist() if k in _INDEX_FIELDS and v is not None else v)
-            for k, v in values.items()}
+            for k, v in trace.items()}
 
 
 def _from_trace(trace: dict) -> dict:
@@ -286,7 +290,7 @@ def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = Tr
             return cached
     g = family.generate(stream_rng(seed, "data"))
     meta = {"family": family_name, "seed": seed, "config": cfg_dict, "task_type": g.task_type,
-            "num_outputs": g.num_outputs, TRACE: _to_trace(g)} | (
+            "num_outputs": g.num_outputs, TRACE: _to_json(_trace_of(g))} | (
         {"info": g.info} if g.info else {})
     if cached is not None and fingerprint_arrays(_arrays(g.train, g.test, g.val)) \
             != cached.fingerprint:
@@ -295,8 +299,7 @@ def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = Tr
         return cached
     fp = save(path, g.train, g.test, meta, g.val, family.compress)
     return TaskSet(g.train, g.test, g.task_type, g.num_outputs, fp, path, g.val, g.info,
-                   g.ci_unit, g.test_source, g.test_classes, dict(g.splits), list(g.unit_names),
-                   g.val_source, g.val_classes)
+                   **_trace_of(g))
 
 
 #: Independent random streams derived from the one seed (numpy SeedSequence spawn keys).
