@@ -119,8 +119,9 @@ class Session:
             a, b = self.group_ids()
             command = command.replace("GROUP_A", a).replace("GROUP_B", b)
         command = command.replace("python scripts/", f"python {PROJECT_ROOT}/scripts/")
-        if "RUN_ID" in command:
+        if "PARENT_RUN_ID" in command:  # before RUN_ID, which it contains
             command = command.replace("PARENT_RUN_ID", self.parent_id())
+        if "RUN_ID" in command:
             command = command.replace("RUN_ID", self.run_id())
         words = shlex.split(command)
         module = next((w for w in words if w.startswith("pipeline")), "")
