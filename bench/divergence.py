@@ -1,4 +1,4 @@
-"""Blow-ups that stay finite (issue 20): each sinusoid preset trained for a fixed number of
+"""Blow-ups that stay finite: each sinusoid preset trained for a fixed number of
 meta-iterations, then every one of the 600 test tasks' raw query MSE before and after 1 and 10
 inner steps, and what the old rule (diverged = not finite) and the pipeline's
 (:func:`pipeline.stages.meta_test.diverged`: not finite, or over ``DIVERGENCE_FACTOR`` x the

@@ -14,7 +14,7 @@ still reports this pipeline's figures.
 Workloads (random uint8 images in place of Omniglot's: the time does not depend on the pixels):
 
 * ``sinusoid_maml2``: second-order MAML on the 1-40-40-1 ReLU MLP, meta-batch 25, K=10 support
-  and 10 query points, 1 inner SGD step at 0.01, Adam 1e-3 (issue 3's setup). Peer: a plain
+  and 10 query points, 1 inner SGD step at 0.01, Adam 1e-3 (the MAML paper's setup). Peer: a plain
   torch loop over tasks with ``autograd.grad(create_graph=True)``.
 * ``omniglot_maml2`` / ``omniglot_fomaml``: conv4 (64 filters, 3x3 'same' conv, batch norm,
   ReLU, 2x2 max-pool) on 28x28x1, 5-way 1-shot, 5 queries per class, meta-batch 8, 1 inner step
@@ -51,7 +51,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PEERS_PYTHON = PROJECT_ROOT / ".venv-peers" / "bin" / "python"
 
-#: Omniglot MAML setup (issue 12): conv4 on 28x28x1, 5-way 1-shot, 5 queries, meta-batch 8.
+#: Omniglot MAML setup (bench/README.md, "Conv4 speed"): conv4 on 28x28x1, 5-way 1-shot,
+#: 5 queries, meta-batch 8.
 _OMNIGLOT = ["experiment=omniglot_5w1s_maml", "data.train_query_per_class=5",
              "meta_train.meta_batch_size=8", "algorithm.inner_steps=1", "algorithm.inner_lr=0.4"]
 

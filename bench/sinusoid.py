@@ -1,4 +1,4 @@
-"""The sinusoid benchmark (issue 3): speed and quality of every algorithm, in one process.
+"""The sinusoid benchmark: speed and quality of every algorithm, in one process.
 
 1. Speed: ms per meta-iteration of each algorithm on the same step (25 tasks per meta-batch,
    K=10, 1 inner step at 0.01, Adam 1e-3 outer; Reptile: 1 inner SGD step, interpolation),

@@ -1,4 +1,4 @@
-"""Tabular tasks from disk (``data=tabular``, issue 22): what meta-learning gains on them, and
+"""Tabular tasks from disk (``data=tabular``): what meta-learning gains on them, and
 what reading them costs.
 
 ``gain``: writes the synthetic family's tasks to disk (``scripts/make_fake_tabular.py``, 300

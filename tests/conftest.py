@@ -20,8 +20,8 @@ from pipeline import PROJECT_ROOT
 from pipeline.config import Config, compose, validate
 from pipeline.run import runtime_env
 
-#: The Omniglot zips: ``$OMNIGLOT_ROOT``, else where this workplace keeps them (the README's
-#: ``../shared/data/omniglot`` beside the project). Tests that need them skip without them.
+#: The Omniglot zips: ``$OMNIGLOT_ROOT``, else where this workplace keeps them
+#: (``../shared/data/omniglot`` beside the project). Tests that need them skip without them.
 OMNIGLOT_ROOT = Path(os.environ.get("OMNIGLOT_ROOT",
                                     PROJECT_ROOT.parent / "shared" / "data" / "omniglot"))
 

@@ -92,7 +92,7 @@ BAD_VALUES = [
       "meta_train.validate_every=100"], "meta_train.validate_every", "data.num_val_tasks > 0"),
     (["algorithm=scratch", "meta_train.validate_every=100"], "meta_train.validate_every",
      "learns nothing"),
-    # issue 20: settings that cannot fit, found before the run
+    # settings that cannot fit, found before the run
     (["meta_train.meta_batch_size=100000"], "meta_train.meta_batch_size", "<= 2000"),
     (["data=sinusoid", "meta_train.meta_batch_size=20001"], "meta_train.meta_batch_size",
      "<= 20000"),
@@ -103,7 +103,7 @@ BAD_VALUES = [
     (["data=images", "model=resnet12", "data.root=/x", "data.image_size=15"], "data.image_size",
      "at least 16x16 px"),
     (["data=omniglot", "model=conv4", "model.blocks=5"], "data.image_size", "at least 32x32 px"),
-    # issue 22: tabular tasks
+    # tabular tasks
     (["data=tabular"], "data.root", "required"),
     (["data=tabular", "data.root=/x", "model=conv4"], "model", "image data"),
     (["data=tabular", "data.root=/x", "data.layout=wide"], "data.layout", "per_task"),

@@ -94,7 +94,7 @@ def test_divergence_is_non_finite_or_a_thousand_times_the_loss_before():
 
 
 def test_finite_blow_ups_are_counted_and_left_out_like_nans(make_cfg, caplog):
-    """Issue 20: Meta-SGD tested with more inner steps than its rates were trained for blew up
+    """Meta-SGD tested with more inner steps than its rates were trained for blew up
     to MSEs of ~1e27 that stayed finite and were averaged. Cheaper: learned rates started at
     0.5 (the classification step), trained for 1 step, tested for 3; most blown-up tasks are
     finite. They are counted, located and left out exactly as non-finite ones, and the

@@ -1,6 +1,6 @@
-"""Every command line holds to the README's exit status table (0 done, 1 failed, 2 refused,
-3 rerun differs; 130 Ctrl-C and 143 SIGTERM are held by the interruption tests), with one line
-and no traceback when it refuses. Table-driven, on real subprocesses and a real store."""
+"""Every command line holds to the exit status table of docs/reliability.md (0 done, 1 failed,
+2 refused, 3 rerun differs; 130 Ctrl-C and 143 SIGTERM are held by the interruption tests), with
+one line and no traceback when it refuses. Table-driven, on real subprocesses and a real store."""
 
 from __future__ import annotations
 

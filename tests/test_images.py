@@ -269,7 +269,7 @@ def test_decoded_cache_that_is_corrupt_is_rebuilt(make_cfg, tmp_path):
     np.testing.assert_array_equal(images.load_images(d)["train"][0], pool)
 
 
-# --- odd images and tampered caches (issue 20, point 6) ----------------------------------------
+# --- odd images and tampered caches ---------------------------------------------------------
 
 
 def test_a_pickle_of_float_images_is_refused_not_cast(make_cfg, tmp_path):

@@ -1,4 +1,4 @@
-"""Settings that cannot fit (issue 20, point 5): the run's memory estimate (pipeline/memory.py),
+"""Settings that cannot fit: the run's memory estimate (pipeline/run/memory.py),
 logged and checked against the machine's memory before the run; image models' smallest
 input; the ``error`` tag as plain text."""
 

@@ -326,7 +326,7 @@ def test_logged_conv4_loads_without_the_project(tmp_path):
 
 def test_hidden_members_of_a_zip_are_not_drawings(tmp_path):
     """A zip made on a Mac holds ``._*.png`` resource forks beside the drawings; a Jupyter
-    checkpoint folder can sit among the characters: neither is data (issue 20)."""
+    checkpoint folder can sit among the characters: neither is data."""
     import io
     import zipfile
 

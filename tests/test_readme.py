@@ -1,14 +1,18 @@
-"""Every command of the README, run as written, so a documented command cannot fail unnoticed.
+"""Every command of the README and of the docs site, run as written, so a documented command
+cannot fail unnoticed.
 
-Each ```bash block is read from README.md and its commands run in order, in a temporary folder,
+Each ```bash block is read from README.md, then from every page of ``mkdocs.yml``'s nav in its
+order (``docs/notes/`` is not a page), and its commands run in order, in a temporary folder,
 with only these changes: the store, data and run folders go to that folder (``paths.*``,
 ``hydra.*.dir``, ``--tracking-uri``), placeholders (``RUN_ID``, ``PARENT_RUN_ID``, ``GROUP_A``,
 ``GROUP_B``, ``HEAD``, port 5000, ``...``) become real values, ``[optional]`` parts are
 dropped, and runs that do not set ``meta_train.iterations`` train for fewer of them (sweeps
-also skip model logging; Optuna runs 2 trials). ``mlflow ui`` / ``mlflow server`` are started
-and must answer ``/health``. The quick start's default run is run unchanged and must print the
-README's sample lines. ``sh`` blocks (the team setup: PostgreSQL, Ray, Slurm) are not run here:
-``tests/test_team_setup.py`` runs their steps.
+also skip model logging; Optuna runs 2 trials). A command documented twice (the README's loop
+is also on its page) runs once, unless its placeholders now stand for other runs.
+``mlflow ui`` / ``mlflow server`` are started and must answer ``/health``. The quick start's
+default run is run unchanged and must print the README's sample lines. ``sh`` blocks (the team
+setup: PostgreSQL, Ray, Slurm; contributor commands) are not run here:
+``tests/test_team_setup.py`` runs the team setup's steps, CI the contributor commands.
 """
 
 from __future__ import annotations
@@ -33,10 +37,18 @@ README = (PROJECT_ROOT / "README.md").read_text()
 BUDGET = "meta_train.iterations=30"
 
 
+def pages() -> list[Path]:
+    """The README, then the docs site's pages in the order of ``mkdocs.yml``'s nav."""
+    nav = re.findall(r"^\s*-\s*[^:\n]+:\s*(\S+\.md)\s*$",
+                     (PROJECT_ROOT / "mkdocs.yml").read_text(), re.M)
+    return [PROJECT_ROOT / "README.md", *(PROJECT_ROOT / "docs" / page for page in nav)]
+
+
 def blocks() -> list[list[str]]:
     """The commands of each ```bash block (continuations joined, comments dropped)."""
     out = []
-    for block in re.findall(r"```bash\n(.*?)```", README, re.S):
+    text = "\n".join(page.read_text() for page in pages())
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         commands = []
         for line in block.replace("\\\n", " ").splitlines():
             line = re.sub(r"\s+#.*$", "", line).strip()
@@ -72,11 +84,29 @@ class Session:
         return self._runs(keys.ROLE_PARENT)[-1].info.run_id
 
     def group_ids(self) -> list[str]:
-        parent = self.parent_id()
-        return sorted(r.info.run_id for r in self._runs(keys.ROLE_GROUP)
-                      if r.data.tags.get(keys.PARENT_RUN) == parent)
+        """The two seed groups of the latest sweep that has two (a grid over two values; a
+        search's re-evaluation groups after it do not count)."""
+        groups = self._runs(keys.ROLE_GROUP)
+        for parent in reversed(self._runs(keys.ROLE_PARENT)):
+            ids = sorted(r.info.run_id for r in groups
+                         if r.data.tags.get(keys.PARENT_RUN) == parent.info.run_id)
+            if len(ids) == 2:
+                return ids
+        raise AssertionError("no sweep with two seed groups ran before GROUP_A / GROUP_B")
 
     # --- one command -----------------------------------------------------------------------
+
+    def identity(self, command: str) -> str:
+        """The command with the runs its placeholders stand for now: a command documented
+        twice runs again only if these differ."""
+        ids = []
+        if "GROUP_A" in command:
+            ids += self.group_ids()
+        if "PARENT_RUN_ID" in command:
+            ids.append(self.parent_id())
+        if re.search(r"(?<!PARENT_)RUN_ID", command):
+            ids.append(self.run_id())
+        return " ".join([command, *ids])
 
     def prepare(self, command: str) -> str:
         self.count += 1
@@ -89,8 +119,9 @@ class Session:
             a, b = self.group_ids()
             command = command.replace("GROUP_A", a).replace("GROUP_B", b)
         command = command.replace("python scripts/", f"python {PROJECT_ROOT}/scripts/")
-        if "RUN_ID" in command:
+        if "PARENT_RUN_ID" in command:  # before RUN_ID, which it contains
             command = command.replace("PARENT_RUN_ID", self.parent_id())
+        if "RUN_ID" in command:
             command = command.replace("RUN_ID", self.run_id())
         words = shlex.split(command)
         module = next((w for w in words if w.startswith("pipeline")), "")
@@ -143,12 +174,16 @@ class Session:
 
 def test_every_readme_command_runs(tmp_path):
     session = Session(tmp_path)
-    ran = []
+    ran, seen = [], set()
     try:
         for commands in blocks():
             for command in commands:
                 if command.startswith("bash scripts/test.sh"):
                     continue  # this suite itself
+                identity = session.identity(command)
+                if identity in seen:
+                    continue  # documented twice: the README's loop is also on its page
+                seen.add(identity)
                 if command == "bash scripts/run.sh":
                     _check_quick_start(session)
                     ran.append(command)

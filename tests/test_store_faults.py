@@ -1,4 +1,4 @@
-"""Faults of the tracking store itself (issue 20): a full disk, a store deleted mid-run, runs
+"""Faults of the tracking store itself: a full disk, a store deleted mid-run, runs
 whose process died (heartbeat and ``reap``), values over MLflow's limits, a model registered
 twice, and the ``error`` tag as plain text. Real SQLite stores, a real tmpfs, real processes."""
 

@@ -1,4 +1,4 @@
-"""Tabular tasks from disk (``data=tabular``, issue 22): both layouts, named and seeded splits,
+"""Tabular tasks from disk (``data=tabular``): both layouts, named and seeded splits,
 leak-free preprocessing, and every refusal on a real file; a CLI run end to end with its MLflow
 record; (slow) the other layout, other learners and a bit-identical rerun."""
 

@@ -3,7 +3,7 @@ executor, a warm worker process on this machine.
 
 One executor per slot rather than one of ``n_jobs`` workers: when a worker of a loky executor
 dies (SIGKILL, the OOM killer, a segfault) the executor is broken and loky terminates *all* its
-workers, which lost every job in flight with it (issue 20.3). With one executor per slot a dead
+workers, and every job in flight is lost with it. With one executor per slot a dead
 worker breaks only its slot. Workers die with their launcher through a watchdog thread in each
 (:func:`._worker.init`) that polls its parent, the launching process (a parent-death signal
 would fire when the *thread* that spawned the worker exits, and loky spawns from a manager

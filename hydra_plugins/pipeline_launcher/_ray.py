@@ -3,7 +3,7 @@ a warm worker anywhere on the cluster; a job is a call of its ``run`` method, an
 dispatcher thread ``ray.wait``\\ s on the calls in flight and resolves the launcher's futures,
 so the launcher's code path (queue, free slots, dead workers) is the loky backend's.
 
-Ray is started (or joined, ``address``) as the Ray launcher of issue 13 does, from
+Ray is started (or joined, ``address``) as ``hydra/launcher=ray`` (hydra-ray-launcher) does, from
 ``hydra.launcher.ray.init`` (:mod:`hydra_plugins.hydra_ray_launcher`'s keys); each actor gets
 ``hydra.launcher.ray.remote`` (``num_cpus: 1``). Actors are never restarted and their calls
 never retried (``max_restarts=0``, ``max_task_retries=0``): a job runs once, and a dead actor

@@ -95,7 +95,7 @@ class RuntimeConfig:
     #: TensorFlow op determinism: same seed, same numbers.
     deterministic: bool = True
     #: Threads per op; 1 is fastest for small models and keeps parallel jobs from fighting.
-    #: A single conv run on N cores: N (bench/README.md, issue 12).
+    #: A single conv run on N cores: N (bench/README.md, "Conv4 speed").
     intra_op_threads: int = num(1, ge=0)
     #: Independent ops run at once (a conv4's per-task convolutions); null: as many as
     #: ``intra_op_threads``.

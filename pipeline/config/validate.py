@@ -210,8 +210,8 @@ def _check_image_collection(data: ImagesDataConfig) -> None:
     if not data.root:
         raise ConfigError(
             "data.root is required with data=images: set data.root=/path/to/your/copy, the "
-            "folder holding the image collection (README: 'Image collections on disk' says how "
-            "to obtain miniImageNet, CIFAR-FS and FC100, and their layouts).")
+            "folder holding the image collection (docs/task-families.md, 'Image collections on "
+            "disk', says how to obtain miniImageNet, CIFAR-FS and FC100, and their layouts).")
     split = data.class_split
     if split is None:
         return
@@ -230,7 +230,8 @@ def _check_tabular(data: TabularDataConfig) -> None:
         raise ConfigError(
             "data.root is required with data=tabular: set data.root=/path/to/tasks.csv (a CSV "
             "or Parquet file with a task column, data.layout=long) or data.root=/path/to/folder "
-            "(one file per task, data.layout=per_task); README: 'Tabular tasks from disk'.")
+            "(one file per task, data.layout=per_task); docs/task-families.md: 'Tabular tasks "
+            "from disk'.")
     split = data.task_split
     if split is not None and not _is_split(split):
         raise ConfigError(f"data.task_split={list(split)} is not allowed: give 3 fractions of "

@@ -6,7 +6,7 @@ files and the decoding settings; later runs load that file in about a second. A 
 cannot be read is rebuilt, never trusted; so is one whose content no longer matches the sha256
 stored in it when it was written (an edited or swapped cache): the sources are there and are
 the truth, so rebuilding gives the right pixels where refusing would only make the user delete
-the file (issue 20).
+the file.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ from pipeline.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 #: Bump when decoding changes, so old decoded caches are not reused (2: 16-bit images scaled
-#: to 8 bits, hidden files skipped; issue 20).
+#: to 8 bits, hidden files skipped).
 DECODE_VERSION = 2
 SPLITS = ("train", "val", "test")
 #: The split a flat folder's classes are decoded as, before the seed splits them.

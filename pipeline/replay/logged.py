@@ -24,10 +24,10 @@ class Refused(Exception):
 
 
 def report_failure(error: Exception | KeyboardInterrupt, refused: str, failed: str) -> int:
-    """Say in one line why a resume or a rerun did not end, and return its exit status (README,
-    "Exit status"): 2 refused (``refused`` says what) or no such run, 130 / 143 stopped by
-    Ctrl-C / SIGTERM (its run KILLED with a checkpoint), 1 the store or the run itself failed
-    (``failed`` says what)."""
+    """Say in one line why a resume or a rerun did not end, and return its exit status
+    (docs/reliability.md, "Exit statuses"): 2 refused (``refused`` says what) or no such run,
+    130 / 143 stopped by Ctrl-C / SIGTERM (its run KILLED with a checkpoint), 1 the store or
+    the run itself failed (``failed`` says what)."""
     if isinstance(error, Refused):
         line, status = f"Refused: {refused}: {error}", 2
     elif isinstance(error, store.RunNotFound):

@@ -5,7 +5,7 @@ from the tracking store, recomposes the config from the overrides and refuses to
 longer matches the logged one (the config files changed since). Then checks the data file against
 the run's ``data_fingerprint`` (refuses a file that was altered), warns when the code or package
 versions differ, runs again as a new run tagged ``rerun_of=RUN_ID``, and compares every per-task
-metric, training curve and aggregate value by value. Exit status (README, "Exit status"): 0
+metric, training curve and aggregate value by value. Exit status (docs/reliability.md): 0
 identical, 3 different, 2 refused (no such run, run not finished, config drift, data altered),
 1 the rerun itself failed, 130 / 143 stopped by Ctrl-C / SIGTERM (the new run KILLED).
 

@@ -1,4 +1,4 @@
-"""A run's memory, estimated from its config before it starts, and the machine's (issue 20).
+"""A run's memory, estimated from its config before it starts, and the machine's.
 
 A meta-batch of 100,000 image episodes, or a ResNet-12 adapted per task over many inner steps,
 does not fit in memory: the kernel's OOM killer ends the process and the run is left RUNNING

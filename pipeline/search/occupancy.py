@@ -1,4 +1,4 @@
-"""How busy a search keeps its workers (issue 19, "no idle slots"): the time workers spend in
+"""How busy a search keeps its workers (the goal: no idle slots): the time workers spend in
 trials over workers x the search's wall time, from the first trial's submission to the last
 trial's end. Idle time is what a batch barrier, a slow ask/tell between trials, a worker's
 start-up or a lone last trial costs.

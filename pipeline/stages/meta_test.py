@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: A query loss after adaptation above this many times the same task's loss before adaptation
 #: has diverged, as surely as a NaN: adapting on a task's own support set must not make its
 #: query loss 1,000 times worse. Meta-SGD's rates, tuned for 1 step, take 10 steps to finite
-#: MSEs of 3e4 to 2e36 on sinusoid tasks (issue 20), while MAML's 10 steps leave no task above
+#: MSEs of 3e4 to 2e36 on sinusoid tasks, while MAML's 10 steps leave no task above
 #: 20 times its start (bench/README.md, "Divergence that stays finite"): 1e3 keeps a 50x
 #: margin above honest adaptation. A named constant, not a config key: a result's meaning
 #: should not depend on a setting.
