@@ -26,6 +26,8 @@ from pipeline.data.episodes import EpisodeSampler, EpisodeSet, TaskRowSampler
 from pipeline.errors import ConfigError, DataError
 
 FIELDS = ("support_x", "support_y", "query_x", "query_y")
+#: The key of a family's ``info`` holding its test units (TaskSet fields), taken out of it.
+UNITS = "units"
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,16 @@ class TaskSet:
     #: What the family did to its sources (choices and counts, e.g. a table's preprocessing),
     #: stored with the file and recorded as the run's tags.
     info: dict = field(default_factory=dict)
+    #: The test split's independent unit: ``episode`` (every test episode a fresh task) or
+    #: ``task`` (episodes drawn in turn from a few source tasks).
+    ci_unit: str = "episode"
+    #: Per test episode the index of its source unit in ``unit_names``.
+    test_source: np.ndarray | None = None
+    unit_names: list[str] | None = None
+    #: [episodes, n_way] the class ids each test episode drew (image families).
+    test_classes: np.ndarray | None = None
+    #: Split -> the names of its tasks (or classes, image families).
+    splits: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -212,7 +224,14 @@ def load(path: Path, expected_fingerprint: str | None = None,
         train = _episodes(arrays, "train")
     val = _episodes(arrays, "val") if "val_support_y" in arrays else None
     return TaskSet(train, _episodes(arrays, "test"), meta["task_type"],
-                   int(meta["num_outputs"]), fp, path, val, meta.get("info", {}))
+                   int(meta["num_outputs"]), fp, path, val, meta.get("info", {}),
+                   **_units(meta.get("units", {})))
+
+
+def _units(units: dict) -> dict:
+    """A family's test units as stored in the file's meta (arrays kept as lists)."""
+    return {k: np.asarray(v) if k in ("test_source", "test_classes") else v
+            for k, v in units.items()}
 
 
 def _prefixed(arrays: dict[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
@@ -235,12 +254,14 @@ def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = Tr
     train, test, task_type, num_outputs, *rest = registry.build("data", family, cfg_dict, rng)
     val = rest[0] if rest else None
     info = rest[1] if len(rest) > 1 else {}  # a family's account of what it did (optional)
+    units = info.pop(UNITS, {})  # its test units (TaskSet fields), if not episodes
     meta = {"family": family, "seed": seed, "config": cfg_dict, "task_type": task_type,
-            "num_outputs": num_outputs} | ({"info": info} if info else {})
+            "num_outputs": num_outputs} | ({"info": info} if info else {}) | (
+        {"units": json.loads(json.dumps(units, default=np.ndarray.tolist))} if units else {})
     # A family of real-valued features (tables) gains little from compression and pays for it.
     compress = getattr(_family_module(cfg_dict), "COMPRESS", True)
     fp = save(path, train, test, meta, val, compress)
-    return TaskSet(train, test, task_type, num_outputs, fp, path, val, info)
+    return TaskSet(train, test, task_type, num_outputs, fp, path, val, info, **_units(units))
 
 
 #: Independent random streams derived from the one seed (numpy SeedSequence spawn keys).

@@ -56,14 +56,14 @@ import pyarrow.compute as pc
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from pipeline.data import CLASSIFICATION, REGRESSION, decoded
+from pipeline.data import CLASSIFICATION, REGRESSION, UNITS, decoded
 from pipeline.data.episodes import TaskRowSampler
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 #: Bump when reading or preprocessing changes, so old task files are not reused.
-READ_VERSION = 1
+READ_VERSION = 2
 SPLITS = ("train", "val", "test")
 SUFFIXES = (".csv", ".parquet")
 #: Targets of a task: class labels (strings, or whole numbers) or real values.
@@ -619,7 +619,7 @@ def _query_size(cfg: dict, tasks: list[Task]) -> int:
 def _fixed(sampler: TaskRowSampler, num: int, rng: np.random.Generator):
     """``num`` episodes cycling over the split's tasks (in an order drawn from ``rng``)."""
     tasks = np.resize(rng.permutation(sampler.num_tasks), num)
-    return sampler.episodes(rng, num, tasks)
+    return sampler.episodes(rng, num, tasks), tasks
 
 
 def generate(cfg: dict, rng: np.random.Generator) -> tuple:
@@ -632,13 +632,13 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
     for split, tasks in splits.items():
         if tasks:
             samplers[split], imputed[split], unseen[split] = _pool(cfg, prep, tasks, ways, q)
-    test = _fixed(samplers["test"], cfg["num_test_tasks"], rng)
+    test, test_source = _fixed(samplers["test"], cfg["num_test_tasks"], rng)
     val = None
     if cfg["num_val_tasks"] and "val" in samplers:
-        val = _fixed(samplers["val"], cfg["num_val_tasks"], rng)
+        val, _ = _fixed(samplers["val"], cfg["num_val_tasks"], rng)
     train = samplers["train"]
     if cfg["num_train_tasks"]:  # fixed episodes, cycling over the training tasks like the test
-        train = _fixed(train, cfg["num_train_tasks"], rng)
+        train, _ = _fixed(train, cfg["num_train_tasks"], rng)
     info = {f"tasks_{s}": len(ts) for s, ts in splits.items()} | {
         "files": len({str(t.source) for t in every}),
         "rows": sum(len(t) for t in every),
@@ -656,4 +656,7 @@ def generate(cfg: dict, rng: np.random.Generator) -> tuple:
                     "the training tasks lack; they are encoded as all zeros",
                     info["unseen_categories"])
     task_type = REGRESSION if cfg["task_type"] == REGRESSION else CLASSIFICATION
+    info[UNITS] = {"ci_unit": "task", "test_source": test_source,  # the test unit: source task
+                   "unit_names": [t.name for t in splits["test"]],
+                   "splits": {s: [t.name for t in ts] for s, ts in splits.items()}}
     return train, test, task_type, 1 if task_type == REGRESSION else ways, val, info

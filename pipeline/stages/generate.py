@@ -23,9 +23,11 @@ def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | Non
     data_cfg = dataclasses.asdict(cfg)
     data_cfg.pop("cache")
     tasks = data.generate_or_load(data_cfg, seed, Path(data_dir), cfg.cache)
-    log.info("data %s: %d train / %d test%s tasks, fingerprint %s (%s)", cfg.family,
-             tasks.train.num_tasks, tasks.test.num_tasks,
-             f" / {tasks.val.num_tasks} validation" if tasks.val is not None else "",
+    test = (f"{tasks.test.num_tasks} test episodes from {len(tasks.unit_names)} tasks"
+            if tasks.unit_names is not None else f"{tasks.test.num_tasks} test tasks")
+    log.info("data %s: %d train / %s%s, fingerprint %s (%s)", cfg.family,
+             tasks.train.num_tasks, test,
+             f" / {tasks.val.num_tasks} validation episodes" if tasks.val is not None else "",
              tasks.fingerprint[:12], tasks.path)
     if tracker is not None:
         tracker.set_tags({keys.DATA_FINGERPRINT: tasks.fingerprint, keys.DATA_FILE: tasks.path}
@@ -34,6 +36,8 @@ def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | Non
         arrays = _named_views(tasks) if small else None
         tracker.log_dataset(tasks.path, tasks.fingerprint, f"{cfg.family}-{seed}",
                             {"data": data_cfg, "seed": seed}, arrays)
+        if tasks.splits:  # each split's tasks (or classes) by name
+            tracker.log_dict(tasks.splits, keys.SPLITS_FILE)
     return tasks
 
 
