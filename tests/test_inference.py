@@ -22,8 +22,12 @@ from scipy import stats as sps
 
 from pipeline import PROJECT_ROOT
 from pipeline.analysis import compare, episodes, groups, paired
-from pipeline.analysis.stats import (Units, class_bootstrap_ci, summarize_units,
-                                     two_level_bootstrap_ci)
+from pipeline.analysis.stats import (
+    Units,
+    class_bootstrap_ci,
+    summarize_units,
+    two_level_bootstrap_ci,
+)
 from pipeline.run.runner import execute
 from pipeline.stages.report import aggregate_metrics
 from pipeline.tracking import keys, store
