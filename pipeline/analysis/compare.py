@@ -272,7 +272,8 @@ def _by_task(uri: str, run_id: str) -> int:
         run = runs[seed]
         columns = [c for c in df.columns if c.startswith((keys.TASK, keys.SCRATCH_TASK))]
         per = episodes.by_task(df, columns)
-        per.columns = [c.removeprefix(keys.TASK) for c in per.columns]
+        per.columns = [c.replace(keys.SCRATCH_TASK, "scratch_").removeprefix(keys.TASK)
+                       for c in per.columns]
         print(f"{run.name} ({run.run_id}), seed {seed}, {keys.CI_UNIT}="
               f"{run.tags.get(keys.CI_UNIT, keys.UNIT_EPISODE)}: {len(df)} test episodes from "
               f"{len(per)} tasks")
