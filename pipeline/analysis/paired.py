@@ -107,8 +107,9 @@ class PairedResult:
 
     @property
     def verdict(self) -> str:
-        n, units = self.seed_level.seeds, f"{len(self.units)} (seed, {self.unit}) pairs"
+        n = self.seed_level.seeds
         if n == 1:
+            units = f"{len(self.units)} {self.unit}s"
             if self.pooled_excludes_zero:
                 return (f"{self._better(self.mean)} is better on this training run only (95% CI "
                         f"over {units} excludes 0; one seed each says nothing about training "

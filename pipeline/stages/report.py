@@ -174,16 +174,18 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
     if not after.has_ci:
         log.warning("The test split has one %s (%d episodes): no confidence interval is given "
                     "(it would need 2 independent %ss).", units.kind, after.episodes, units.kind)
-    log.info("%s query %s after adaptation: %s (95%% CI over %s%s)", algo.name, main, after,
-             after.over(), f"; {tested.num_tasks - after.episodes} of {tested.num_tasks} "
-             f"episodes diverged" if after.episodes != tested.num_tasks else "")
+    diverged_note = (f"; {tested.num_tasks - after.episodes} of {tested.num_tasks} episodes "
+                     f"diverged" if after.episodes != tested.num_tasks else "")
+    log.info("%s query %s after adaptation: %s%s", algo.name, main, after,
+             f" (95% CI over {after.over()}{diverged_note})" if after.has_ci else diverged_note)
     if after.class_ci is not None:
         log.info("%s query %s after adaptation, 95%% CI resampling the test classes (cluster "
                  "bootstrap): [%.4f, %.4f]", algo.name, main, *after.class_ci)
     if baseline is not None:
         scratch = found.get(keys.query(keys.SCRATCH, main))
-        log.info("scratch query %s: %s; gain %s (95%% CI over %s, paired per %s)", main,
-                 scratch or "n/a", gain or "n/a", gain.over() if gain else "n/a", units.kind)
+        log.info("scratch query %s: %s; gain %s%s", main, scratch or "n/a", gain or "n/a",
+                 f" (95% CI over {gain.over()}, paired per {units.kind})"
+                 if gain and gain.has_ci else "")
     if no_gain:
         log.warning("Meta-learning shows no gain: %s's gain over scratch on the same test tasks "
                     "is %s (95%% CI includes or is below 0).", algo.name, gain)
