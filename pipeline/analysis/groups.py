@@ -103,18 +103,15 @@ def seed_statistics(runs: list[RunRecord]) -> dict[str, float]:
     return out
 
 
-def _unit_values(uri: str, run: RunRecord, metric: str, baseline: str | None,
-                 sign: float) -> np.ndarray:
+def _unit_values(uri: str, run: RunRecord, source: np.ndarray | None, metric: str,
+                 baseline: str | None, sign: float) -> np.ndarray:
     """A run's per-unit means of a per-episode metric (minus the baseline's, times ``sign``:
-    the gain), over its declared unit."""
-    from pipeline.analysis import episodes
-
+    the gain), over its declared unit (``source``: each episode's; None: the episodes)."""
     a = store.metric_history(uri, run.run_id, metric)
     values = np.array([a[t] for t in sorted(a)], dtype=np.float64)
     if baseline is not None:
         b = store.metric_history(uri, run.run_id, baseline)
         values = sign * (values - np.array([b.get(t, math.nan) for t in sorted(a)]))
-    source = episodes.source(uri, run)
     if source is None:
         return values[np.isfinite(values)]
     return unit_means(values, source)[1]
@@ -130,6 +127,10 @@ def seed_bootstrap(uri: str, runs: list[RunRecord]) -> dict[str, float]:
     done = [r for r in runs if r.status == keys.FINISHED]
     if len(done) < 2:
         return {}
+    try:
+        sources = [episodes.source(uri, r) for r in done]
+    except episodes.MissingTable:
+        return {}
     out: dict[str, float] = {}
     for m, higher in (("acc", True), ("mse", False)):
         after = keys.query(keys.TEST, m, stat="mean")
@@ -140,11 +141,8 @@ def seed_bootstrap(uri: str, runs: list[RunRecord]) -> dict[str, float]:
             targets.append((f"{keys.GAIN}query_{m}", keys.query(keys.TASK, m),
                             keys.query(keys.SCRATCH_TASK, m)))
         for name, metric, baseline in targets:
-            try:
-                groups = [_unit_values(uri, r, metric, baseline, 1.0 if higher else -1.0)
-                          for r in done]
-            except episodes.MissingTable:
-                continue
+            groups = [_unit_values(uri, r, source, metric, baseline, 1.0 if higher else -1.0)
+                      for r, source in zip(done, sources, strict=True)]
             if any(g.size == 0 for g in groups):
                 continue
             low, high = two_level_bootstrap_ci(groups)

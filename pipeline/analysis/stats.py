@@ -133,7 +133,8 @@ def paired_unit_gain(a: np.ndarray, b: np.ndarray, units: Units | None = None) -
     """The gain of a over b on the same episodes, over their unit: per unit the mean of the
     episode differences where both are finite, then the t-interval over units."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    return summarize_units(d, Units((units or Units()).kind, (units or Units()).source))
+    units = units or Units()
+    return summarize_units(d, Units(units.kind, units.source))  # no class bootstrap of a gain
 
 
 def class_bootstrap_ci(values: np.ndarray, classes: np.ndarray, n_boot: int = N_BOOT,
