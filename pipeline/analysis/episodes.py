@@ -24,16 +24,17 @@ class MissingTable(PipelineError, LookupError):
 
 def table(units: Units, series: dict[str, np.ndarray]) -> pd.DataFrame:
     """``episode``, ``task`` (the source task's name; the episode's index where every episode
-    is its own task), ``classes`` (space-separated class ids, image families) and one column per
-    per-episode metric, named as its MLflow series (``task/query_acc_after``,
-    ``scratch_task/query_acc_after``)."""
+    is its own task), ``classes`` (image families: the classes drawn, by name where known,
+    ``;``-separated) and one column per per-episode metric, named as its MLflow series
+    (``task/query_acc_after``, ``scratch_task/query_acc_after``)."""
     n = len(next(iter(series.values())))
     episode = np.arange(n)
     task = ([units.name(int(u)) for u in units.source] if units.source is not None
             else [str(e) for e in episode])
     df = pd.DataFrame({EPISODE: episode, TASK: task})
     if units.classes is not None:
-        df[CLASSES] = [" ".join(str(int(c)) for c in row) for row in np.asarray(units.classes)]
+        df[CLASSES] = [";".join(units.class_name(int(c)) for c in row)
+                       for row in np.asarray(units.classes)]
     for name, values in series.items():
         df[name] = np.asarray(values, dtype=np.float64)
     return df

@@ -73,9 +73,14 @@ class Units:
     source: np.ndarray | None = None
     names: list[str] | None = None
     classes: np.ndarray | None = None
+    #: What ``classes`` index (the test split's class names), if known.
+    class_names: list[str] | None = None
 
     def name(self, unit: int) -> str:
-        return self.names[unit] if self.names is not None else str(unit)
+        return self.names[unit] if self.names else str(unit)
+
+    def class_name(self, c: int) -> str:
+        return self.class_names[c] if self.class_names else str(c)
 
 
 def summarize(values: np.ndarray) -> Summary:

@@ -23,11 +23,9 @@ def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | Non
     data_cfg = dataclasses.asdict(cfg)
     data_cfg.pop("cache")
     tasks = data.generate_or_load(data_cfg, seed, Path(data_dir), cfg.cache)
-    test = (f"{tasks.test.num_tasks} test episodes from {len(tasks.unit_names)} tasks"
-            if tasks.unit_names is not None else f"{tasks.test.num_tasks} test tasks")
-    log.info("data %s: %d train / %s%s, fingerprint %s (%s)", cfg.family,
-             tasks.train.num_tasks, test,
-             f" / {tasks.val.num_tasks} validation episodes" if tasks.val is not None else "",
+    log.info("data %s: %d train / %d test%s tasks, fingerprint %s (%s)", cfg.family,
+             tasks.train.num_tasks, tasks.test.num_tasks,
+             f" / {tasks.val.num_tasks} validation" if tasks.val is not None else "",
              tasks.fingerprint[:12], tasks.path)
     if tracker is not None:
         tracker.set_tags({keys.DATA_FINGERPRINT: tasks.fingerprint, keys.DATA_FILE: tasks.path}

@@ -51,7 +51,8 @@ class Report:
 
 def units_of(tasks: TaskSet) -> Units:
     """The test split's independent unit, as the family declared it."""
-    return Units(tasks.ci_unit, tasks.test_source, tasks.unit_names, tasks.test_classes)
+    return Units(tasks.ci_unit, tasks.test_source, tasks.unit_names, tasks.test_classes,
+                 tasks.splits.get("test") if tasks.test_classes is not None else None)
 
 
 def summaries(tested: Tested, scope: str, units: Units | None = None) -> dict[str, Summary]:
