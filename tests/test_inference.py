@@ -75,6 +75,9 @@ def test_class_bootstrap_widens_when_the_classes_drive_the_score():
     assert low < s.mean < high and (high - low) / 2 > 3 * s.ci95
     assert class_bootstrap_ci(values, classes) == (low, high)
     assert {"test/x_class_ci_low", "test/x_class_ci_high"} <= set(aggregate_metrics({"test/x": s}))
+    # 5-way episodes of 5 test classes: every episode drew every class, nothing to resample
+    every = np.array([rng.permutation(5) for _ in range(50)])
+    assert summarize_units(values[:50], Units(keys.UNIT_EPISODE, classes=every)).class_ci is None
 
 
 def test_two_level_bootstrap_resamples_seeds_then_units():

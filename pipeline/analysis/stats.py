@@ -129,8 +129,11 @@ def summarize_units(values: np.ndarray, units: Units | None = None) -> Summary |
     else:
         s = summarize(per_unit)
     class_ci = None
-    if units.classes is not None and keep.sum() >= 2:
-        class_ci = class_bootstrap_ci(v[keep], np.asarray(units.classes)[keep])
+    classes = None if units.classes is None else np.asarray(units.classes)[keep]
+    # Resampling classes says something only if episodes differ in the classes they drew: where
+    # every episode drew every test class, each resample weighs all episodes alike (no interval).
+    if classes is not None and keep.sum() >= 2 and np.unique(classes).size > classes.shape[1]:
+        class_ci = class_bootstrap_ci(v[keep], classes)
     return Summary(s.mean, s.std, s.ci95, s.n, units.kind, int(keep.sum()), class_ci)
 
 
