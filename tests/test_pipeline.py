@@ -65,6 +65,30 @@ def test_store_holds_per_task_metrics_aggregates_params_tags_artifacts(tiny_run)
     assert run.inputs.dataset_inputs[0].dataset.digest == result.tasks.fingerprint[:32]
 
 
+def test_fresh_episode_families_keep_episodes_as_the_unit_and_list_them(tiny_run, tmp_path):
+    """Synthetic tasks are fresh draws: the CI stays over episodes (unchanged numbers), and the
+    episodes table names each episode as its own task, with every method's values."""
+    import pandas as pd
+
+    from pipeline.tracking import keys
+
+    cfg, result, client, run = tiny_run
+    n = cfg.data.num_test_tasks
+    assert run.data.tags[keys.CI_UNIT] == keys.UNIT_EPISODE
+    assert run.data.metrics[keys.CI_UNITS] == n == run.data.metrics[keys.TEST_EPISODES]
+    table = pd.read_csv(client.download_artifacts(run.info.run_id, keys.EPISODES_TABLE,
+                                                  str(tmp_path)))
+    assert list(table["episode"]) == list(table["task"]) == list(range(n))
+    np.testing.assert_allclose(table["task/query_acc_after"], result.per_task["acc_after"])
+    np.testing.assert_allclose(table["scratch_task/query_acc_after"],
+                               result.baseline["acc_after"])
+    from scipy import stats
+
+    after = table["task/query_acc_after"]  # the t-interval over the episodes, as ever
+    half = stats.t.ppf(0.975, n - 1) * after.std(ddof=1) / np.sqrt(n)
+    assert run.data.metrics["test/query_acc_after_ci95"] == pytest.approx(half, abs=1e-12)
+
+
 def test_logged_model_loads_and_predicts_like_the_trained_one(tiny_run):
     cfg, result, _client, run = tiny_run
     x = result.tasks.test.query_x[0]

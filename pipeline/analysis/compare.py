@@ -5,7 +5,9 @@
     python -m pipeline.compare --parent 3f2a...                 # a sweep's children
     python -m pipeline.compare --filter "params.algorithm.name = 'maml'"
     python -m pipeline.compare --experiment meta-learning --csv runs.csv --plot runs.png
-    python -m pipeline.compare --paired GROUP_A GROUP_B --log   # per-task paired differences
+    python -m pipeline.compare --paired GROUP_A GROUP_B --log   # paired, verdict over seeds
+    python -m pipeline.compare --paired RUN_A RUN_B --by-task   # ... and per source task
+    python -m pipeline.compare --run RUN_ID --by-task           # a run's means per source task
     python -m pipeline.compare --register my-model --parent 3f2a...   # the best group's model
 
 The same table is what a sweep's parent run holds (``comparison/``), built by
@@ -43,7 +45,7 @@ def display(df: pd.DataFrame) -> str:
                            for m, c in zip(df[target], df[col], strict=True)]
             out = out.drop(columns=col)
     for col in out.columns:
-        counts = col.endswith(("diverged_tasks", "n_seeds"))
+        counts = col.endswith(("diverged_tasks", "n_seeds", "ci_units"))
         out[col] = [(_cell(v, 0 if counts else 4)) if v is None or isinstance(v, float) else v
                     for v in out[col]]
     out["run_id"] = out["run_id"].str[:8]
@@ -182,15 +184,24 @@ def main(argv: list[str] | None = None) -> int:
                    "of two runs (or two seed groups) on the same test tasks")
     p.add_argument("--log", action="store_true", help="with --paired: log the result as a new "
                    "MLflow run with a plot of the per-task differences")
+    p.add_argument("--by-task", action="store_true", help="with --run RUN_ID (a run or a "
+                   "group): one row per test source task with its episodes and means; with "
+                   "--paired: also the paired differences per task")
     p.add_argument("--register", metavar="NAME", help="register a model in the Model Registry "
                    "under NAME: that of --run, or of the best group of --parent (its best seed)")
-    p.add_argument("--run", help="with --register: the run (or group) whose model to register")
+    p.add_argument("--run", help="with --register: the run (or group) whose model to register;"
+                   " with --by-task: the run (or group) to break down")
     p.add_argument("--force", action="store_true", help="with --register: register a new "
                    "version even if that run's model is already registered under NAME")
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
     if args.paired:
-        return _paired(uri, *args.paired, log=args.log)
+        return _paired(uri, *args.paired, log=args.log, tasks=args.by_task)
+    if args.by_task:
+        if not args.run:
+            print("--by-task goes with --run RUN_ID or --paired RUN_A RUN_B.", file=sys.stderr)
+            return 2
+        return _by_task(uri, args.run)
     if args.log:
         print("--log goes with --paired RUN_A RUN_B.", file=sys.stderr)
         return 2
@@ -243,7 +254,35 @@ def _reap(uri: str, experiments: list[str] | None) -> None:
               file=sys.stderr)
 
 
-def _paired(uri: str, run_a: str, run_b: str, log: bool) -> int:
+def _by_task(uri: str, run_id: str) -> int:
+    from pipeline.analysis import episodes, paired
+
+    try:
+        runs = paired.side(uri, run_id).by_seed
+        tables = {seed: episodes.read(uri, r) for seed, r in sorted(runs.items())}
+    except Exception as e:  # unknown run, unreachable store, a group without finished jobs
+        print(f"Cannot read run {run_id} in {uri}: {keys.plain_text(str(e))}", file=sys.stderr)
+        return 2
+    missing = [runs[s].run_id for s, t in tables.items() if t is None]
+    if missing:
+        print(f"Refused: run {missing[0]} has no {keys.EPISODES_TABLE} artifact (recorded before "
+              f"runs kept one, or it did not finish meta-testing).", file=sys.stderr)
+        return 2
+    for seed, df in tables.items():
+        run = runs[seed]
+        columns = [c for c in df.columns if c.startswith((keys.TASK, keys.SCRATCH_TASK))]
+        per = episodes.by_task(df, columns)
+        per.columns = [c.replace(keys.SCRATCH_TASK, "scratch_").removeprefix(keys.TASK)
+                       for c in per.columns]
+        print(f"{run.name} ({run.run_id}), seed {seed}, {keys.CI_UNIT}="
+              f"{run.tags.get(keys.CI_UNIT, keys.UNIT_EPISODE)}: {len(df)} test episodes from "
+              f"{len(per)} tasks")
+        with pd.option_context("display.max_columns", None, "display.width", 250):
+            print(per.to_string(index=False, float_format="%.4f"))
+    return 0
+
+
+def _paired(uri: str, run_a: str, run_b: str, log: bool, tasks: bool = False) -> int:
     from pipeline.analysis import paired
 
     try:
@@ -256,7 +295,7 @@ def _paired(uri: str, run_a: str, run_b: str, log: bool) -> int:
               file=sys.stderr)
         return 2
     a, b = store.get_run(uri, run_a), store.get_run(uri, run_b)
-    print(paired.describe(result, a, b))
+    print(paired.describe(result, a, b, tasks))
     if log:
         print(f"logged as MLflow run {paired.log(uri, result, a, b)}")
     return 0

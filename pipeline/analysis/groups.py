@@ -5,7 +5,9 @@ A single seed says little; what a researcher reports is the mean over seeds with
 interval. A group run holds its jobs' shared params, ``seeds/n_seeds`` and, for every headline
 aggregate of its jobs (``test/query_acc_after_mean``, ``gain/query_acc``, ...), the across-seed
 mean, standard deviation and 95% Student-t CI half-width, named ``seeds/<metric>_<stat>``
-(:func:`pipeline.tracking.keys.seeds`), plus a plot and a table of the seeds' values.
+(:func:`pipeline.tracking.keys.seeds`), beside them for the main mean and the gain a two-level
+bootstrap interval (seeds, then each seed's test units: :func:`seed_bootstrap`), plus a plot
+and a table of the seeds' values.
 
 Groups are planned from the sweep's grid before any job starts (:func:`plan`) and written when
 the last of their jobs ends (:func:`write_if_complete`), so a partial sweep already shows its
@@ -28,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.analysis.results import objective_metric
-from pipeline.analysis.stats import summarize
+from pipeline.analysis.stats import summarize, two_level_bootstrap_ci, unit_means
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
@@ -98,6 +100,54 @@ def seed_statistics(runs: list[RunRecord]) -> dict[str, float]:
             s = summarize(values)
             out[keys.seeds(name, "std")] = s.std
             out[keys.seeds(name, "ci95")] = s.ci95
+    return out
+
+
+def _unit_values(uri: str, run: RunRecord, source: np.ndarray | None, metric: str,
+                 baseline: str | None, sign: float) -> np.ndarray:
+    """A run's per-unit means of a per-episode metric (minus the baseline's, times ``sign``:
+    the gain), over its declared unit (``source``: each episode's; None: the episodes)."""
+    a = store.metric_history(uri, run.run_id, metric)
+    values = np.array([a[t] for t in sorted(a)], dtype=np.float64)
+    if baseline is not None:
+        b = store.metric_history(uri, run.run_id, baseline)
+        values = sign * (values - np.array([b.get(t, math.nan) for t in sorted(a)]))
+    if source is None:
+        return values[np.isfinite(values)]
+    return unit_means(values, source)[1]
+
+
+def seed_bootstrap(uri: str, runs: list[RunRecord]) -> dict[str, float]:
+    """Beside the across-seed t-interval: the two-level bootstrap 95% interval (seeds, then
+    units within seeds) of the main post-adaptation mean and of the gain over scratch, as
+    ``seeds/<metric>_boot_low`` / ``_boot_high``. Needs 2 finished seeds; a run whose units
+    cannot be read (no episodes table) leaves it out."""
+    from pipeline.analysis import episodes
+
+    done = [r for r in runs if r.status == keys.FINISHED]
+    if len(done) < 2:
+        return {}
+    try:
+        sources = [episodes.source(uri, r) for r in done]
+    except episodes.MissingTable:
+        return {}
+    out: dict[str, float] = {}
+    for m, higher in (("acc", True), ("mse", False)):
+        after = keys.query(keys.TEST, m, stat="mean")
+        if not all(after in r.metrics for r in done):
+            continue
+        targets = [(after, keys.query(keys.TASK, m), None)]
+        if all(f"{keys.GAIN}query_{m}" in r.metrics for r in done):
+            targets.append((f"{keys.GAIN}query_{m}", keys.query(keys.TASK, m),
+                            keys.query(keys.SCRATCH_TASK, m)))
+        for name, metric, baseline in targets:
+            groups = [_unit_values(uri, r, source, metric, baseline, 1.0 if higher else -1.0)
+                      for r, source in zip(done, sources, strict=True)]
+            if any(g.size == 0 for g in groups):
+                continue
+            low, high = two_level_bootstrap_ci(groups)
+            out[keys.seeds(name, keys.BOOT_LOW)] = low
+            out[keys.seeds(name, keys.BOOT_HIGH)] = high
     return out
 
 
@@ -199,7 +249,7 @@ def _write(uri: str, group: RunRecord, runs: list[RunRecord], jobs: list[int],
     from pipeline.analysis import plots
 
     group_by = json.loads(group.tags.get(keys.GROUP_BY, '["seed"]'))
-    stats = seed_statistics(runs)
+    stats = seed_statistics(runs) | seed_bootstrap(uri, runs)
     params = {k: v for k, v in shared_params(runs).items() if k not in group.params}
     names = headline(runs)
     import pandas as pd  # here: its import costs every CLI start (and refusal) 0.3 s

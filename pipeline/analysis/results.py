@@ -23,7 +23,7 @@ KEY_METRICS = (r"^seeds/n_seeds$", r"^seeds/test/query_(acc|mse)_after_mean_mean
                 r"^seeds/test/query_(acc|mse)_before_mean_mean$",
                 r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
                 r"^scratch/query_(acc|mse)_after_mean$", r"^test/query_(acc|mse)_before_mean$",
-                r"^test/diverged_tasks$", r"^time/meta_train_s$")
+                r"^test/diverged_tasks$", r"^test/ci_units$", r"^time/meta_train_s$")
 FIXED_COLUMNS = ["run_name", "run_id", "status"]
 
 

@@ -33,6 +33,8 @@ def run(cfg: DataConfig, seed: int, data_dir: str | Path, tracker: Tracker | Non
         arrays = _named_views(tasks) if small else None
         tracker.log_dataset(tasks.path, tasks.fingerprint, f"{cfg.family}-{seed}",
                             {"data": data_cfg, "seed": seed}, arrays)
+        if tasks.splits:  # each split's tasks (or classes) by name
+            tracker.log_dict(tasks.splits, keys.SPLITS_FILE)
     return tasks
 
 

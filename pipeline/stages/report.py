@@ -1,8 +1,11 @@
 """Stage 4, report: summarise the meta-test honestly and record it.
 
-Per-task metrics, their aggregates over test tasks (mean, std, 95% CI), the same for the
-no-meta-learning baseline and the paired gain over it, the adaptation curve over inner steps,
-timings, plots and the model, named as in :mod:`pipeline.tracking.keys`. Tasks that diverged
+Per-episode metrics, their aggregates over the test split's independent unit (mean, std, 95% CI
+over source tasks or episodes, :func:`pipeline.analysis.stats.summarize_units`; the unit is the
+``ci_unit`` tag, their count ``test/ci_units``), the same for the no-meta-learning baseline and
+the paired gain over it (per-unit differences), the test episodes table
+(:mod:`pipeline.analysis.episodes`), the adaptation curve over inner steps, timings, plots and
+the model, named as in :mod:`pipeline.tracking.keys`. Tasks that diverged
 (:func:`pipeline.stages.meta_test.diverged`: not finite, or 1e3 x worse than before adaptation)
 are counted beside every aggregate (``test/diverged_tasks``...) and left out of it; if every test
 task diverged, the run fails with that reason.
@@ -16,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.algorithms import Algorithm
-from pipeline.analysis import plots
-from pipeline.analysis.stats import Summary, paired_gain, summarize
+from pipeline.analysis import episodes, plots
+from pipeline.analysis.stats import Summary, Units, paired_unit_gain, summarize_units
 from pipeline.data import REGRESSION, TaskSet
 from pipeline.errors import DivergenceError
 from pipeline.models import portable
@@ -46,19 +49,32 @@ class Report:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def summaries(tested: Tested, scope: str) -> dict[str, Summary]:
-    """Each per-task metric's summary over its finite values (at least 2 needed)."""
+def units_of(tasks: TaskSet) -> Units:
+    """The test split's independent unit, as the family declared it."""
+    return Units(tasks.ci_unit, tasks.test_source, tasks.unit_names, tasks.test_classes,
+                 tasks.splits.get("test") if tasks.test_classes is not None else None)
+
+
+def summaries(tested: Tested, scope: str, units: Units | None = None) -> dict[str, Summary]:
+    """Each per-episode metric's summary over the test unit (its finite values; at least 2
+    episodes, as ever; one unit: a mean without interval)."""
     out = {}
     for name, values in tested.per_task.items():
-        finite = values[np.isfinite(values)]
-        if finite.size >= 2:
-            out[f"{scope}query_{name}"] = summarize(finite)
+        if np.isfinite(values).sum() >= 2:
+            out[f"{scope}query_{name}"] = summarize_units(values, units)
     return out
 
 
 def aggregate_metrics(summaries: dict[str, Summary]) -> dict[str, float]:
-    return {f"{name}_{stat}": getattr(s, stat) for name, s in summaries.items()
-            for stat in keys.STATS}
+    """``<name>_{mean,std,ci95}`` (no interval, no ``std``/``ci95``: never a made-up number), and
+    ``<name>_class_ci_{low,high}`` where the classes were resampled."""
+    out = {f"{name}_{stat}": getattr(s, stat) for name, s in summaries.items()
+           for stat in keys.STATS if stat == "mean" or s.has_ci}
+    for name, s in summaries.items():
+        if s.class_ci is not None:
+            out |= {f"{name}_{keys.CLASS_CI_LOW}": s.class_ci[0],
+                    f"{name}_{keys.CLASS_CI_HIGH}": s.class_ci[1]}
+    return out
 
 
 def step_curve(summaries: dict[str, Summary], metrics: tuple[str, ...],
@@ -73,7 +89,7 @@ def step_curve(summaries: dict[str, Summary], metrics: tuple[str, ...],
                  for n in steps]
         if not all(n in summaries for n in names):
             continue
-        for stat in ("mean", "ci95"):
+        for stat in ("mean", "ci95") if all(summaries[n].has_ci for n in names) else ("mean",):
             out[keys.query(keys.TEST, m, "after_steps", stat)] = (
                 steps, [getattr(summaries[n], stat) for n in names])
     return out
@@ -101,27 +117,28 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
         log_model: bool = True) -> Report:
     """Summarise, log and plot the meta-test; return what was logged."""
     loss, main = algo.loss, algo.loss.main_metric
-    found = summaries(tested, keys.TEST)
+    units = units_of(tasks)
+    found = summaries(tested, keys.TEST, units)
     counts = {keys.diverged(keys.TEST, p): int(bad.sum()) for p, bad in tested.diverged.items()}
     per_task_series = per_task(tested)
     gain = None
     if baseline is not None:
-        found |= summaries(baseline, keys.SCRATCH)
+        found |= summaries(baseline, keys.SCRATCH, units)
         counts |= {keys.diverged(keys.SCRATCH, p): int(bad.sum())
                    for p, bad in baseline.diverged.items()}
         per_task_series |= per_task(baseline, keys.SCRATCH_TASK)
         a, b = tested.per_task[f"{main}_{keys.AFTER}"], baseline.per_task[f"{main}_{keys.AFTER}"]
         both = np.isfinite(a) & np.isfinite(b)
         if both.sum() >= 2:
-            gain = paired_gain(a[both], b[both])
+            gain = paired_unit_gain(a, b, units)
             if not loss.higher_is_better:
-                gain = Summary(-gain.mean, gain.std, gain.ci95, gain.n)
+                gain = Summary(-gain.mean, gain.std, gain.ci95, gain.n, gain.unit, gain.episodes)
             found[f"{keys.GAIN}query_{main}"] = gain
 
     note = _divergence_note(algo.name, tested, loss.metric_names[0])
     scratch_note = _divergence_note("scratch", baseline, loss.metric_names[0]) if baseline else None
     after_key = keys.query(keys.TEST, main)
-    no_gain = gain is not None and gain.low <= 0
+    no_gain = gain is not None and gain.has_ci and gain.low <= 0
     aggregates = aggregate_metrics(found) | counts
     if gain is not None:  # the headline columns: gain/query_acc and its interval
         aggregates[f"{keys.GAIN}query_{main}"] = gain.mean
@@ -138,7 +155,8 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
             steps = next(iter(curve.values()))[0]
             tracker.log_metrics({k: v for k, (_, v) in curve.items()}, steps=steps)
         notes = [n for n in (note, scratch_note) if n]
-        tags = {keys.NO_GAIN: "none" if no_gain else ("positive" if gain else "n/a")}
+        tags = {keys.NO_GAIN: "none" if no_gain else ("positive" if gain and gain.has_ci
+                                                      else "n/a"), keys.CI_UNIT: units.kind}
         tracker.set_tags(tags | ({keys.DIVERGED: "; ".join(notes)} if notes else {}))
 
     if note:
@@ -150,11 +168,25 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
         raise DivergenceError(f"meta-test diverged: {note or 'no test task has a finite score'}."
                               f" Lower the inner learning rate or the test-time inner steps.")
     after = found[after_key]
-    log.info("%s query %s after adaptation: %s (95%% CI, %d tasks%s)", algo.name, main, after,
-             after.n, f" of {tested.num_tasks}" if after.n != tested.num_tasks else "")
+    if tracker is not None:
+        tracker.log_metrics({keys.CI_UNITS: after.n, keys.TEST_EPISODES: after.episodes})
+        tracker.log_text(episodes.table(units, per_task_series).to_csv(index=False),
+                         keys.EPISODES_TABLE)
+    if not after.has_ci:
+        log.warning("The test split has one %s (%d episodes): no confidence interval is given "
+                    "(it would need 2 independent %ss).", units.kind, after.episodes, units.kind)
+    diverged_note = (f"; {tested.num_tasks - after.episodes} of {tested.num_tasks} episodes "
+                     f"diverged" if after.episodes != tested.num_tasks else "")
+    log.info("%s query %s after adaptation: %s%s", algo.name, main, after,
+             f" (95% CI over {after.over()}{diverged_note})" if after.has_ci else diverged_note)
+    if after.class_ci is not None:
+        log.info("%s query %s after adaptation, 95%% CI resampling the test classes (cluster "
+                 "bootstrap): [%.4f, %.4f]", algo.name, main, *after.class_ci)
     if baseline is not None:
         scratch = found.get(keys.query(keys.SCRATCH, main))
-        log.info("scratch query %s: %s; gain %s", main, scratch or "n/a", gain or "n/a")
+        log.info("scratch query %s: %s; gain %s%s", main, scratch or "n/a", gain or "n/a",
+                 f" (95% CI over {gain.over()}, paired per {units.kind})"
+                 if gain and gain.has_ci else "")
     if no_gain:
         log.warning("Meta-learning shows no gain: %s's gain over scratch on the same test tasks "
                     "is %s (95%% CI includes or is below 0).", algo.name, gain)

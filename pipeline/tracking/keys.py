@@ -43,6 +43,10 @@ RERUN_OF, RERUN_IDENTICAL = "rerun_of", "rerun_identical"
 #: Model selection (``meta_train.validate_every``): the meta-iteration whose weights were
 #: meta-tested (iterations done when they scored best) and the validation metric that chose it.
 SELECTED_ITERATION, SELECTION_METRIC = "selected_iteration", "selection_metric"
+#: The independent unit every test CI is over: ``task`` (episodes re-use a few source tasks,
+#: as in tables) or ``episode`` (every test episode is a fresh draw).
+CI_UNIT = "ci_unit"
+UNIT_TASK, UNIT_EPISODE = "task", "episode"
 PARENT_RUN = "mlflow.parentRunId"
 
 # --- sweeps -----------------------------------------------------------------------------------
@@ -96,6 +100,16 @@ ROLE_PAIRED = "paired_comparison"
 PAIRED_A, PAIRED_B, PAIRED_METRIC = "paired_a", "paired_b", "paired_metric"
 REGISTERED_FROM = "registered_from_run"
 
+#: Seed-level verdict of a paired comparison of seed groups: each seed's mean paired difference
+#: over its units, then across seeds (t-interval, paired t-test = SciPy's ``ttest_rel`` over the
+#: per-seed means), a two-level bootstrap CI (seeds, then units within seeds) and rliable's
+#: probability of improvement.
+PAIRED_SEED_DIFF_MEAN, PAIRED_SEED_DIFF_CI95 = "paired/seed_diff_mean", "paired/seed_diff_ci95"
+PAIRED_SEED_T_PVALUE, PAIRED_SEEDS = "paired/seed_t_pvalue", "paired/seeds"
+PAIRED_BOOT_LOW, PAIRED_BOOT_HIGH = "paired/bootstrap_ci_low", "paired/bootstrap_ci_high"
+PAIRED_PROB_IMPROVEMENT = "paired/prob_improvement"
+PAIRED_UNITS = "paired/n_units"
+
 # --- experiments --------------------------------------------------------------------------------
 #: MLflow 3 opens an experiment without this tag in its GenAI (traces) view; with it, in the
 #: model-training runs table.
@@ -122,6 +136,13 @@ UNREPRODUCIBLE_SCOPES = (TIME,)
 #: Phases of a test task's query metrics.
 BEFORE, AFTER = "before", "after"
 STATS = ("mean", "std", "ci95")
+#: How many independent units the test CIs are over, and how many episodes they hold.
+CI_UNITS, TEST_EPISODES = "test/ci_units", "test/episodes"
+#: Suffixes of a 95% interval that resamples something else than the unit: by class (image
+#: families: a cluster bootstrap over the test classes), and a group's two-level bootstrap over
+#: seeds, then units within seeds (``seeds/test/query_acc_after_mean_boot_low``).
+CLASS_CI_LOW, CLASS_CI_HIGH = "class_ci_low", "class_ci_high"
+BOOT_LOW, BOOT_HIGH = "boot_low", "boot_high"
 
 
 N_SEEDS = "seeds/n_seeds"
@@ -173,6 +194,10 @@ SEEDS_PLOT = "seeds/seeds.png"
 SEEDS_TABLE = "seeds/seeds.csv"
 PAIRED_TABLE = "paired/per_task_differences.csv"
 PAIRED_PLOT = "paired/per_task_differences.png"
+#: One row per test episode: its index, source task, classes drawn and every per-episode metric.
+EPISODES_TABLE = "results/test_episodes.csv"
+#: The tasks (or classes, image families) of each split by name.
+SPLITS_FILE = "data/splits.json"
 #: In a run's output folder: records a tracking store refused, kept for import.
 FALLBACK_FILE = "mlflow_fallback.jsonl"
 #: Tag and param values longer than MLflow takes are cut there; the whole value is kept in this

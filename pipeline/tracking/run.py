@@ -377,6 +377,12 @@ class Tracker:
         figure.savefig(path, dpi=110)
         self.log_artifact(path, str(Path(artifact_file).parent))
 
+    def log_text(self, text: str, artifact_file: str) -> None:
+        """Write ``text`` (a CSV table, say) in the run's output folder, then upload it."""
+        path = self._local(artifact_file)
+        path.write_text(text)
+        self.log_artifact(path, str(Path(artifact_file).parent))
+
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         path = self._local(artifact_file)
         path.write_text(json.dumps(dict(data), indent=2, sort_keys=True, default=str))
