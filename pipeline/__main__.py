@@ -22,16 +22,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from hydra_plugins.pipeline_launcher import install_hooks
-from pipeline import process
+from pipeline import PROJECT_ROOT, process
 from pipeline.config import Config, register_configs, validate
-from pipeline.errors import ConfigError, PipelineError, Refusal
+from pipeline.errors import IN_CONFIG, ConfigError, PipelineError, Refusal
 
 register_configs()
 # The project's launcher reaches the sweep through these hooks only (imported at its set-up).
 install_hooks("pipeline.sweep.workers:SweepHooks")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+# An absolute folder: Hydra reads a relative one as a package when the console script runs it.
+@hydra.main(version_base="1.3", config_path=str(PROJECT_ROOT / "conf"), config_name="config")
 def main(cfg: DictConfig) -> float:
     from pipeline.run import lifecycle
 
@@ -47,7 +48,7 @@ def _admitted(cfg: DictConfig) -> Config:
     try:
         config = validate(cfg)
     except PipelineError as e:
-        raise Refusal(e, process.IN_CONFIG) from None
+        raise Refusal(e, IN_CONFIG) from None
     from pipeline.run import preflight
 
     try:
@@ -56,7 +57,7 @@ def _admitted(cfg: DictConfig) -> Config:
         raise Refusal(e, process.CANNOT_START) from None
     if config.sweep.resume and HydraConfig.get().mode != RunMode.MULTIRUN:
         raise Refusal(ConfigError(f"sweep.resume={config.sweep.resume} applies to sweeps only: "
-                                  f"add -m and the sweep's overrides."), process.IN_CONFIG)
+                                  f"add -m and the sweep's overrides."), IN_CONFIG)
     return config
 
 

@@ -42,6 +42,10 @@ INTERRUPTED = ("Interrupted: the run is marked KILLED in MLflow; its checkpoint 
                "continues it.")
 
 
+#: What a refused config's line starts with.
+IN_CONFIG = "Error in config"
+
+
 class Refusal(SystemExit):
     """``error`` refused the command before it started: on its way to the command's edge
     (:func:`pipeline.process.report`), which says ``heading: error`` in one line and exits with
@@ -49,7 +53,7 @@ class Refusal(SystemExit):
     ``Exception`` on the way (Hydra's callbacks warn and go on; its job runner and reporter
     print tracebacks)."""
 
-    def __init__(self, error: BaseException, heading: str = "Error in config"):
+    def __init__(self, error: BaseException, heading: str = IN_CONFIG):
         super().__init__(2)
         self.error, self.heading = error, heading
 

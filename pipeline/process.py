@@ -28,8 +28,8 @@ exit_code = 1
 
 #: Exit statuses (README, "Exit status").
 DONE, FAILED, REFUSED = 0, 1, 2
-#: What the line says before the error's message, by where the error stopped the command.
-IN_CONFIG = "Error in config"
+#: What the line says before the error's message, by where the error stopped the command
+#: (and :data:`~pipeline.errors.IN_CONFIG`).
 CANNOT_START = "Cannot start"
 RUN_FAILED = "Run failed (marked FAILED in MLflow)"
 NOT_RECORDED = "Run not recorded in full"

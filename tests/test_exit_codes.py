@@ -104,9 +104,10 @@ def test_compare_refuses_an_unwritable_csv_in_one_line(world, capsys):
 
 
 
-def test_every_console_command_is_an_installed_entry_point_of_a_real_callable():
+def test_every_console_command_is_an_installed_entry_point_of_a_real_callable(tmp_path):
     """``[project.scripts]`` is where the commands come from: each is installed as a console
-    script (a file next to this interpreter) naming the same function, which exists."""
+    script (a file next to this interpreter) naming the same function, which exists; the
+    ``pipeline`` command finds its configs from any folder."""
     import tomllib
     from importlib.metadata import entry_points
 
@@ -118,6 +119,11 @@ def test_every_console_command_is_an_installed_entry_point_of_a_real_callable():
         assert name in installed and installed[name].value == target, (name, target)
         assert (Path(sys.executable).parent / name).is_file(), name
         assert callable(installed[name].load()), target
+    out = subprocess.run([str(Path(sys.executable).parent / "pipeline"), "data.k_shot=0",
+                          *store_overrides(tmp_path)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("Error in config: data.k_shot=0"), \
+        out.stderr[-2000:]
 
 
 def test_one_table_gives_each_ending_its_line_and_status():

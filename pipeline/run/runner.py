@@ -184,6 +184,26 @@ def _validation(cfg: Config, tasks: TaskSet,
     return Validation(tasks.val, every, cfg.meta_test.task_batch_size, on_score)
 
 
+def _check_tasks(cfg: Config, tasks: TaskSet, tracker: Tracker | None, checked: bool) -> None:
+    """What only the generated tasks tell: the images' own size (``data.image_size=null``;
+    a configured size was validated already) and the memory estimate with the data's bytes,
+    logged to ``tracker``. Refused here only where the preflight could not check it (``checked``:
+    it did, for the shape the config gives)."""
+    configured = memory.input_shape(cfg)  # None: data.image_size=null, known only now
+    if cfg.model.image_model and configured is None:  # a configured size is validated already
+        side = min(tasks.input_shape[:2])
+        check_image_size(cfg.model, side, f"The images' size ({tasks.input_shape[1]}x"
+                                          f"{tasks.input_shape[0]}, data.image_size=null)")
+    # The preflight refused a step that cannot fit already, for the shape the config gives.
+    estimate = (memory.estimate if checked and configured == tuple(tasks.input_shape)
+                else memory.check)(cfg, tasks.input_shape, tasks.nbytes)
+    if estimate is not None:
+        log.info("memory estimate: %.2f GiB (step %.2f GiB, data %.2f GiB)", estimate.gib,
+                 estimate.step / memory.GIB, estimate.data / memory.GIB)
+        if tracker is not None:
+            tracker.log_metrics({keys.MEMORY_ESTIMATE: estimate.gib})
+
+
 def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None,
             on_validation: Callable[[int, dict[str, float]], None] | None = None,
             checked: bool = False) -> RunResult:
@@ -196,19 +216,8 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None,
                         f"{resume.data_fingerprint[:12]}…, the data now has "
                         f"{tasks.fingerprint[:12]}… ({tasks.path}). The data file or its config "
                         f"changed.")
-    configured = memory.input_shape(cfg)  # None: data.image_size=null, known only now
-    if cfg.model.image_model and configured is None:  # a configured size is validated already
-        side = min(tasks.input_shape[:2])
-        check_image_size(cfg.model, side, f"The images' size ({tasks.input_shape[1]}x"
-                                          f"{tasks.input_shape[0]}, data.image_size=null)")
-    # The preflight refused a step that cannot fit already, for the shape the config gives.
-    estimate = (memory.estimate if checked and configured == tuple(tasks.input_shape)
-                else memory.check)(cfg, tasks.input_shape, tasks.nbytes)
-    if estimate is not None:
-        log.info("memory estimate: %.2f GiB (step %.2f GiB, data %.2f GiB)", estimate.gib,
-                 estimate.step / memory.GIB, estimate.data / memory.GIB)
-        if tracker is not None and resume is None:  # a resumed run has it already
-            tracker.log_metrics({keys.MEMORY_ESTIMATE: estimate.gib})
+    _check_tasks(cfg, tasks, tracker if resume is None else None,  # a resumed run has it
+                 checked)
     algo = build(cfg, tasks)
     trained = meta_train.run(algo, tasks.train, cfg.meta_train, cfg.seed,
                              Path(cfg.paths.output_dir), tracker,
