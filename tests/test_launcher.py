@@ -128,14 +128,17 @@ def test_the_plugin_imports_nothing_of_the_application():
                 (path.name, names)
 
 
-def test_the_sweep_and_both_backends_fill_the_launchers_protocols():
+def test_the_sweep_and_both_backends_fill_the_launchers_protocols(tmp_path):
     from hydra_plugins.pipeline_launcher import LauncherHooks
     from hydra_plugins.pipeline_launcher._core import WORKER_SPAN, WorkerBackend
     from hydra_plugins.pipeline_launcher._loky import LokyBackend
     from pipeline.search.occupancy import SPAN_ATTR
-    from pipeline.sweep.workers import SweepHooks
+    from pipeline.sweep.workers import STOP_FILE, SweepHooks
 
-    assert isinstance(SweepHooks(), LauncherHooks)
+    hooks = SweepHooks()
+    assert isinstance(hooks, LauncherHooks) and not hooks.is_stopping(tmp_path)
+    (tmp_path / STOP_FILE).write_text("15")  # what a stopped sweep's callback leaves
+    assert hooks.is_stopping(tmp_path)
     assert WORKER_SPAN == SPAN_ATTR  # what the search reads is what the workers write
     members = [m for m in [*vars(WorkerBackend), *WorkerBackend.__annotations__]
                if not m.startswith("_")]

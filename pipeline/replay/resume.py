@@ -68,18 +68,19 @@ def resume(run_id: str, uri: str, out=print) -> str:
 def continue_run(cfg: Config, raw: DictConfig, uri: str, run: RunRecord,
                  overrides: list[str] | None = None,
                  on_validation: Callable[[int, dict[str, float]], None] | None = None,
-                 say: Callable[[str], object] = print) -> RunResult:
+                 say: Callable[[str], object] = print, checked: bool = False) -> RunResult:
     """Continue the KILLED (or FAILED) run ``run`` in place from its logged checkpoint, with
     ``cfg`` (checked by the caller against the run's logged config): the same MLflow run ends
     FINISHED, bit-identical to an uninterrupted run. This command's and a resumed sweep's jobs'
-    (:mod:`pipeline.run.lifecycle`) one way to do it."""
+    (:mod:`pipeline.run.lifecycle`) one way to do it. ``checked``: as
+    :func:`pipeline.run.runner.execute`'s (a sweep's job had its preflight)."""
     ckpt = checkpoint_of(uri, run.run_id)
     say(f"resuming run {run.run_id} at meta-iteration {ckpt.progress.iteration}")
 
     runtime_env.import_tensorflow()
     from pipeline.run.runner import Resume, execute
 
-    return execute(cfg, raw, overrides, on_validation=on_validation,
+    return execute(cfg, raw, overrides, on_validation=on_validation, checked=checked,
                    resume=Resume(run.run_id, ckpt, run.tags.get(keys.DATA_FINGERPRINT, "")))
 
 

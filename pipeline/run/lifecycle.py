@@ -107,7 +107,8 @@ class Job:
                               f"changed since; start a new sweep.")
         return resume.continue_run(self.config, self.raw, self.context.uri, previous,
                                    on_validation=on_validation,
-                                   say=lambda line: log.info("Job %d: %s", num, line))
+                                   say=lambda line: log.info("Job %d: %s", num, line),
+                                   checked=True)
 
     @staticmethod
     def value(value: float, higher_is_better: bool, uri: str, run_id: str | None) -> float:
