@@ -20,7 +20,7 @@ import time
 
 from bench.common import OMNIGLOT_ROOT, machine, raw_config
 from pipeline.config import validate
-from pipeline.errors import stop_on_sigterm
+from pipeline.process import stop_on_sigterm
 from pipeline.run.runner import execute
 
 #: name -> (preset, published accuracy %)

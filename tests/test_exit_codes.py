@@ -102,3 +102,43 @@ def test_compare_refuses_an_unwritable_csv_in_one_line(world, capsys):
     err = capsys.readouterr().err
     assert err.startswith("Refused: cannot write --csv /proc/x.csv") and err.count("\n") == 1
 
+
+
+def test_every_console_command_is_an_installed_entry_point_of_a_real_callable(tmp_path):
+    """``[project.scripts]`` is where the commands come from: each is installed as a console
+    script (a file next to this interpreter) naming the same function, which exists; the
+    ``pipeline`` command finds its configs from any folder."""
+    import tomllib
+    from importlib.metadata import entry_points
+
+    scripts = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert {"pipeline", "pipeline-compare", "pipeline-rerun", "pipeline-resume",
+            "pipeline-tracking"} <= set(scripts)
+    installed = {e.name: e for e in entry_points(group="console_scripts")}
+    for name, target in scripts.items():
+        assert name in installed and installed[name].value == target, (name, target)
+        assert (Path(sys.executable).parent / name).is_file(), name
+        assert callable(installed[name].load()), target
+    out = subprocess.run([str(Path(sys.executable).parent / "pipeline"), "data.k_shot=0",
+                          *store_overrides(tmp_path)], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 2 and out.stderr.startswith("Error in config: data.k_shot=0"), \
+        out.stderr[-2000:]
+
+
+def test_one_table_gives_each_ending_its_line_and_status():
+    """Refusals are exceptions on their way to one table (:func:`pipeline.process.outcome`)."""
+    from pipeline import process
+    from pipeline.errors import ConfigError, Refusal, TrackingError
+    from pipeline.tracking.run import Undelivered
+
+    bad = ConfigError("data.k_shot=0 must be >= 1")
+    assert process.outcome(Refusal(bad)) == ("Error in config: data.k_shot=0 must be >= 1", 2)
+    assert process.outcome(Refusal(TrackingError("down"), process.CANNOT_START)) == (
+        "Cannot start: down", 2)
+    assert process.outcome(bad) == (f"{process.RUN_FAILED}: {bad}", 1)
+    assert process.outcome(Undelivered("3 records wait")) == (
+        f"{process.NOT_RECORDED}: 3 records wait", 1)
+    assert process.outcome(KeyError("x"), "Rerun failed") == ("Rerun failed: KeyError: 'x'", 1)
+    line, status = process.outcome(KeyboardInterrupt())
+    assert status == 128 + (process.stopped_by or 2) and line.startswith("Interrupted")

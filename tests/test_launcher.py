@@ -115,6 +115,71 @@ def test_an_unknown_backend_is_refused_in_one_line(capsys):
     assert "hydra.launcher.backend=dask" in line and "loky or ray" in line
 
 
+def test_the_plugin_imports_nothing_of_the_application():
+    """The launcher reaches the pipeline only through the hooks the pipeline installs."""
+    import ast
+
+    plugin = PROJECT_ROOT / "hydra_plugins" / "pipeline_launcher"
+    for path in plugin.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not [n for n in names if n.split(".")[0] in ("pipeline", "tests")], \
+                (path.name, names)
+
+
+def test_the_sweep_and_both_backends_fill_the_launchers_protocols(tmp_path):
+    from hydra_plugins.pipeline_launcher import LauncherHooks
+    from hydra_plugins.pipeline_launcher._core import WORKER_SPAN, WorkerBackend
+    from hydra_plugins.pipeline_launcher._loky import LokyBackend
+    from pipeline.search.occupancy import SPAN_ATTR
+    from pipeline.sweep.workers import STOP_FILE, SweepHooks
+
+    hooks = SweepHooks()
+    assert isinstance(hooks, LauncherHooks) and not hooks.is_stopping(tmp_path)
+    (tmp_path / STOP_FILE).write_text("15")  # what a stopped sweep's callback leaves
+    assert hooks.is_stopping(tmp_path)
+    assert WORKER_SPAN == SPAN_ATTR  # what the search reads is what the workers write
+    members = [m for m in [*vars(WorkerBackend), *WorkerBackend.__annotations__]
+               if not m.startswith("_")]
+    backends = [LokyBackend]
+    with contextlib.suppress(ImportError):
+        from hydra_plugins.pipeline_launcher._ray import RayBackend
+
+        backends.append(RayBackend)
+    for backend in backends:
+        assert all(hasattr(backend, m) for m in members), (backend, members)
+
+
+def test_a_failed_job_ends_a_basic_sweep_quietly_after_the_one_line_summary(caplog):
+    """Hydra's basic sweeper reads each result's ``return_value``: a failed one exits 1 without
+    Hydra's "Error executing job with overrides" block; a stop still raises as a stop."""
+    from concurrent.futures import Future
+
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hydra_plugins.pipeline_launcher._core import SweepFailed, Workers
+
+    def done(status, value) -> Future:
+        ret = JobReturn(overrides=["seed=0"], status=status)
+        ret._return_value = value
+        future: Future = Future()
+        future.set_result(ret)
+        return future
+
+    workers = Workers(None, 1, init_args=tuple, failed=None, sweep_dir=lambda: None)
+    ok, failed, stopped = workers.wait_all(
+        [done(JobStatus.COMPLETED, 0.5), done(JobStatus.FAILED, ValueError("bad\nmore")),
+         done(JobStatus.FAILED, KeyboardInterrupt("stopping"))], [4, 5, 6])
+    assert ok.return_value == 0.5
+    with pytest.raises(SweepFailed) as stop:
+        _ = failed.return_value
+    assert stop.value.code == 1 and stop.value.job_idx == 5
+    with pytest.raises(KeyboardInterrupt):
+        _ = stopped.return_value
+    assert "1 of 3 jobs failed (job 5: ValueError: bad); 1 jobs completed." in caplog.text
+
+
 # --- real sweeps (slow: several TensorFlow processes) ------------------------------------------
 
 #: Jobs 0 and 1 train long enough to be killed; 2 and 3 are short.

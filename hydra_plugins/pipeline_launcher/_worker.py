@@ -1,13 +1,13 @@
-"""Inside a worker process: set up once (the sweep's Hydra context, TensorFlow imported, a
-watchdog on the launcher), then run job after job, each from a clean per-job state.
+"""Inside a worker process: set up once (the sweep's Hydra context, the application's own set-up,
+a watchdog on the launcher), then run job after job, each from a clean per-job state.
 
 A worker is a long-lived process (a loky worker, or a Ray actor) that runs many jobs, so
 whatever a job leaves behind in the process must not reach the next one: the working directory,
 environment variables, Hydra's job state and logging (set again by ``run_job``), the MLflow
 run still active after a job that died half-way, the signal a job noted, TensorFlow's seeds
-(every run seeds them again). Only the built algorithms are kept on purpose
-(:mod:`pipeline.run.warm`): a later job of the same graph reuses their compiled steps, with this
-job's state in them.
+(every run seeds them again). What is the application's to set up or put back (its imports,
+its per-job state, what it keeps warm on purpose) it does in its hooks (:mod:`._hooks`:
+``worker_started``, ``job_starting``), the one seam through which a worker reaches it.
 """
 
 
@@ -28,6 +28,9 @@ from hydra.core.utils import JobReturn, JobStatus, run_job, setup_globals
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict
 
+from hydra_plugins.pipeline_launcher._core import WORKER_SPAN
+from hydra_plugins.pipeline_launcher._hooks import LauncherHooks, NoHooks
+
 #: How often the watchdog looks for the launcher, and how long a job stopped because the
 #: launcher is gone gets to mark its run KILLED (with a checkpoint) before the worker exits.
 WATCH_S, GRACE_S = 0.5, 5.0
@@ -41,6 +44,7 @@ class _Sweep:
     singleton_state: dict[Any, Any]
     cwd: str
     environ: dict[str, str]
+    hooks: LauncherHooks
 
 
 _sweep: _Sweep | None = None
@@ -48,30 +52,23 @@ _running = threading.Event()
 
 
 def init(launcher_pid: int | None, hydra_context: HydraContext, config: DictConfig,
-         task_function: TaskFunction, singleton_state: dict[Any, Any], warm: bool) -> None:
+         task_function: TaskFunction, singleton_state: dict[Any, Any], warm: bool,
+         hooks: LauncherHooks | None = None) -> None:
     """A worker's set-up (loky's initializer, a Ray actor's constructor): keep the sweep's
     context, start the watchdog on the launching process ``launcher_pid`` (None: a Ray actor,
-    which Ray ends with its driver), import TensorFlow and the pipeline (imports only: thread
-    settings apply at the first op, in the first job)."""
+    which Ray ends with its driver), and let the application set the worker up (its imports:
+    ``hooks.worker_started``)."""
     global _sweep
     if launcher_pid is not None:
         threading.Thread(target=_watch, args=(launcher_pid,), daemon=True,
                          name="launcher-watchdog").start()
-    from pipeline.run import runtime_env
-    from pipeline.run import warm as warm_cache
-
-    runtime_env.import_tensorflow()
-    import pipeline.run.runner  # noqa: F401  (TensorFlow, Keras, the stages: once per worker)
-    from pipeline.tracking import store
-
-    store.preload()
+    hooks = hooks or NoHooks()
+    hooks.worker_started(warm)
     # What the imports built lives as long as the worker: out of the collector's scans, so a
     # collection (loky runs one between jobs, on the next job's path) walks only a job's objects.
     gc.freeze()
-
-    warm_cache.enable(warm)
     _sweep = _Sweep(hydra_context, config, task_function, singleton_state, os.getcwd(),
-                    dict(os.environ))
+                    dict(os.environ), hooks)
 
 
 def ready() -> int:
@@ -95,17 +92,15 @@ def _watch(launcher_pid: int) -> None:
     os._exit(1)
 
 
-def _fresh_state() -> None:
+def _fresh_state(assigned_at: float) -> None:
     """What one job may have changed in this process, put back before the next."""
     assert _sweep is not None
-    from pipeline.sweep import workers
-
     with contextlib.suppress(OSError):
         os.chdir(_sweep.cwd)
     for name in set(os.environ) - set(_sweep.environ):
         del os.environ[name]
     os.environ.update(_sweep.environ)
-    workers.fresh_job_state()
+    _sweep.hooks.job_starting(assigned_at)
     setup_globals()
     Singleton.set_state(_sweep.singleton_state)
 
@@ -128,14 +123,10 @@ def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) ->
     launcher while this worker was busy; else composed here); a job that raises is a FAILED
     return whose exception survives pickling back to the launcher."""
     assert _sweep is not None
-    from pipeline.run import warm
-    from pipeline.search.occupancy import SPAN_ATTR
-
     started = time.time()
     _running.set()
     try:
-        _fresh_state()
-        warm.new_job(time.time())
+        _fresh_state(time.time())
         if config is None:
             config = job_config(_sweep.hydra_context, _sweep.config, idx, overrides)
         HydraConfig.instance().set_config(config)
@@ -146,7 +137,7 @@ def run(idx: int, overrides: Sequence[str], config: DictConfig | None = None) ->
         _running.clear()
     if ret.status == JobStatus.FAILED:
         ret.return_value = _picklable(ret._return_value)
-    setattr(ret, SPAN_ATTR, (started, time.time()))  # a search's worker utilisation
+    setattr(ret, WORKER_SPAN, (started, time.time()))  # a search's worker utilisation
     return ret
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from pipeline import errors
+from pipeline import errors, process
 from pipeline.config import Config, compose, validate
 from pipeline.run import provenance
 from pipeline.tracking import keys, store
@@ -25,19 +24,29 @@ class Refused(Exception):
 
 def report_failure(error: Exception | KeyboardInterrupt, refused: str, failed: str) -> int:
     """Say in one line why a resume or a rerun did not end, and return its exit status
-    (docs/reliability.md, "Exit statuses"): 2 refused (``refused`` says what) or no such run,
-    130 / 143 stopped by Ctrl-C / SIGTERM (its run KILLED with a checkpoint), 1 the store or
-    the run itself failed (``failed`` says what)."""
+    (docs/reliability.md, "Exit statuses"; :func:`pipeline.process.outcome`): 2 refused (``refused``
+    says what) or no such run, 130 / 143 stopped by Ctrl-C / SIGTERM (its run KILLED with a
+    checkpoint), 1 the store or the run itself failed (``failed`` says what)."""
     if isinstance(error, Refused):
-        line, status = f"Refused: {refused}: {error}", 2
+        error = errors.Refusal(error, f"Refused: {refused}")
     elif isinstance(error, store.RunNotFound):
-        line, status = f"Refused: {error}", 2
-    elif isinstance(error, KeyboardInterrupt):
-        line, status = errors.INTERRUPTED, errors.interrupted_status()
-    else:
-        line, status = f"{failed}: {type(error).__name__}: {keys.plain_text(str(error))}", 1
-    print(line, file=sys.stderr)
-    return status
+        error = errors.Refusal(error, "Refused")
+    elif not isinstance(error, KeyboardInterrupt):  # named, with any store password masked
+        error = errors.PipelineError(f"{type(error).__name__}: {keys.plain_text(str(error))}")
+    return process.report(error, failed)
+
+
+def logged_config(uri: str, run_id: str) -> dict | None:
+    """The run's logged resolved config (None: the run has no such artifact)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        logged_file = store.download_artifacts(uri, run_id, keys.CONFIG_FILE, Path(tmp))
+        return json.loads(logged_file.read_text()) if logged_file is not None else None
+
+
+def drift(uri: str, run_id: str, now: dict) -> list[str]:
+    """Keys of the config ``now`` whose value differs from run ``run_id``'s logged one (every
+    key, for a run that logged none)."""
+    return config_drift(logged_config(uri, run_id) or {}, now)
 
 
 def config_drift(logged: dict, recomposed: dict) -> list[str]:
@@ -110,15 +119,13 @@ def recompose(uri: str, original: RunRecord,
                       f"this pipeline.")
     overrides = logged_overrides(uri, original)
     raw = compose([*overrides, f"tracking.uri={uri}", f"paths.output_dir={out_dir}"])
-    with tempfile.TemporaryDirectory() as tmp:
-        logged_file = store.download_artifacts(uri, run_id, keys.CONFIG_FILE, Path(tmp))
-        if logged_file is None:
-            raise Refused(f"run {run_id} has no {keys.CONFIG_FILE} artifact.")
-        logged = json.loads(logged_file.read_text())
-    drift = config_drift(logged, OmegaConf.to_container(raw, resolve=True))
-    if drift:
+    logged = logged_config(uri, run_id)
+    if logged is None:
+        raise Refused(f"run {run_id} has no {keys.CONFIG_FILE} artifact.")
+    differs = config_drift(logged, OmegaConf.to_container(raw, resolve=True))
+    if differs:
         raise Refused("the overrides no longer compose to the logged config (the config files "
-                      "changed since):\n  " + "\n  ".join(drift))
+                      "changed since):\n  " + "\n  ".join(differs))
     try:
         cfg = validate(raw)
     except errors.PipelineError as e:

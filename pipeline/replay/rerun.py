@@ -23,7 +23,7 @@ from datetime import datetime
 
 from omegaconf import OmegaConf
 
-from pipeline import PROJECT_ROOT, errors
+from pipeline import PROJECT_ROOT, process
 from pipeline.config import default_tracking_uri
 from pipeline.replay.logged import Refused, code_differences, recompose, report_failure, verify_data
 from pipeline.run import runtime_env
@@ -124,5 +124,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The console command: exit with :func:`main`'s status."""
-    errors.stop_on_sigterm()  # SIGTERM stops the run as Ctrl-C does: KILLED, with a checkpoint
+    process.stop_on_sigterm()  # SIGTERM stops the run as Ctrl-C does: KILLED, with a checkpoint
     sys.exit(main())

@@ -17,14 +17,22 @@ import argparse
 import logging
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline import PROJECT_ROOT, errors
-from pipeline.config import default_tracking_uri
+from omegaconf import DictConfig
+
+from pipeline import PROJECT_ROOT, process
+from pipeline.config import Config, default_tracking_uri
 from pipeline.replay.logged import Refused, code_differences, recompose, report_failure
 from pipeline.run import checkpoint, runtime_env
 from pipeline.tracking import keys, store
+from pipeline.tracking.store import RunRecord
+
+if TYPE_CHECKING:
+    from pipeline.run.runner import RunResult
 
 RESUMABLE = (keys.KILLED, keys.FAILED)
 
@@ -53,15 +61,27 @@ def resume(run_id: str, uri: str, out=print) -> str:
     raw, cfg, overrides = recompose(uri, original, out_dir)
     for warning in code_differences(original.tags):
         out(f"warning: {warning}")
-    ckpt = checkpoint_of(uri, run_id)
-    out(f"resuming run {run_id} at meta-iteration {ckpt.progress.iteration}")
+    continue_run(cfg, raw, uri, original, overrides, say=out)
+    return store.get_run(uri, run_id).status
+
+
+def continue_run(cfg: Config, raw: DictConfig, uri: str, run: RunRecord,
+                 overrides: list[str] | None = None,
+                 on_validation: Callable[[int, dict[str, float]], None] | None = None,
+                 say: Callable[[str], object] = print, checked: bool = False) -> RunResult:
+    """Continue the KILLED (or FAILED) run ``run`` in place from its logged checkpoint, with
+    ``cfg`` (checked by the caller against the run's logged config): the same MLflow run ends
+    FINISHED, bit-identical to an uninterrupted run. This command's and a resumed sweep's jobs'
+    (:mod:`pipeline.run.lifecycle`) one way to do it. ``checked``: as
+    :func:`pipeline.run.runner.execute`'s (a sweep's job had its preflight)."""
+    ckpt = checkpoint_of(uri, run.run_id)
+    say(f"resuming run {run.run_id} at meta-iteration {ckpt.progress.iteration}")
 
     runtime_env.import_tensorflow()
     from pipeline.run.runner import Resume, execute
 
-    execute(cfg, raw, overrides,
-            resume=Resume(run_id, ckpt, original.tags.get(keys.DATA_FINGERPRINT, "")))
-    return store.get_run(uri, run_id).status
+    return execute(cfg, raw, overrides, on_validation=on_validation, checked=checked,
+                   resume=Resume(run.run_id, ckpt, run.tags.get(keys.DATA_FINGERPRINT, "")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,5 +105,5 @@ def main(argv: list[str] | None = None) -> int:
 
 def cli() -> None:
     """The console command: exit with :func:`main`'s status."""
-    errors.stop_on_sigterm()  # SIGTERM stops the run as Ctrl-C does: KILLED, with a checkpoint
+    process.stop_on_sigterm()  # SIGTERM stops the run as Ctrl-C does: KILLED, with a checkpoint
     sys.exit(main())

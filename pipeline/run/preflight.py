@@ -2,7 +2,9 @@
 be creatable, a tracking store that must answer and take writes, source files that must be
 there (Omniglot's zips; an image collection's layout, splits and class sizes), memory enough
 for the run's largest step (:mod:`pipeline.run.memory`). Each failure is
-one line naming the key and what to do (exit status 2 at the CLI).
+one line naming the key and what to do (exit status 2 at the CLI). Each check is made once: the
+run that follows (:func:`pipeline.run.runner.execute` with ``checked=True``) does not repeat the
+store's or the memory's (the images' size a config fixes is :mod:`pipeline.config.validate`'s).
 
 :class:`OutputDirCheck` (``hydra.callbacks.preflight`` in ``conf/config.yaml``) checks Hydra's
 own run and sweep folders, which Hydra creates before the pipeline's code runs.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,10 @@ from pipeline.config import (
     TabularDataConfig,
     TrackingConfig,
 )
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, Refusal
+from pipeline.process import CANNOT_START
 from pipeline.run import memory
 from pipeline.tracking import store
-
-#: Printed before a preflight failure at the CLI.
-REFUSED = "Cannot start"
 
 
 def check_folder(key: str, value: str) -> None:
@@ -100,8 +99,7 @@ class OutputDirCheck(Callback):
         try:
             check_folder(key, str(value))
         except PipelineError as e:
-            print(f"{REFUSED}: {e}", file=sys.stderr)
-            sys.exit(2)
+            raise Refusal(e, CANNOT_START) from None
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check("hydra.run.dir", config.hydra.run.dir)

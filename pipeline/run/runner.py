@@ -131,19 +131,21 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
             hydra_dir: Path | None = None, track: bool = True, run_name: str | None = None,
             extra_tags: dict[str, str] | None = None,
             resume: Resume | None = None,
-            on_validation: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
+            on_validation: Callable[[int, dict[str, float]], None] | None = None,
+            checked: bool = False) -> RunResult:
     """Run every stage; log ``raw`` (the composed config) as params, ``hydra_dir`` as files.
 
     ``run_name`` replaces ``tracking.run_name`` (default: :func:`default_run_name`);
     ``extra_tags`` (a sweep's parent run, a rerun's origin) are set when the run starts.
     ``resume`` continues an interrupted run in place from its checkpoint (its params and config
     files are already logged). ``on_validation`` gets each validation's ``val/`` values (a
-    search's trial reports them to its pruner).
+    search's trial reports them to its pruner). ``checked``: :func:`pipeline.run.preflight.check`
+    passed for ``cfg`` just before (its store and memory checks are not made again).
     """
     runtime.setup(cfg.runtime, cfg.seed)
     if not track:
-        return _stages(cfg, None, resume, on_validation)
-    tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir))
+        return _stages(cfg, None, resume, on_validation, checked)
+    tracker = Tracker(cfg.tracking, Path(cfg.paths.output_dir), store_checked=checked)
     tags = {**run_tags(cfg, overrides), **(extra_tags or {})}
     if resume is not None:
         tags = {keys.RESUMED_AT: resume.checkpoint.progress.iteration}
@@ -158,7 +160,7 @@ def execute(cfg: Config, raw: DictConfig | None = None, overrides: list[str] | N
                 tracker.log_dict(container, keys.CONFIG_FILE)
             if hydra_dir is not None and Path(hydra_dir).is_dir():
                 tracker.log_artifacts(Path(hydra_dir), keys.HYDRA_DIR)
-        result = _stages(cfg, tracker, resume, on_validation)
+        result = _stages(cfg, tracker, resume, on_validation, checked)
         result.run_id = tracker.run_id
         result.timings["tracking_s"] = tracker.seconds
         log.info("MLflow run %s (%.2f s waiting on tracking calls)", tracker.run_id,
@@ -182,8 +184,29 @@ def _validation(cfg: Config, tasks: TaskSet,
     return Validation(tasks.val, every, cfg.meta_test.task_batch_size, on_score)
 
 
+def _check_tasks(cfg: Config, tasks: TaskSet, tracker: Tracker | None, checked: bool) -> None:
+    """What only the generated tasks tell: the images' own size (``data.image_size=null``;
+    a configured size was validated already) and the memory estimate with the data's bytes,
+    logged to ``tracker``. Refused here only where the preflight could not check it (``checked``:
+    it did, for the shape the config gives)."""
+    configured = memory.input_shape(cfg)  # None: data.image_size=null, known only now
+    if cfg.model.image_model and configured is None:  # a configured size is validated already
+        side = min(tasks.input_shape[:2])
+        check_image_size(cfg.model, side, f"The images' size ({tasks.input_shape[1]}x"
+                                          f"{tasks.input_shape[0]}, data.image_size=null)")
+    # The preflight refused a step that cannot fit already, for the shape the config gives.
+    estimate = (memory.estimate if checked and configured == tuple(tasks.input_shape)
+                else memory.check)(cfg, tasks.input_shape, tasks.nbytes)
+    if estimate is not None:
+        log.info("memory estimate: %.2f GiB (step %.2f GiB, data %.2f GiB)", estimate.gib,
+                 estimate.step / memory.GIB, estimate.data / memory.GIB)
+        if tracker is not None:
+            tracker.log_metrics({keys.MEMORY_ESTIMATE: estimate.gib})
+
+
 def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None,
-            on_validation: Callable[[int, dict[str, float]], None] | None = None) -> RunResult:
+            on_validation: Callable[[int, dict[str, float]], None] | None = None,
+            checked: bool = False) -> RunResult:
     for warning in config_warnings(cfg):
         log.warning("%s", warning)
     tasks = generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, tracker,
@@ -193,16 +216,8 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None,
                         f"{resume.data_fingerprint[:12]}…, the data now has "
                         f"{tasks.fingerprint[:12]}… ({tasks.path}). The data file or its config "
                         f"changed.")
-    if cfg.model.image_model:  # data.image_size=null: the images' own size, known only now
-        side = min(tasks.input_shape[:2])
-        check_image_size(cfg.model, side, f"The images' size ({tasks.input_shape[1]}x"
-                                          f"{tasks.input_shape[0]}, data.image_size=null)")
-    estimate = memory.check(cfg, tasks.input_shape, tasks.nbytes)
-    if estimate is not None:
-        log.info("memory estimate: %.2f GiB (step %.2f GiB, data %.2f GiB)", estimate.gib,
-                 estimate.step / memory.GIB, estimate.data / memory.GIB)
-        if tracker is not None and resume is None:  # a resumed run has it already
-            tracker.log_metrics({keys.MEMORY_ESTIMATE: estimate.gib})
+    _check_tasks(cfg, tasks, tracker if resume is None else None,  # a resumed run has it
+                 checked)
     algo = build(cfg, tasks)
     trained = meta_train.run(algo, tasks.train, cfg.meta_train, cfg.seed,
                              Path(cfg.paths.output_dir), tracker,

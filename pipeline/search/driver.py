@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import re
-import sys
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
 from pipeline.analysis import groups
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, Refusal
 from pipeline.search import objective, record, space, study
 from pipeline.search.occupancy import Occupancy
 from pipeline.sweep.plan import PARENT_FILE
@@ -329,8 +328,7 @@ class Search:
         try:
             self._open()
         except ConfigError as e:  # e.g. tracking=server without the team's study database
-            print(f"Error in config: {e}", file=sys.stderr)
-            sys.exit(2)
+            raise Refusal(e) from None
         try:
             self._run_trials(fixed, space_)
             utilisation = self._utilisation()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.analysis import groups
 from pipeline.config import TrackingConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, Refusal
 from pipeline.search import objective as search_objective
 from pipeline.sweep import workers
 from pipeline.sweep.plan import (
@@ -53,8 +53,7 @@ def _tracking_cfg(config: DictConfig) -> TrackingConfig:
 
 def _refuse(message: str) -> None:
     """A bad ``sweep.*`` value, found before any job starts: one line, exit status 2."""
-    print(f"Error in config: {message}", file=sys.stderr)
-    sys.exit(2)
+    raise Refusal(ConfigError(message))
 
 
 class SweepCallback(Callback):
@@ -69,10 +68,10 @@ class SweepCallback(Callback):
         self._stopped_parent: str | None = None  # kept for the message of a second signal
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from pipeline import errors
+        from pipeline import errors, process
         from pipeline.run import preflight
 
-        errors.started = True
+        process.mark_started()
         if search_objective.is_search(config):  # nothing recorded before it is refused
             try:
                 search_objective.check(config)
@@ -240,9 +239,9 @@ class SweepCallback(Callback):
         groups still open) KILLED if stopped by a signal, else FAILED; never left RUNNING."""
         if self.parent_run_id is None or self.uri is None:
             return
-        from pipeline import errors
+        from pipeline import process
 
-        stopped = self._stopped or errors.stopped_by
+        stopped = self._stopped or process.stopped_by
         status = keys.KILLED if stopped else keys.FAILED
         reason = (f"stopped by signal {stopped}; continue it with the same command and "
                   f"sweep.resume={self.parent_run_id}" if stopped

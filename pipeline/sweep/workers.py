@@ -1,5 +1,7 @@
 """Worker processes of a multirun: mark a process while it runs a job (so a stopped sweep
-signals only those), stop jobs on SIGTERM, and let workers leave without TensorFlow's teardown."""
+signals only those), stop jobs on SIGTERM, and let workers leave without TensorFlow's teardown.
+:class:`SweepHooks` is what the project's launcher (``hydra_plugins.pipeline_launcher``) gets of
+the sweep, through the hooks it takes at set-up."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 
-from pipeline import errors
+from pipeline import process
 
 #: In the sweep folder: "stop" (no job starts any more) and one file per process running a job.
 STOP_FILE, JOBS_DIR = ".stop", ".running-jobs"
@@ -53,7 +55,7 @@ def job_guard() -> Iterator[None]:
     handler back."""
     from hydra.types import RunMode
 
-    from pipeline import errors
+    from pipeline import process
 
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
@@ -67,14 +69,14 @@ def job_guard() -> Iterator[None]:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(str(hc.job.num))
     previous = signal.getsignal(signal.SIGTERM)
-    errors.stop_on_sigterm()
+    process.stop_on_sigterm()
     try:
         yield
     finally:
         marker.unlink(missing_ok=True)
         launcher = _launcher_pid == os.getpid()  # the basic launcher: jobs run in-process
         with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, previous if launcher else errors.note_signal)
+            signal.signal(signal.SIGTERM, previous if launcher else process.note_signal)
         if not launcher:
             _exit_fast_at_shutdown()
 
@@ -82,10 +84,9 @@ def job_guard() -> Iterator[None]:
 def fresh_job_state() -> None:
     """Before a job in a long-lived worker: forget the signal an earlier job noted and end an
     MLflow run an earlier job left active (one that died half-way)."""
-    from pipeline import errors
     from pipeline.tracking import run
 
-    errors.stopped_by = None
+    process.forget_signal()
     run.end_stray_run()
 
 
@@ -100,4 +101,40 @@ def _exit_fast_at_shutdown() -> None:
     if _fast_exit_registered:
         return
     _fast_exit_registered = True
-    atexit.register(errors.leave_now, 0)
+    atexit.register(process.leave_now, 0)
+
+
+class SweepHooks:
+    """The sweep's side of the project's launcher (its ``LauncherHooks``), installed by the
+    entry point (:mod:`pipeline.__main__`): the launcher imports nothing of the pipeline."""
+
+    def is_stopping(self, sweep_dir: Path) -> bool:
+        """A stop (SIGTERM or Ctrl-C to the launching process) left its file in the folder."""
+        return (sweep_dir / STOP_FILE).exists()
+
+    def on_worker_lost(self, sweep_dir: Path, job_idx: int, reason: str) -> None:
+        """The job's run, still RUNNING, ended FAILED with ``reason`` (its worker died)."""
+        from pipeline.sweep import job
+
+        job.job_lost(sweep_dir, job_idx, reason)
+
+    def worker_started(self, warm: bool) -> None:
+        """TensorFlow, Keras, the stages and the store's client imported once per worker
+        (imports only: thread settings apply at the first op, in the first job); built
+        algorithms kept across its jobs if ``warm`` (:mod:`pipeline.run.warm`)."""
+        from pipeline.run import runtime_env
+        from pipeline.run import warm as warm_cache
+
+        runtime_env.import_tensorflow()
+        import pipeline.run.runner  # noqa: F401
+        from pipeline.tracking import store
+
+        store.preload()
+        warm_cache.enable(warm)
+
+    def job_starting(self, assigned_at: float) -> None:
+        """A clean per-job state (:func:`fresh_job_state`); every kept algorithm free again."""
+        from pipeline.run import warm
+
+        fresh_job_state()
+        warm.new_job(assigned_at)

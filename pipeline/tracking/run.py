@@ -95,12 +95,13 @@ def _apply(client: Any, record: dict) -> None:
 class Tracker:
     """A handle on the active MLflow run, with ordered, outage-proof delivery of records."""
 
-    def __init__(self, cfg: TrackingConfig, local_dir: Path | None = None):
+    def __init__(self, cfg: TrackingConfig, local_dir: Path | None = None,
+                 store_checked: bool = False):
         import mlflow
 
         self.cfg = cfg
         self.mlflow = mlflow
-        self.experiment_id = store.prepare_store(cfg)
+        self.experiment_id = store.prepare_store(cfg, checked=store_checked)
         mlflow.set_tracking_uri(cfg.uri)
         self.client = store.client(cfg.uri)
         self.run_id: str | None = None

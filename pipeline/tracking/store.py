@@ -142,12 +142,14 @@ def check_writable(uri: str) -> None:
 # --- creating the store -----------------------------------------------------------------------
 
 
-def prepare_store(cfg: TrackingConfig) -> str:
+def prepare_store(cfg: TrackingConfig, checked: bool = False) -> str:
     """Create the store's folders, schema and experiment if needed (once, before parallel jobs
-    start); return the experiment id."""
-    configure_http(cfg.http_timeout_s, cfg.http_max_retries)
-    check_reachable(cfg.uri)
-    check_writable(cfg.uri)
+    start); return the experiment id. ``checked``: the caller's preflight configured, reached
+    and probed the store just before (:func:`pipeline.run.preflight.check`)."""
+    if not checked:
+        configure_http(cfg.http_timeout_s, cfg.http_max_retries)
+        check_reachable(cfg.uri)
+        check_writable(cfg.uri)
     db = sqlite_path(cfg.uri)
     if db is None:
         return experiment_id(client(cfg.uri), cfg)
