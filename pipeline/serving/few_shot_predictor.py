@@ -355,14 +355,16 @@ class FewShotPredictor:
         classes, labels = np.unique(sy, return_inverse=True)
         ways = 2 if self.spec.loss == SIGMOID else self.spec.num_outputs
         if len(classes) < 2:
-            raise InputError(f"The support set has one class ({classes[0]!r}): a classification "
+            raise InputError(f"The support set has one class ({_column(classes[0])!r}): a "
+                             f"classification "
                              f"task needs at least 2 labelled classes.")
         if len(classes) > ways:
             raise InputError(f"The support set has {len(classes)} classes, more than this run's "
                              f"{ways}-way model can tell apart: send at most {ways}.")
         clash = [c for c in classes if _column(c) in (TASK, PREDICTION)]
         if clash:
-            raise InputError(f"Label {clash[0]!r} clashes with an output column name: rename it.")
+            raise InputError(f"Label {_column(clash[0])!r} clashes with an output column name: "
+                             f"rename it.")
         return Task(sx, labels.astype(np.int64), qx, classes, index)
 
     # --- raw table rows -------------------------------------------------------------------

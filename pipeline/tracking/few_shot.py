@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import TrackingError
+from pipeline.errors import DataError, TrackingError
 from pipeline.tracking import keys, store
 
 log = logging.getLogger(__name__)
@@ -119,3 +119,21 @@ def register(uri: str, run_id: str, name: str, description: str,
     c.update_model_version(name, version.version, description=description)
     c.set_registered_model_alias(name, ALIAS, version.version)
     return str(version.version)
+
+
+def predict(model: Any, model_input: Any) -> Any:
+    """``model.predict``, with the predictor's refusal of bad input raised as a
+    :class:`~pipeline.errors.DataError` (its message unchanged)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return model.predict(model_input)
+    except MlflowException as e:
+        if e.error_code == "INVALID_PARAMETER_VALUE":
+            raise DataError(e.message) from None
+        raise
+
+
+def spec(model: Any) -> Any:
+    """The loaded few-shot model's description of its run (the predictor's ``Spec``)."""
+    return model.unwrap_python_model().predictor.spec
