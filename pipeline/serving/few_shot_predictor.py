@@ -209,22 +209,24 @@ class FewShotPredictor:
     def predict(self, model_input: Any) -> pd.DataFrame:
         """Predictions for every task of ``model_input`` (see the module's docstring)."""
         tasks, steps = self.tasks_of(model_input)
-        frames = [self.predict_task(t, steps).assign(**{TASK: i}) for i, t in enumerate(tasks)]
-        out = pd.concat(frames) if len(frames) > 1 else frames[0]
-        return out[[TASK, *[c for c in out.columns if c != TASK]]]
+        frames = [self.predict_task(t, steps, i) for i, t in enumerate(tasks)]
+        return pd.concat(frames) if len(frames) > 1 else frames[0]
 
-    def predict_task(self, task: Task, steps: int | None = None) -> pd.DataFrame:
-        """One checked task's predictions: ``prediction`` and, classifying, a column per label."""
+    def predict_task(self, task: Task, steps: int | None = None, number: int = 0
+                     ) -> pd.DataFrame:
+        """One checked task's predictions: ``task`` (``number``), ``prediction`` and,
+        classifying, a probability column per label."""
         steps = self.spec.steps if steps is None else steps
         sy = task.labels.astype(np.int32 if self.spec.classification else np.float32)
         ways = len(task.classes) if task.classes is not None else self.spec.num_outputs
         out = self._run(tf.constant(task.support_x), tf.constant(sy), tf.constant(task.query_x),
                         tf.constant(steps, tf.int32), tf.constant(ways, tf.int32)).numpy()
+        columns: dict[str, Any] = {TASK: np.full(len(out), number)}
         if not self.spec.classification:
             values = out.reshape(len(out), -1)
-            cols = ({PREDICTION: values[:, 0]} if values.shape[1] == 1 else
-                    {f"{PREDICTION}_{j}": values[:, j] for j in range(values.shape[1])})
-            return pd.DataFrame(cols, index=task.index)
+            columns |= ({PREDICTION: values[:, 0]} if values.shape[1] == 1 else
+                        {f"{PREDICTION}_{j}": values[:, j] for j in range(values.shape[1])})
+            return pd.DataFrame(columns, index=task.index)
         if self.spec.loss == SIGMOID:
             p1 = 1.0 / (1.0 + np.exp(-out[:, 0].astype(np.float64)))
             probs = np.stack([1.0 - p1, p1], axis=1)
@@ -235,10 +237,9 @@ class FewShotPredictor:
         # The label the model ranks first (argmax of its logits, as meta-test scores it).
         best = (out[:, 0] > 0).astype(int) if self.spec.loss == SIGMOID \
             else np.argmax(out[:, :ways], axis=1)
-        frame = pd.DataFrame({PREDICTION: task.classes[best]}, index=task.index)
-        for j, label in enumerate(task.classes):
-            frame[_column(label)] = probs[:, j]
-        return frame
+        columns[PREDICTION] = task.classes[best]
+        columns |= {_column(label): probs[:, j] for j, label in enumerate(task.classes)}
+        return pd.DataFrame(columns, index=task.index)
 
     # --- checking the input ---------------------------------------------------------------
 
