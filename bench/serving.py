@@ -125,20 +125,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--iterations", type=int, default=20, help="meta-training iterations of "
                    "each case's run (latency does not depend on them)")
     p.add_argument("--root", default=OMNIGLOT_ROOT, help="the Omniglot zips")
+    p.add_argument("--tf-threads", type=int, default=None, help="TensorFlow's intra- and "
+                   "inter-op threads in the server (default: TensorFlow's own choice)")
     p.add_argument("--out", type=Path, default=None, help="keep runs and stores here")
     args = p.parse_args(argv)
     root = args.out or Path(tempfile.mkdtemp(prefix="bench-serving-"))
     print(json.dumps({"machine": machine(), "load_average": os.getloadavg()}))
     for case in args.cases:
         uri, run = make_run(case, root, args.iterations, args.root)
-        server = ModelServer(few_shot.model_uri(run["run_id"]), uri, root / f"serve-{case}")
+        server = ModelServer(few_shot.model_uri(run["run_id"]), uri, root / f"serve-{case}",
+                             args.tf_threads)
         started = server.start()
         try:
             figures = measure(server, run["bodies"], args.requests, args.warmup)
         finally:
             server.stop()
         goal = CASES[case][2]
-        print(json.dumps({"case": case, "queries": run["queries"],
+        print(json.dumps({"case": case, "queries": run["queries"], "tf_threads": args.tf_threads,
                           "server_start_s": round(started, 1), **figures, "goal_p50_ms": goal,
                           "met": bool(figures["p50_ms"] <= goal),
                           "load_average": os.getloadavg()}), flush=True)

@@ -125,8 +125,10 @@ class FewShotPredictor:
         self._rates = ([tf.constant(r) for r in rates] if rates is not None
                        else [tf.constant(spec.inner_lr, v.dtype) for v in self._params])
         self._mask = spec.mask or [True] * len(self._params)
-        # Traced once per input shape (and label dtype), then reused by every request.
         self._run = tf.function(self._outputs)
+        #: (support shape, query shape) -> the adaptation traced for it, called directly by
+        #: later requests of that shape (no per-call dispatch on the arguments).
+        self._compiled: dict[tuple, Any] = {}
 
     @classmethod
     def load(cls, folder: str | Path) -> FewShotPredictor:
@@ -219,8 +221,12 @@ class FewShotPredictor:
         steps = self.spec.steps if steps is None else steps
         sy = task.labels.astype(np.int32 if self.spec.classification else np.float32)
         ways = len(task.classes) if task.classes is not None else self.spec.num_outputs
-        out = self._run(tf.constant(task.support_x), tf.constant(sy), tf.constant(task.query_x),
-                        tf.constant(steps, tf.int32), tf.constant(ways, tf.int32)).numpy()
+        args = (tf.constant(task.support_x), tf.constant(sy), tf.constant(task.query_x),
+                tf.constant(steps, tf.int32), tf.constant(ways, tf.int32))
+        key = (task.support_x.shape, task.query_x.shape, sy.dtype.str)
+        if key not in self._compiled:
+            self._compiled[key] = self._run.get_concrete_function(*args)
+        out = self._compiled[key](*args).numpy()
         columns: dict[str, Any] = {TASK: np.full(len(out), number)}
         if not self.spec.classification:
             values = out.reshape(len(out), -1)

@@ -48,8 +48,10 @@ class ModelServer:
     """A real ``mlflow models serve -m MODEL --env-manager local`` on a free 127.0.0.1 port."""
 
     def __init__(self, model_uri: str, tracking_uri: str | None = None,
-                 workdir: Path | None = None):
+                 workdir: Path | None = None, tf_threads: int | None = None):
         self.model_uri, self.tracking_uri = model_uri, tracking_uri
+        #: TensorFlow's intra- and inter-op threads in the server (None: its default).
+        self.tf_threads = tf_threads
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="serve-"))
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -69,6 +71,9 @@ class ModelServer:
         env |= {"PYTHONPATH": str(blocker), "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"}
         if self.tracking_uri:
             env["MLFLOW_TRACKING_URI"] = self.tracking_uri
+        if self.tf_threads:
+            env |= {"TF_NUM_INTRAOP_THREADS": str(self.tf_threads),
+                    "TF_NUM_INTEROP_THREADS": str(self.tf_threads)}
         start = time.perf_counter()
         self.proc = subprocess.Popen(
             [str(bin_dir / "mlflow"), "models", "serve", "-m", self.model_uri, "--env-manager",
