@@ -1,5 +1,9 @@
 """``pipeline.compare --register``: put a run's model (a group's best seed, a sweep's best
-group's) in the MLflow Model Registry, its key metrics in the version's description."""
+group's) in the MLflow Model Registry, its key metrics in the version's description.
+
+The model registered is the run's few-shot predictor (``few_shot/``: adapts to a new task's
+support set, :mod:`pipeline.serving`), with the alias ``@champion`` moved to it; a run logged
+before there was one registers its network (``model/``)."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import math
 from pipeline.analysis import groups
 from pipeline.analysis.results import metric_columns, objective_metric
 from pipeline.errors import PipelineError
-from pipeline.tracking import keys, store
+from pipeline.tracking import few_shot, keys, store
 from pipeline.tracking.store import RunRecord
 
 
@@ -62,6 +66,9 @@ def register(uri: str, run_id: str, name: str, force: bool = False) -> tuple[str
     for k in (keys.DATA_FINGERPRINT, keys.GIT_COMMIT):
         if k in chosen.tags:
             lines.append(f"- {k}: {chosen.tags[k]}")
-    version = store.register_model(uri, chosen.run_id, name, "\n".join(lines),
-                                   {keys.REGISTERED_FROM: source.run_id})
+    tags = {keys.REGISTERED_FROM: source.run_id}
+    if few_shot.logged(uri, chosen.run_id):
+        version = few_shot.register(uri, chosen.run_id, name, "\n".join(lines), tags)
+    else:
+        version = store.register_model(uri, chosen.run_id, name, "\n".join(lines), tags)
     return name, version, chosen.run_id

@@ -24,6 +24,7 @@ from pipeline.analysis.stats import Summary, Units, paired_unit_gain, summarize_
 from pipeline.data import REGRESSION, TaskSet
 from pipeline.errors import DivergenceError
 from pipeline.models import portable
+from pipeline.serving import publish
 from pipeline.stages import meta_test
 from pipeline.stages.meta_test import Tested
 from pipeline.stages.meta_train import Trained
@@ -195,6 +196,7 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
         _log_figures(tracker, algo, tasks, tested, baseline, trained, main)
         if log_model:
             tracker.log_keras_model(portable(algo.model), tasks.test.take(slice(0, 1)).query_x[0])
+            publish.log_few_shot(tracker, algo, tasks)
     return Report(tested.per_task, baseline.per_task if baseline else None, found, gain,
                   after.mean, no_gain, int(tested.diverged[keys.AFTER].sum()),
                   {"meta_train_s": trained.seconds, "meta_test_s": tested.seconds,
