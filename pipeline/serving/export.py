@@ -76,10 +76,11 @@ def tabular_prep(tasks: TaskSet) -> fsp.Tabular | None:
     cfg = meta.get("config", {})
     if cfg.get("family") != "tabular":
         return None
-    from pipeline.data import tabular
+    from pipeline.data.tabular.checks import check_sources
+    from pipeline.data.tabular.preprocess import fit
 
-    splits = tabular.check_sources(cfg, stream_rng(int(meta["seed"]), "data"))
-    prep = tabular.fit(cfg, splits["train"])
+    splits = check_sources(cfg, stream_rng(int(meta["seed"]), "data"))
+    prep = fit(cfg, splits["train"])
     return fsp.Tabular(target=cfg["target"], numeric=list(prep.numeric),
                        categories={k: list(v) for k, v in prep.categories.items()},
                        medians=[float(v) for v in prep.medians],
