@@ -21,6 +21,7 @@ from pipeline import PROJECT_ROOT
 from pipeline.analysis import compare
 from pipeline.config import validate
 from pipeline.data import TaskSet, stream_rng, tabular
+from pipeline.data.tabular import preprocess
 from pipeline.errors import DataError
 from pipeline.run.runner import RunResult, execute
 from pipeline.serving import cli
@@ -178,10 +179,10 @@ def raw_rows(result: RunResult, i: int) -> tuple[pd.DataFrame, np.ndarray]:
         meta = json.loads(str(f["meta"]))
     cfg = meta["config"]
     splits = tabular.check_sources(cfg, stream_rng(meta["seed"], "data"))
-    prep = tabular.fit(cfg, splits["train"])
+    prep = preprocess.fit(cfg, splits["train"])
     where = {}
     for t in splits["test"]:
-        x = tabular.transform(prep, t)[0]
+        x = preprocess.transform(prep, t)[0]
         where |= {row.tobytes(): int(r) for row, r in zip(x, t.rows, strict=True)}
     table = pd.read_csv(cfg["root"])
     episode = result.tasks.test.take(slice(i, i + 1))
