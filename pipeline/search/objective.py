@@ -50,6 +50,21 @@ def check(config: DictConfig) -> None:
                           f"meta-training: set meta_train.validate_every > 0.")
 
 
+#: Words in a metric's name that say which way is better (accuracy up; error, loss down).
+HIGHER_WORDS, LOWER_WORDS = ("acc",), ("mse", "loss", "error")
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """Whether the metric ``metric`` is better when higher, from its name (None: unknown, as
+    for a metric the project does not name)."""
+    words = metric.rsplit("/", 1)[-1].split("_")
+    if any(w in words for w in HIGHER_WORDS):
+        return True
+    if any(w in words for w in LOWER_WORDS):
+        return False
+    return None
+
+
 def value(history: dict[int, float], how: str, higher_is_better: bool) -> float:
     """The objective from a ``val/`` curve (step -> value): its best or its last finite value
     (nan without any)."""
