@@ -82,7 +82,7 @@ def test_a_new_search_gets_a_new_study_and_a_resume_must_be_the_same_search(tmp_
     changes nothing in either store."""
     first = ["hydra.sweeper.n_trials=1", *SHORT]
     search(tmp_path, *first)
-    other = [*first, "hydra.sweeper.params.algorithm.inner_lr='interval(0.5, 0.9)'"]
+    other = [*first, "hydra.sweeper.params={algorithm.inner_lr: 'interval(0.5, 0.9)'}"]
     out = search(tmp_path, *other)
     assert "0 trials already" in out.stderr + out.stdout
     made = studies(tmp_path)
@@ -97,7 +97,7 @@ def test_a_new_search_gets_a_new_study_and_a_resume_must_be_the_same_search(tmp_
     assert all(p.info.status == "FINISHED" for p in parents)
 
     line = refused(tmp_path, *first, "sweep.resume=last")
-    assert "search space (algorithm.inner_lr)" in line and newest.study_name in line
+    assert "search space (algorithm.inner_lr, " in line and newest.study_name in line
     line = refused(tmp_path, *other, "hydra.sweeper.direction=minimize",
                    "hydra.sweeper.objective=val/query_loss_after_mean", "sweep.resume=last")
     assert "direction (maximize in the study, minimize now)" in line
@@ -110,14 +110,14 @@ def test_a_new_search_gets_a_new_study_and_a_resume_must_be_the_same_search(tmp_
 
 @pytest.mark.slow
 def test_failed_trials_are_told_at_once_and_the_rate_waits_for_enough_trials(tmp_path):
-    """RandomSampler (seed 0) draws the diverging learning rate for trials 0, 2 and 3 of 6:
-    the first failure does not end the search (the rate is judged from 5 ended trials: 3 of
-    5, not over 0.6). Every trial's state in the study matches its run; complete trials carry
+    """RandomSampler (seed 0) draws the diverging learning rate for trials 0, 2, 3 and 4: the
+    first failure does not end the search (the rate is judged from 5 ended trials on: 4 of 5,
+    not over 0.85). Every trial's state in the study matches its run; complete trials carry
     the value told as ``search/objective`` and the study links each trial to its run. The
     parent is FINISHED: the search ran to its end."""
     assert MIN_ENDED_FOR_RATE == 5
     search(tmp_path, "hydra.sweeper.n_trials=6", "meta_train.iterations=10",
-           "meta_train.validate_every=5", "hydra.sweeper.max_failure_rate=0.6",
+           "meta_train.validate_every=5", "hydra.sweeper.max_failure_rate=0.85",
            "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
            "~hydra.sweeper.sampler.n_startup_trials",
            "hydra.sweeper.params={algorithm.inner_lr: '0.3', "
@@ -125,8 +125,8 @@ def test_failed_trials_are_told_at_once_and_the_rate_waits_for_enough_trials(tmp
            "hydra.sweeper.reevaluate.top_k=1", "hydra.sweeper.reevaluate.seeds=2")
     [s] = studies(tmp_path)
     states = {t.number: t.state.name for t in s.trials}
-    assert states == {0: "FAIL", 1: "COMPLETE", 2: "FAIL", 3: "FAIL", 4: "COMPLETE",
-                      5: "COMPLETE"}
+    assert len(states) == 6 and "RUNNING" not in states.values()
+    assert [states[n] for n in range(5)] == ["FAIL", "COMPLETE", "FAIL", "FAIL", "FAIL"]
     assert s.metric_names == ["val/query_acc_after_mean"]
     _client, runs = runs_of(tmp_path)
     trial_runs = {int(r.data.tags[keys.TRIAL_NUMBER]): r for r in runs

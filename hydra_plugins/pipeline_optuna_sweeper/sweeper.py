@@ -76,7 +76,7 @@ class PipelineOptunaSweeper(Sweeper):
     def refuse_early(config: DictConfig) -> None:
         """Called by the sweep's callback before its parent run or the study exist: raises
         :class:`pipeline.errors.ConfigError` for a search that cannot run as asked."""
-        from pipeline.search.settings import refuse_early
+        from pipeline.search.refusals import refuse_early
 
         refuse_early(config)
 

@@ -22,11 +22,6 @@ def sweeper_setting(config: DictConfig, key: str, default=None):
     return OmegaConf.select(config, f"hydra.sweeper.{key}", default=default)
 
 
-def is_search(config: DictConfig) -> bool:
-    """The sweep is this project's Optuna search (it has an ``objective``)."""
-    return sweeper_setting(config, "objective") is not None
-
-
 def check(config: DictConfig) -> None:
     """Refuse, before anything is recorded, a search that would select on the test tasks or
     whose ``val/`` objective no validation produces."""

@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
+from pipeline.search import space
 from pipeline.tracking import keys, store
 
 if TYPE_CHECKING:
@@ -151,8 +152,6 @@ def create_new(url: str, name: Callable[[], str], settings: Settings, space_: di
                pruner: Any) -> optuna.Study:
     """A new study (never an existing one: a name taken gets a suffix), holding what a resume
     and the trials read back, and naming its objective."""
-    from pipeline.search.settings import space_json
-
     storage = rdb(url)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     base = name()
@@ -166,7 +165,7 @@ def create_new(url: str, name: Callable[[], str], settings: Settings, space_: di
             continue
     else:
         raise ConfigError(f"study names {base}-2..99 are all taken in {without_password(url)}")
-    for key, value in _attrs(settings, space_json(space_)).items():
+    for key, value in _attrs(settings, space.to_json(space_)).items():
         s.set_user_attr(key, value)
     with warnings.catch_warnings():  # "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -177,8 +176,6 @@ def create_new(url: str, name: Callable[[], str], settings: Settings, space_: di
 def check_same_search(config: DictConfig, resume: str, settings: Settings, url: str) -> None:
     """``sweep.resume``: refuse, in one line naming what differs, a search whose space,
     objective or direction are not its study's."""
-    from pipeline.search import space
-    from pipeline.search.settings import space_json
     from pipeline.sweep.session import find_parent
 
     parent = find_parent(OmegaConf.to_object(config.tracking), resume)
@@ -192,7 +189,7 @@ def check_same_search(config: DictConfig, resume: str, settings: Settings, url: 
                           f"{without_password(url)}; resume with the storage it used "
                           f"(hydra.sweeper.storage).") from None
     space_, _ = space.parse(settings.arguments(list(config.hydra.overrides.task)))
-    now = _attrs(settings, space_json(space_)) | {"direction": settings.direction}
+    now = _attrs(settings, space.to_json(space_)) | {"direction": settings.direction}
     then = {**s.user_attrs, "direction": s.direction.name.lower()}
     differ = [k for k in ("direction", ATTR_OBJECTIVE, ATTR_OBJECTIVE_VALUE, ATTR_SPACE)
               if k in then and then[k] != now[k]]

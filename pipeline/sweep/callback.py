@@ -32,6 +32,7 @@ from pipeline.sweep.plan import (
 )
 from pipeline.sweep.session import ParentFile, SweepSession, find_parent, sweep_dir_of
 from pipeline.tracking import keys, liveness, store
+from pipeline.tracking.store import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,36 @@ def _attach(session: SweepSession, cfg: TrackingConfig, resume: str, overrides: 
             swept: list[str], jobs: list[list[str]] | None) -> None:
     """``sweep.resume``: reopen the earlier parent, count what each job will do."""
     uri = cfg.uri
+    found, mapping, standing = _resumable(cfg, resume, overrides)
+    n_jobs = len(jobs) if jobs is not None else max(standing, default=-1) + 1
+    counts = dict.fromkeys((SKIP, RESUME, RERUN, NEW), 0)
+    for n in range(n_jobs):
+        counts[action(uri, standing.get(n))] += 1
+    message = (f"Resuming {found.name} ({found.run_id}): {counts[SKIP]} FINISHED jobs "
+               f"skipped, {counts[RESUME]} resumed from checkpoints, {counts[RERUN]} rerun, "
+               f"{counts[NEW]} not run before")
+    print(message, flush=True)
+    log.info(message)
+    store.set_status(uri, found.run_id, keys.RUNNING)
+    store.delete_tag(uri, found.run_id, keys.ERROR)
+    resumed = int(found.tags.get(keys.RESUMED_SWEEP, "0")) + 1
+    store.set_tags(uri, found.run_id, {**liveness.start_tags(),
+        keys.SWEEP_DIR: str(session.sweep_dir), keys.RESUMED_SWEEP: resumed,
+        **dict(zip(keys.RESUME_COUNTS, (counts[SKIP], counts[RESUME], counts[RERUN],
+                                       counts[NEW]), strict=True))})
+    session.attach_parent(found.run_id, swept, mapping)
+    for group_id in session.group_ids:  # groups whose jobs run again are open again
+        group = store.get_run(uri, group_id)
+        jobs_of = json.loads(group.tags.get(keys.GROUP_JOBS, "[]"))
+        if any(action(uri, standing.get(n)) != SKIP for n in jobs_of):
+            store.set_status(uri, group_id, keys.RUNNING)
+
+
+def _resumable(cfg: TrackingConfig, resume: str, overrides: list[str]
+               ) -> tuple[RunRecord, dict[int, str], dict[int, RunRecord]]:
+    """The parent to resume, its groups and the run standing for each job; refused if it is
+    another command's, or it or one of its jobs still runs."""
+    uri = cfg.uri
     try:
         found = find_parent(cfg, resume)
     except ConfigError as e:
@@ -210,28 +241,7 @@ def _attach(session: SweepSession, cfg: TrackingConfig, resume: str, overrides: 
                     f"running ({liveness.where(run)}, heartbeat "
                     f"{run.tags.get(keys.HEARTBEAT)}): let it end, or stop that process, "
                     f"before resuming the sweep.")
-    n_jobs = len(jobs) if jobs is not None else max(standing, default=-1) + 1
-    counts = dict.fromkeys((SKIP, RESUME, RERUN, NEW), 0)
-    for n in range(n_jobs):
-        counts[action(uri, standing.get(n))] += 1
-    message = (f"Resuming {found.name} ({found.run_id}): {counts[SKIP]} FINISHED jobs "
-               f"skipped, {counts[RESUME]} resumed from checkpoints, {counts[RERUN]} rerun, "
-               f"{counts[NEW]} not run before")
-    print(message, flush=True)
-    log.info(message)
-    store.set_status(uri, found.run_id, keys.RUNNING)
-    store.delete_tag(uri, found.run_id, keys.ERROR)
-    resumed = int(found.tags.get(keys.RESUMED_SWEEP, "0")) + 1
-    store.set_tags(uri, found.run_id, {**liveness.start_tags(),
-        keys.SWEEP_DIR: str(session.sweep_dir), keys.RESUMED_SWEEP: resumed,
-        **dict(zip(keys.RESUME_COUNTS, (counts[SKIP], counts[RESUME], counts[RERUN],
-                                       counts[NEW]), strict=True))})
-    session.attach_parent(found.run_id, swept, mapping)
-    for group_id in session.group_ids:  # groups whose jobs run again are open again
-        group = store.get_run(uri, group_id)
-        jobs_of = json.loads(group.tags.get(keys.GROUP_JOBS, "[]"))
-        if any(action(uri, standing.get(n)) != SKIP for n in jobs_of):
-            store.set_status(uri, group_id, keys.RUNNING)
+    return found, mapping, standing
 
 
 def _base_name(config: DictConfig) -> str:
