@@ -97,7 +97,7 @@ def test_a_new_search_gets_a_new_study_and_a_resume_must_be_the_same_search(tmp_
     assert all(p.info.status == "FINISHED" for p in parents)
 
     line = refused(tmp_path, *first, "sweep.resume=last")
-    assert "search space (algorithm.inner_lr, " in line and newest.study_name in line
+    assert "search space (algorithm.inner_lr)" in line and newest.study_name in line
     line = refused(tmp_path, *other, "hydra.sweeper.direction=minimize",
                    "hydra.sweeper.objective=val/query_loss_after_mean", "sweep.resume=last")
     assert "direction (maximize in the study, minimize now)" in line
@@ -186,3 +186,22 @@ def test_a_killed_worker_fails_only_its_trial(tmp_path):
     [run] = [r for r in runs if r.data.tags.get(keys.TRIAL_NUMBER) == str(failed[0].number)]
     assert run.info.status == "FAILED" and run.data.tags[keys.TRIAL_STATE] == "FAIL"
     assert "signal 9" in run.data.tags[keys.ERROR]
+
+
+def test_the_trials_table_ranks_by_the_value_told_to_the_study():
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState
+
+    from pipeline.search import record
+
+    s = optuna.create_study(direction="maximize")
+    for value, state in ((0.6, TrialState.COMPLETE), (None, TrialState.FAIL),
+                         (0.8, TrialState.COMPLETE), (None, TrialState.PRUNED)):
+        t = s.ask({"x": FloatDistribution(0, 1)})
+        t.set_user_attr(search_study.ATTR_RUN, f"run{t.number}")
+        s.tell(t, value, state=state)
+    table = record.trials_table(s, "maximize")
+    assert list(table["trial"]) == [2, 0, 1, 3] and list(table["rank"][:2]) == [1, 2]
+    assert list(table[keys.TRIAL_OBJECTIVE][:2]) == [0.8, 0.6]
+    assert list(table["run_id"]) == ["run2", "run0", "run1", "run3"]
+    assert list(record.trials_table(s, "minimize")["trial"][:2]) == [0, 2]
