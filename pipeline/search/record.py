@@ -114,6 +114,20 @@ def log_search(uri: str, parent_id: str, study: optuna.Study, objective: str,
             _winner_on_study(study, t.number, group_id, mean, ci, name)
             if name and objective.removeprefix(keys.VAL) in name:  # the same metric
                 metrics[keys.SEARCH_OPTIMISM] = float(t.value) - mean
+    _log_tables(uri, parent_id, study, rows, direction)
+    store.log_values(uri, parent_id, metrics={k: v for k, v in metrics.items()
+                                              if math.isfinite(v)})
+    store.set_tags(uri, parent_id, tags)
+    if rows:
+        r = rows[0]
+        log.info("Search result: trial %d (validation %.4f) on the test tasks over fresh seeds: "
+                 "%.4f ± %.4f", r["trial"], r["val_objective"], r["test_mean"], r["test_ci95"])
+
+
+def _log_tables(uri: str, parent_id: str, study: optuna.Study, rows: list[dict],
+                direction: str) -> None:
+    """The trials table (ranked by ``search/objective``), the re-evaluation table and Optuna's
+    plots, as the parent's artifacts."""
     figs = figures(study)
     with tempfile.TemporaryDirectory() as tmp:
         table = trials_table(study, direction)
@@ -129,13 +143,6 @@ def log_search(uri: str, parent_id: str, study: optuna.Study, objective: str,
         store.log_files(uri, parent_id, {}, figs)
     for fig in figs.values():
         plots.close(fig)
-    store.log_values(uri, parent_id, metrics={k: v for k, v in metrics.items()
-                                              if math.isfinite(v)})
-    store.set_tags(uri, parent_id, tags)
-    if rows:
-        r = rows[0]
-        log.info("Search result: trial %d (validation %.4f) on the test tasks over fresh seeds: "
-                 "%.4f ± %.4f", r["trial"], r["val_objective"], r["test_mean"], r["test_ci95"])
 
 
 #: Study user attributes for the re-evaluated winner (optuna-dashboard shows them).
