@@ -205,3 +205,20 @@ def test_the_trials_table_ranks_by_the_value_told_to_the_study():
     assert list(table[keys.TRIAL_OBJECTIVE][:2]) == [0.8, 0.6]
     assert list(table["run_id"]) == ["run2", "run0", "run1", "run3"]
     assert list(record.trials_table(s, "minimize")["trial"][:2]) == [0, 2]
+
+
+@pytest.mark.slow
+def test_processes_opening_one_fresh_study_storage_at_once_all_get_it(tmp_path):
+    """A search and its jobs (or a reader of the study) may open a fresh SQLite storage at
+    the same moment; Optuna's table creation then fails for all but one of them (about half
+    of 3 racing processes, measured). Every opener gets the storage."""
+    import sys
+
+    code = "import sys; from pipeline.search import study; study.rdb(sys.argv[1])"
+    for i in range(4):
+        url = f"sqlite:///{tmp_path}/{i}/optuna.db"
+        procs = [subprocess.Popen([sys.executable, "-c", code, url], cwd=PROJECT_ROOT,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+        for p in procs:
+            _, err = p.communicate(timeout=120)
+            assert p.returncode == 0, err[-2000:]

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -74,12 +75,23 @@ def without_password(url: str) -> str:
 
 
 def rdb(url: str) -> optuna.storages.RDBStorage:
-    """The storage (its tables created if missing); SQLite writers wait for each other."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    """The storage (its tables created if missing); SQLite writers wait for each other. Two
+    processes that open a fresh storage at once race to create its tables (a unique-key or
+    "already exists" error for the loser): the loser opens it again, finding them made."""
+    import sqlalchemy.exc
+
+    for attempt in range(4):
+        try:
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == 3:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def build(spec: Any, **extra: Any) -> Any:
