@@ -28,6 +28,9 @@ class ReevaluateConf:
 @dataclass
 class PipelineOptunaSweeperConf:
     _target_: str = "hydra_plugins.pipeline_optuna_sweeper.sweeper.PipelineOptunaSweeper"
+    #: The sampler and pruner reach the sweeper as their configs (a resumed search moves the
+    #: sampler's seed on; each job builds the pruner), not as objects.
+    _recursive_: bool = False
     direction: str = "maximize"
     #: What a trial returns: a ``val/`` metric (a ``test/`` one needs
     #: ``sweep.allow_test_objective=true``), its ``best`` or ``last`` value over meta-training.
@@ -63,9 +66,19 @@ class PipelineOptunaSweeper(Sweeper):
     """Hydra's entry point; the search itself is :mod:`pipeline.search.driver`."""
 
     def __init__(self, **settings: Any) -> None:
-        self.settings = settings
+        from pipeline.search.settings import Settings
+
+        self.settings = Settings.of(settings)  # typed once; the search and its record use it
         self.config: DictConfig | None = None
         self.launcher: Any = None
+
+    @staticmethod
+    def refuse_early(config: DictConfig) -> None:
+        """Called by the sweep's callback before its parent run or the study exist: raises
+        :class:`pipeline.errors.ConfigError` for a search that cannot run as asked."""
+        from pipeline.search.refusals import refuse_early
+
+        refuse_early(config)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -74,8 +87,7 @@ class PipelineOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from pipeline.search.driver import Search, settings_of
+        from pipeline.search.driver import Search
 
         assert self.config is not None
-        return Search(settings_of(self.config.hydra.sweeper), self.launcher,
-                      self.config).run(arguments)
+        return Search(self.settings, self.launcher, self.config).run(arguments)

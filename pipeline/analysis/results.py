@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 #: Key metrics, in column order (each paired with its ``_ci95`` when there is one). Group runs
 #: have the same under ``seeds/`` (across-seed mean and CI of each job's value).
-KEY_METRICS = (r"^seeds/n_seeds$", r"^seeds/test/query_(acc|mse)_after_mean_mean$",
+KEY_METRICS = (r"^search/objective$", r"^seeds/n_seeds$",
+                r"^seeds/test/query_(acc|mse)_after_mean_mean$",
                 r"^seeds/gain/query_[a-z]+_mean$",
                 r"^seeds/scratch/query_(acc|mse)_after_mean_mean$",
                 r"^seeds/test/query_(acc|mse)_before_mean_mean$",

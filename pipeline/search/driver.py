@@ -27,10 +27,10 @@ import json
 import logging
 import math
 import re
+import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -40,9 +40,10 @@ from optuna.trial import TrialState
 
 from pipeline.analysis import groups
 from pipeline.errors import ConfigError, Refusal
-from pipeline.search import objective, record, space, study
+from pipeline.search import record, space, study
 from pipeline.search.occupancy import Occupancy
-from pipeline.sweep.plan import PARENT_FILE
+from pipeline.search.settings import Settings
+from pipeline.sweep import session as sweep_session
 from pipeline.tracking import keys, store
 
 log = logging.getLogger(__name__)
@@ -51,45 +52,23 @@ log = logging.getLogger(__name__)
 TRIAL_KEYS = ("sweep.trial", "sweep.study", "meta_test.enabled")
 #: The file an Optuna sweeper leaves in the sweep folder (best params and value).
 RESULTS_FILE = "optimization_results.yaml"
-
-
-@dataclass(frozen=True)
-class Settings:
-    """``hydra.sweeper``: see ``hydra_plugins/pipeline_optuna_sweeper``."""
-
-    direction: str
-    objective: str
-    objective_value: str
-    study_name: str | None
-    storage: str | None
-    n_trials: int
-    n_jobs: int
-    max_failure_rate: float
-    sampler: Any
-    pruner: Any
-    params: dict[str, str] | None
-    top_k: int
-    seeds: int
-    first_seed: int | None
-
-
-def settings_of(sweeper: DictConfig | dict) -> Settings:
-    s = OmegaConf.create(sweeper) if isinstance(sweeper, dict) else sweeper
-    re_ = s.get("reevaluate") or {}
-    params = s.get("params")
-    return Settings(
-        direction=str(s.direction).rsplit(".", 1)[-1].lower(), objective=str(s.objective),
-        objective_value=str(s.get("objective_value", objective.BEST)),
-        study_name=s.get("study_name"), storage=s.get("storage"), n_trials=int(s.n_trials),
-        n_jobs=int(s.get("n_jobs") or 1), max_failure_rate=float(s.max_failure_rate),
-        sampler=s.get("sampler"), pruner=s.get("pruner"),
-        params={str(k): str(v) for k, v in params.items()} if params else None,
-        top_k=int(re_.get("top_k", 3)), seeds=int(re_.get("seeds", 3)),
-        first_seed=re_.get("first_seed"))
+#: The failure-rate limit is judged only once this many trials have ended (COMPLETE, PRUNED or
+#: FAIL): one failure among the first trials says nothing about a rate.
+MIN_ENDED_FOR_RATE = 5
 
 
 def _key(override: str) -> str:
     return override.lstrip("+~").partition("=")[0]
+
+
+def new_study_name(base: str | None, at: float | None = None) -> str:
+    """A new search's study: ``<study_name>-<date>-<time>`` (of now), never an earlier one."""
+    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.localtime(at))
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{base or 'search'}-{stamp}")
+
+
+class SearchStopped(Exception):
+    """The search stops early (its reason: too many failed trials)."""
 
 
 class Search:
@@ -97,34 +76,32 @@ class Search:
 
     def __init__(self, settings: Settings, launcher: Any, config: DictConfig):
         self.s, self.launcher, self.config = settings, launcher, config
-        self.sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+        self.session = sweep_session.current()
+        self.sweep_dir = sweep_session.sweep_dir_of(config)
         self.uri = str(config.tracking.uri)
         self.returns: list[JobReturn] = []
         self.failures = 0
-        parent_file = self.sweep_dir / PARENT_FILE
-        self.parent = json.loads(parent_file.read_text()) if parent_file.is_file() else None
-        self.parent_id: str | None = self.parent["run_id"] if self.parent else None
+        #: Why no new trial is asked any more (the failure-rate limit), once it is so.
+        self.stopping: str | None = None
+        self.parent_id: str | None = self.session.parent_run_id if self.session else None
         self.submit = getattr(launcher, "submit", None)
         #: The workers' time in trials (trials in flight through ``submit`` only).
         self.occupancy: Occupancy | None = None
 
     # --- the study ----------------------------------------------------------------------------
 
-    def _study_name(self) -> str:
-        if self.parent_id:
-            named = store.get_run(self.uri, self.parent_id).tags.get(keys.STUDY_NAME)
-            if named:  # a resumed search: the parent's study
-                return named
-        base = self.s.study_name or "search"
-        return re.sub(r"[^A-Za-z0-9_.-]+", "-",
-                      f"{base}-{self.sweep_dir.parent.name}-{self.sweep_dir.name}")
-
-    def _open(self) -> optuna.Study:
-        objective.check(self.config)
+    def _open(self, space_: dict) -> optuna.Study:
         url = study.storage_of(self.config)
-        self.study_name = self._study_name()
-        self.study = study.open_study(url, self.study_name, self.s.direction, None,
-                                      study.pruner_of(self.s.pruner), create=True)
+        resumed = (store.get_run(self.uri, self.parent_id).tags.get(keys.STUDY_NAME)
+                   if self.parent_id else None)
+        pruner = study.pruner_of(self.s.pruner)
+        if resumed:  # a resumed search: the parent's study (checked the same search up front)
+            self.study_name = resumed
+            self.study = study.open_study(url, resumed, self.s.direction, None, pruner)
+        else:
+            self.study = study.create_new(url, lambda: new_study_name(self.s.study_name),
+                                          self.s, space_, pruner)
+            self.study_name = self.study.study_name
         # A resumed search's sampler must not replay its seed's first draws (the params of the
         # trials it already has): its seed moves on by the number of trials in the study.
         spec = self.s.sampler
@@ -136,8 +113,9 @@ class Search:
             store.set_tags(self.uri, self.parent_id, {
                 keys.STUDY_NAME: self.study_name, keys.STUDY_STORAGE: study.without_password(url),
                 keys.SEARCH_OBJECTIVE: f"{self.s.objective_value} {self.s.objective}"})
+            self.study.set_user_attr(study.ATTR_PARENT_RUN, self.parent_id)
         log.info("Study %s in %s: %d trials already", self.study_name,
-                 study.without_password(url), len(self.study.trials))
+                 study.without_password(url), done)
         return self.study
 
     # --- trials -------------------------------------------------------------------------------
@@ -149,9 +127,10 @@ class Search:
         return [*fixed, *space.overrides(params), f"sweep.trial={number}",
                 f"sweep.study={self.study_name}", *test]
 
-    def _finish(self, number: int, ret: JobReturn, tag: bool = True) -> str:
-        """Tell the study how trial ``number``'s job ended; tag its run with the state (or,
-        ``tag=False``, leave that to the caller: the state is returned)."""
+    def _finish(self, number: int, ret: JobReturn, tag: bool = True) -> tuple[str, list[str]]:
+        """Tell the study how trial ``number``'s job ended (at once, whatever ended it: a
+        failure, a lost worker, a pruning) and record on its run what was told; the run's
+        state tag waits for the caller when ``tag=False``. Returns the state and the runs."""
         self.returns.append(ret)
         frozen = self.study.get_trials(deepcopy=False)[number]
         assert frozen.number == number
@@ -167,29 +146,50 @@ class Search:
         if state == TrialState.FAIL:
             self.failures += 1
             reason = ret._return_value if ret.status == JobStatus.FAILED else "no objective"
-            log.warning("Trial %d failed: %s", number, reason)
+            log.warning("Trial %d failed: %s", number, keys.plain_text(str(reason)))
+        runs = self._runs_of(number)
+        if runs and frozen.state == TrialState.RUNNING:  # optuna-dashboard links to MLflow
+            self.study._storage.set_trial_user_attr(frozen._trial_id, study.ATTR_RUN, runs[-1])
         self.study.tell(number, value, state=state, skip_if_finished=True)
-        done = sum(t.state.is_finished() for t in self.study.trials)
-        failing = done and self.failures / done > self.s.max_failure_rate
-        if tag or failing:
-            self._tag_run(number, state.name)
-        if failing:
-            raise RuntimeError(
-                f"{self.failures} of {done} trials failed, more than "
-                f"hydra.sweeper.max_failure_rate={self.s.max_failure_rate}: the search stops. "
-                f"Pruned trials do not count; see the failed trials' runs for why.")
-        return state.name
+        if value is not None:
+            for run_id in runs:
+                store.log_values(self.uri, run_id, metrics={keys.TRIAL_OBJECTIVE: value})
+        self._judge_failure_rate()
+        if tag:
+            self._tag_runs(runs, state.name)
+        return state.name, runs
 
-    def _tag_run(self, number: int, state: str) -> None:
+    def _judge_failure_rate(self) -> None:
+        """Stop asking trials once failures exceed ``max_failure_rate`` of the ended trials,
+        judged from :data:`MIN_ENDED_FOR_RATE` ended trials on (trials in flight still end)."""
+        ended = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
+        if self.stopping is None and ended >= MIN_ENDED_FOR_RATE and \
+                self.failures / ended > self.s.max_failure_rate:
+            self.stopping = (
+                f"{self.failures} of {ended} ended trials failed, more than "
+                f"hydra.sweeper.max_failure_rate={self.s.max_failure_rate}: the search stopped "
+                f"(pruned trials do not count; see the failed trials' runs for why)")
+            log.error("%s", self.stopping)
+
+    def _runs_of(self, number: int) -> list[str]:
+        """The runs standing for trial ``number`` (not replaced by a resumed search's)."""
         if not self.parent_id:
-            return
+            return []
         runs = store.search_runs(
             self.uri, parent_run_id=self.parent_id,
             filter_string=f"tags.{keys.TRIAL_NUMBER} = '{number}' and "
                           f"tags.{keys.STUDY_NAME} = '{self.study_name}'")
-        for run in runs:
-            if keys.REPLACED_BY not in run.tags:
-                store.set_tags(self.uri, run.run_id, {keys.TRIAL_STATE: state})
+        return [r.run_id for r in runs if keys.REPLACED_BY not in r.tags]
+
+    def _tag_runs(self, runs: list[str], state: str) -> None:
+        """The trial's state on its runs; a pruned trial's run is not a failure: no ``error``
+        tag, and a note saying where it was pruned."""
+        for run_id in runs:
+            store.set_tags(self.uri, run_id, {keys.TRIAL_STATE: state})
+            if state == keys.STATE_PRUNED:
+                store.delete_tag(self.uri, run_id, keys.ERROR)
+                store.set_tags(self.uri, run_id, {keys.NOTE: record.pruned_note(
+                    self.uri, run_id)})
 
     def _pending(self) -> list[optuna.trial.FrozenTrial]:
         """Trials a stopped search left RUNNING: they run again, same number and params."""
@@ -204,6 +204,8 @@ class Search:
 
         def next_trial() -> tuple[int, list[str]] | None:
             nonlocal to_ask
+            if self.stopping is not None:
+                return None
             if rerun:
                 t = rerun.pop(0)
                 return t.number, self._trial_overrides(fixed, t.params, t.number)
@@ -224,7 +226,7 @@ class Search:
         study first, so the sampler sees it; its run's state tag only once the free worker has
         its next trial)."""
         inflight: dict[Future, tuple[int, float]] = {}
-        untagged: list[tuple[int, str]] = []
+        untagged: list[tuple[str, list[str]]] = []
         occupancy = self.occupancy = Occupancy(n_jobs)
         more = True
         while True:
@@ -236,8 +238,8 @@ class Search:
                 number, overrides = nxt
                 at = occupancy.submitted()
                 inflight[self.submit(overrides, number)] = number, at
-            for number, state in untagged:
-                self._tag_run(number, state)
+            for state, runs in untagged:
+                self._tag_runs(runs, state)
             untagged.clear()
             if not inflight:
                 return
@@ -245,7 +247,7 @@ class Search:
             for future in done:
                 number, at = inflight.pop(future)
                 occupancy.ended(future.result(), at)
-                untagged.append((number, self._finish(number, future.result(), tag=False)))
+                untagged.append(self._finish(number, future.result(), tag=False))
 
     def _run_batches(self, next_trial, n_jobs: int) -> None:
         """Batches of ``n_jobs`` trials through ``launcher.launch`` (consecutive job numbers
@@ -264,7 +266,7 @@ class Search:
     def _reevaluate(self, fixed: list[str]) -> list[tuple[optuna.trial.FrozenTrial, str]]:
         """The best ``top_k`` trials on ``seeds`` fresh seeds each, as seed groups."""
         done = [t for t in self.study.trials if t.state == TrialState.COMPLETE]
-        if not done or self.s.top_k <= 0 or self.s.seeds <= 0 or not self.parent_id:
+        if not done or self.s.top_k <= 0 or self.s.seeds <= 0 or self.session is None:
             return []
         done.sort(key=lambda t: t.value, reverse=self.s.direction == "maximize")
         top = done[: self.s.top_k]
@@ -272,37 +274,14 @@ class Search:
                  else int(OmegaConf.select(self.config, "seed", default=0)) + 1)
         seeds = list(range(first, first + self.s.seeds))
         base = [o for o in fixed if _key(o) not in (*TRIAL_KEYS, keys.SEED)]
-        existing = {r.tags.get(keys.REEVALUATES): r for r in store.search_runs(
-            self.uri, parent_run_id=self.parent_id,
-            filter_string=f"tags.{keys.SWEEP_ROLE} = '{keys.ROLE_GROUP}'")}
-        number = max(len(self.study.trials), self.s.n_trials)
-        parent = store.get_run(self.uri, self.parent_id)
         jobs: list[tuple[int, list[str]]] = []
         out = []
-        mapping = dict(self.parent.get("groups", {})) if self.parent else {}
-        for rank, t in enumerate(top, 1):
-            group = existing.get(str(t.number))
-            if group is not None:
-                nums = json.loads(group.tags[keys.GROUP_JOBS])
-                group_id = group.run_id
-            else:
-                nums = list(range(number, number + len(seeds)))
-                name = (f"trial {t.number} (rank {rank} on validation) on {len(seeds)} fresh "
-                        f"seeds")
-                group_id = store.create_run(self.uri, parent.experiment_id, name, {
-                    keys.SWEEP_ROLE: keys.ROLE_GROUP, keys.PARENT_RUN: self.parent_id,
-                    keys.SWEEP_ID: parent.tags.get(keys.SWEEP_ID, ""),
-                    keys.GROUP_BY: json.dumps([keys.SEED]), keys.GROUP_JOBS: json.dumps(nums),
-                    keys.REEVALUATES: str(t.number), keys.STUDY_NAME: self.study_name})
-            number = max(number, max(nums) + 1)
-            mapping |= {str(n): group_id for n in nums}
+        for (t, group_id), nums in self._groups_for(top, len(seeds)):
             jobs += [(n, [*base, *space.overrides(t.params), f"seed={s}"])
                      for n, s in zip(nums, seeds, strict=True)]
             out.append((t, group_id))
-        # jobs find their group through the sweep folder (or the group's tags in the store)
-        swept = list(dict.fromkeys([*(self.parent or {}).get("swept", []), keys.SEED]))
-        (self.sweep_dir / PARENT_FILE).write_text(json.dumps(
-            {**(self.parent or {}), "swept": swept, "groups": mapping}))
+        self.session.add_swept(keys.SEED)
+        self.session.save()  # jobs find their group through the sweep folder (or its tags)
         log.info("Re-evaluating the best %d trials (%s) on seeds %s: %d jobs", len(top),
                  ", ".join(str(t.number) for t in top), seeds, len(jobs))
         if self.submit is not None:
@@ -316,23 +295,60 @@ class Search:
             groups.write_if_complete(self.uri, group_id, self.sweep_dir, final=True)
         return out
 
+    def _groups_for(self, top: list[optuna.trial.FrozenTrial], n_seeds: int
+                    ) -> list[tuple[tuple[optuna.trial.FrozenTrial, str], list[int]]]:
+        """Each re-run trial's seed group and job numbers: a resumed search's existing group,
+        else a new one numbered after every trial."""
+        assert self.session is not None and self.parent_id is not None
+        existing = {r.tags.get(keys.REEVALUATES): r for r in store.search_runs(
+            self.uri, parent_run_id=self.parent_id,
+            filter_string=f"tags.{keys.SWEEP_ROLE} = '{keys.ROLE_GROUP}'")}
+        number = max(len(self.study.trials), self.s.n_trials)
+        out = []
+        for rank, t in enumerate(top, 1):
+            group = existing.get(str(t.number))
+            if group is not None:
+                nums = json.loads(group.tags[keys.GROUP_JOBS])
+                self.session.add_group(group.run_id, nums)
+                group_id = group.run_id
+            else:
+                nums = list(range(number, number + n_seeds))
+                group_id = self.session.create_group(
+                    f"trial {t.number} (rank {rank} on validation) on {n_seeds} fresh seeds",
+                    nums, [keys.SEED], {keys.REEVALUATES: str(t.number),
+                                        keys.STUDY_NAME: self.study_name})
+            number = max(number, max(nums) + 1)
+            out.append(((t, group_id), nums))
+        return out
+
     # --- the whole search --------------------------------------------------------------------
 
     def run(self, arguments: Sequence[str]) -> list[JobReturn]:
-        params = [f"{k}={v}" for k, v in (self.s.params or {}).items()]
-        space_, fixed_map = space.parse([*params, *arguments])
+        space_, fixed_map = space.parse(self.s.arguments(list(arguments)))
         fixed = [f"{k}={v}" for k, v in fixed_map.items() if _key(k) not in TRIAL_KEYS]
         if not space_:
-            raise ValueError("hydra.sweeper.params is empty: a search needs at least one "
-                             "swept key, e.g. algorithm.inner_lr='tag(log, interval(0.01, 1))'.")
+            raise Refusal(ConfigError(
+                "hydra.sweeper.params is empty: a search needs at least one swept key, e.g. "
+                "algorithm.inner_lr='tag(log, interval(0.01, 1))'."))
         try:
-            self._open()
+            self._open(space_)
         except ConfigError as e:  # e.g. tracking=server without the team's study database
             raise Refusal(e) from None
         try:
             self._run_trials(fixed, space_)
             utilisation = self._utilisation()
+            trials = self.study.get_trials(deepcopy=False)
+            if self.stopping is None and trials and all(t.state == TrialState.FAIL
+                                                        for t in trials):
+                self.stopping = f"all {len(trials)} trials failed; see their runs for why"
+            if self.stopping is not None:
+                raise SearchStopped(self.stopping)
             reevaluated = self._reevaluate(fixed)
+        except SearchStopped as e:
+            if self.session is not None:
+                self.session.fail(str(e))
+            print(f"Search stopped: {e}", file=sys.stderr, flush=True)
+            sys.exit(1)
         finally:
             shutdown = getattr(self.launcher, "shutdown", None)
             if shutdown is not None and self.submit is not None:
@@ -344,7 +360,9 @@ class Search:
             log.info("Best trial %d: value %s, params %s", best.number, best.value, best.params)
         if self.parent_id:
             record.log_search(self.uri, self.parent_id, self.study, self.s.objective,
-                              best, reevaluated, utilisation)
+                              best, reevaluated, utilisation, self.s.direction)
+        if self.session is not None:  # the search ran to its end: its parent is FINISHED
+            self.session.completed_by_sweeper = True
         return self.returns
 
     def _utilisation(self) -> float | None:

@@ -22,11 +22,6 @@ def sweeper_setting(config: DictConfig, key: str, default=None):
     return OmegaConf.select(config, f"hydra.sweeper.{key}", default=default)
 
 
-def is_search(config: DictConfig) -> bool:
-    """The sweep is this project's Optuna search (it has an ``objective``)."""
-    return sweeper_setting(config, "objective") is not None
-
-
 def check(config: DictConfig) -> None:
     """Refuse, before anything is recorded, a search that would select on the test tasks or
     whose ``val/`` objective no validation produces."""
@@ -48,6 +43,21 @@ def check(config: DictConfig) -> None:
     if not OmegaConf.select(config, "meta_train.validate_every", default=0):
         raise ConfigError(f"hydra.sweeper.objective={metric} needs validation during "
                           f"meta-training: set meta_train.validate_every > 0.")
+
+
+#: Words in a metric's name that say which way is better (accuracy up; error, loss down).
+HIGHER_WORDS, LOWER_WORDS = ("acc",), ("mse", "loss", "error")
+
+
+def higher_is_better(metric: str) -> bool | None:
+    """Whether the metric ``metric`` is better when higher, from its name (None: unknown, as
+    for a metric the project does not name)."""
+    words = metric.rsplit("/", 1)[-1].split("_")
+    if any(w in words for w in HIGHER_WORDS):
+        return True
+    if any(w in words for w in LOWER_WORDS):
+        return False
+    return None
 
 
 def value(history: dict[int, float], how: str, higher_is_better: bool) -> float:

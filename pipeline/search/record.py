@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from pipeline.analysis import plots
 from pipeline.analysis.results import objective_metric
+from pipeline.search.study import ATTR_RUN
 from pipeline.tracking import keys, store
 
 log = logging.getLogger(__name__)
@@ -28,16 +29,31 @@ PLOTS = {"optimization_history": "plot_optimization_history",
          "intermediate_values": "plot_intermediate_values"}
 
 
-def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, the step a pruned one stopped at, params."""
+def trials_table(study: optuna.Study, direction: str = "maximize") -> pd.DataFrame:
+    """One row per trial, ranked by the value told to the study (its run's
+    ``search/objective``; rank 1 the best, trials without a value last): number, state, value,
+    the step a pruned one stopped at, its MLflow run, params."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         rows.append({"trial": t.number, "state": t.state.name,
-                     "value": t.value if t.value is not None else math.nan,
+                     keys.TRIAL_OBJECTIVE: t.value if t.value is not None and
+                     t.state == TrialState.COMPLETE else math.nan,
                      "pruned_at_step": t.user_attrs.get(keys.PRUNED_STEP),
-                     "last_step": t.last_step,
+                     "last_step": t.last_step, "run_id": t.user_attrs.get(ATTR_RUN),
                      **{f"params.{k}": v for k, v in t.params.items()}})
-    return pd.DataFrame(rows)
+    df = pd.DataFrame(rows)
+    if len(df):
+        df.insert(0, "rank", df[keys.TRIAL_OBJECTIVE].rank(
+            ascending=direction != "maximize", method="min", na_option="keep"))
+        df = df.sort_values(["rank", "trial"], na_position="last").reset_index(drop=True)
+    return df
+
+
+def pruned_note(uri: str, run_id: str) -> str:
+    """A pruned trial's run description: where it stopped, and that it is no failure."""
+    step = store.get_run(uri, run_id).tags.get(keys.PRUNED_STEP, "?")
+    return (f"Pruned by the search after {step} meta-iterations (trial_state=PRUNED): stopped "
+            f"early on purpose, not a failure.")
 
 
 def figures(study: optuna.Study) -> dict[str, object]:
@@ -72,7 +88,7 @@ def group_result(uri: str, group_id: str) -> tuple[float, float, str | None]:
 
 def log_search(uri: str, parent_id: str, study: optuna.Study, objective: str,
                best: FrozenTrial | None, reevaluated: list[tuple[FrozenTrial, str]],
-               utilisation: float | None = None) -> None:
+               utilisation: float | None = None, direction: str = "maximize") -> None:
     """Everything a reader of the parent run needs to judge the search (``utilisation``: the
     workers' time in trials, :mod:`pipeline.search.occupancy`)."""
     trials = study.get_trials(deepcopy=False)
@@ -95,11 +111,26 @@ def log_search(uri: str, parent_id: str, study: optuna.Study, objective: str,
         if rank == 1:  # the search's result: the winner on validation, tested once
             tags[keys.SEARCH_BEST_GROUP] = group_id
             metrics |= {keys.SEARCH_TEST_MEAN: mean, keys.SEARCH_TEST_CI95: ci}
+            _winner_on_study(study, t.number, group_id, mean, ci, name)
             if name and objective.removeprefix(keys.VAL) in name:  # the same metric
                 metrics[keys.SEARCH_OPTIMISM] = float(t.value) - mean
+    _log_tables(uri, parent_id, study, rows, direction)
+    store.log_values(uri, parent_id, metrics={k: v for k, v in metrics.items()
+                                              if math.isfinite(v)})
+    store.set_tags(uri, parent_id, tags)
+    if rows:
+        r = rows[0]
+        log.info("Search result: trial %d (validation %.4f) on the test tasks over fresh seeds: "
+                 "%.4f ± %.4f", r["trial"], r["val_objective"], r["test_mean"], r["test_ci95"])
+
+
+def _log_tables(uri: str, parent_id: str, study: optuna.Study, rows: list[dict],
+                direction: str) -> None:
+    """The trials table (ranked by ``search/objective``), the re-evaluation table and Optuna's
+    plots, as the parent's artifacts."""
     figs = figures(study)
     with tempfile.TemporaryDirectory() as tmp:
-        table = trials_table(study)
+        table = trials_table(study, direction)
         csvs = [Path(tmp) / "trials.csv"]
         table.to_csv(csvs[0], index=False)
         if rows:
@@ -112,10 +143,16 @@ def log_search(uri: str, parent_id: str, study: optuna.Study, objective: str,
         store.log_files(uri, parent_id, {}, figs)
     for fig in figs.values():
         plots.close(fig)
-    store.log_values(uri, parent_id, metrics={k: v for k, v in metrics.items()
-                                              if math.isfinite(v)})
-    store.set_tags(uri, parent_id, tags)
-    if rows:
-        r = rows[0]
-        log.info("Search result: trial %d (validation %.4f) on the test tasks over fresh seeds: "
-                 "%.4f ± %.4f", r["trial"], r["val_objective"], r["test_mean"], r["test_ci95"])
+
+
+#: Study user attributes for the re-evaluated winner (optuna-dashboard shows them).
+WINNER_ATTRS = ("reevaluated_trial", "reevaluated_test_mean", "reevaluated_test_ci95",
+                "reevaluated_metric", "reevaluated_group_run_id")
+
+
+def _winner_on_study(study: optuna.Study, trial: int, group_id: str, mean: float, ci: float,
+                     metric: str | None) -> None:
+    values = (trial, mean if math.isfinite(mean) else None, ci if math.isfinite(ci) else None,
+              metric, group_id)
+    for key, value in zip(WINNER_ATTRS, values, strict=True):
+        study.set_user_attr(key, value)

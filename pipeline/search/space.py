@@ -12,6 +12,8 @@ hydra-optuna-sweeper gave them: a ``range`` includes its stop here, unlike a gri
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -75,3 +77,11 @@ def parse(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, 
 def overrides(params: dict[str, Any]) -> list[str]:
     """A trial's params as command-line overrides (``None`` as Hydra's ``null``)."""
     return [f"{k}={'null' if v is None else v}" for k, v in params.items()]
+
+
+def to_json(space_: Mapping[str, Any]) -> str:
+    """The search space as JSON (a study attribute a resume compares)."""
+    from optuna.distributions import distribution_to_json
+
+    return json.dumps({k: json.loads(distribution_to_json(d)) for k, d in space_.items()},
+                      sort_keys=True)

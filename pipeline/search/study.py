@@ -10,17 +10,26 @@ study to report its validation curve and ask the pruner.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
-from pipeline.tracking import store
+from pipeline.search import space
+from pipeline.tracking import keys, store
+
+if TYPE_CHECKING:
+    from pipeline.search.settings import Settings
 
 #: The environment variable naming the team's study database (tracking=server).
 STORAGE_ENV = "OPTUNA_STORAGE"
@@ -28,6 +37,16 @@ STORAGE_ENV = "OPTUNA_STORAGE"
 SQLITE_FILE = "optuna.db"
 #: Seconds a SQLite writer waits for another's lock (jobs report at once).
 SQLITE_TIMEOUT_S = 60
+#: Seconds to reach a server database before the search is refused.
+CONNECT_TIMEOUT_S = 10
+#: Study user attributes written at creation: what trials return, the space a resume must
+#: keep, the pruner the jobs build (Optuna keeps none in the storage); later the sweep's
+#: parent run and the re-evaluated winner's test score (optuna-dashboard links to MLflow).
+ATTR_OBJECTIVE, ATTR_OBJECTIVE_VALUE, ATTR_SPACE, ATTR_PRUNER = (
+    "objective", "objective_value", "space", "pruner")
+ATTR_PARENT_RUN = "mlflow_parent_run_id"
+#: A trial's user attribute: the MLflow run that stands for it.
+ATTR_RUN = "mlflow_run_id"
 
 
 def storage_url(sweeper_storage: str | None, tracking_uri: str) -> str:
@@ -56,12 +75,23 @@ def without_password(url: str) -> str:
 
 
 def rdb(url: str) -> optuna.storages.RDBStorage:
-    """The storage (its tables created if missing); SQLite writers wait for each other."""
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    """The storage (its tables created if missing); SQLite writers wait for each other. Two
+    processes that open a fresh storage at once race to create its tables (a unique-key or
+    "already exists" error for the loser): the loser opens it again, finding them made."""
+    import sqlalchemy.exc
+
+    for attempt in range(4):
+        try:
+            if url.startswith("sqlite:///"):
+                Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs={"connect_args": {"timeout": SQLITE_TIMEOUT_S}})
+            return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError):
+            if attempt == 3:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def build(spec: Any, **extra: Any) -> Any:
@@ -86,3 +116,105 @@ def open_study(url: str, name: str, direction: str, sampler: Any = None, pruner:
 def pruner_of(spec: Any) -> optuna.pruners.BasePruner:
     """The configured pruner; none (``NopPruner``) by default."""
     return build(spec) or optuna.pruners.NopPruner()
+
+
+def check_reachable(url: str) -> None:
+    """Refuse a study storage that cannot be reached (or, for SQLite, written), before the
+    sweep records anything."""
+    masked = without_password(url)
+    if url.startswith("sqlite:///"):
+        folder = Path(url.removeprefix("sqlite:///")).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:  # the nearest existing folder takes a file (root ignores permission bits)
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise ConfigError(f"the study storage {masked} cannot be created: {folder} is not "
+                              f"writable ({e.strerror}); set hydra.sweeper.storage to a "
+                              f"writable place.") from None
+        return
+    try:
+        import sqlalchemy
+
+        args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.startswith(
+            ("postgresql", "mysql")) else {}
+        engine = sqlalchemy.create_engine(url, connect_args=args)
+        try:
+            with engine.connect():
+                pass
+        finally:
+            engine.dispose()
+    except Exception as e:
+        cause = without_password(str(e).strip().splitlines()[0] if str(e).strip()
+                                 else type(e).__name__)
+        raise ConfigError(f"the study storage {masked} cannot be reached ({cause}): start that "
+                          f"database or fix hydra.sweeper.storage (or {STORAGE_ENV}).") from None
+
+
+def _attrs(settings: Settings, space_json: str) -> dict[str, str]:
+    pruner = settings.pruner
+    spec = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) \
+        else pruner
+    return {ATTR_OBJECTIVE: settings.objective, ATTR_OBJECTIVE_VALUE: settings.objective_value,
+            ATTR_SPACE: space_json, ATTR_PRUNER: json.dumps(spec)}
+
+
+def create_new(url: str, name: Callable[[], str], settings: Settings, space_: dict,
+               pruner: Any) -> optuna.Study:
+    """A new study (never an existing one: a name taken gets a suffix), holding what a resume
+    and the trials read back, and naming its objective."""
+    storage = rdb(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    base = name()
+    for n in range(1, 100):
+        candidate = base if n == 1 else f"{base}-{n}"
+        try:
+            s = optuna.create_study(storage=storage, study_name=candidate,
+                                    direction=settings.direction, pruner=pruner)
+            break
+        except optuna.exceptions.DuplicatedStudyError:
+            continue
+    else:
+        raise ConfigError(f"study names {base}-2..99 are all taken in {without_password(url)}")
+    for key, value in _attrs(settings, space.to_json(space_)).items():
+        s.set_user_attr(key, value)
+    with warnings.catch_warnings():  # "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        s.set_metric_names([settings.objective])
+    return s
+
+
+def check_same_search(config: DictConfig, resume: str, settings: Settings, url: str) -> None:
+    """``sweep.resume``: refuse, in one line naming what differs, a search whose space,
+    objective or direction are not its study's."""
+    from pipeline.sweep.session import find_parent
+
+    parent = find_parent(OmegaConf.to_object(config.tracking), resume)
+    name = parent.tags.get(keys.STUDY_NAME)
+    if not name:
+        return  # no study yet (stopped before it), or not a search: the sweep's check says
+    try:
+        s = optuna.load_study(study_name=name, storage=rdb(url))
+    except KeyError:
+        raise ConfigError(f"sweep.resume={parent.run_id}: its study {name} is not in "
+                          f"{without_password(url)}; resume with the storage it used "
+                          f"(hydra.sweeper.storage).") from None
+    space_, _ = space.parse(settings.arguments(list(config.hydra.overrides.task)))
+    now = _attrs(settings, space.to_json(space_)) | {"direction": settings.direction}
+    then = {**s.user_attrs, "direction": s.direction.name.lower()}
+    differ = [k for k in ("direction", ATTR_OBJECTIVE, ATTR_OBJECTIVE_VALUE, ATTR_SPACE)
+              if k in then and then[k] != now[k]]
+    if not differ:
+        return
+    said = []
+    for k in differ:
+        if k == ATTR_SPACE:
+            a, b = json.loads(then[k]), json.loads(now[k])
+            keys_ = sorted(k2 for k2 in a.keys() | b.keys() if a.get(k2) != b.get(k2))
+            said.append(f"search space ({', '.join(keys_)})")
+        else:
+            said.append(f"{k} ({then[k]} in the study, {now[k]} now)")
+    raise ConfigError(f"sweep.resume={parent.run_id}: this search differs from its study {name} "
+                      f"in {'; '.join(said)}: resume with the same search, or start a new one "
+                      f"without sweep.resume.")

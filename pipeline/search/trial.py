@@ -12,6 +12,7 @@ the step from the trial's user attributes.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -45,15 +46,23 @@ class TrialJob:
 
 def of_job(sweep_number: int | None, study_name: str | None, hydra_cfg: DictConfig,
            tracking_uri: str) -> TrialJob | None:
-    """The job's trial, from the overrides the search adds and the sweeper's config in the
-    job's Hydra config; None outside a search."""
+    """The job's trial, from the overrides the search adds: the storage from the sweeper's
+    config, then what the trial returns and its pruner from the study's user attributes (the
+    search wrote them once; a study made before they existed falls back to the sweeper's
+    config). None outside a search."""
     if sweep_number is None or not study_name:
         return None
     sweeper = hydra_cfg.sweeper
     url = study.storage_url(OmegaConf.select(sweeper, "storage", default=None), tracking_uri)
-    return TrialJob(int(sweep_number), str(study_name), url, str(sweeper.objective),
-                    str(OmegaConf.select(sweeper, "objective_value", default=objective.BEST)),
-                    OmegaConf.select(sweeper, "pruner", default=None))
+    attrs = study.open_study(url, str(study_name), "maximize").user_attrs
+    if study.ATTR_OBJECTIVE in attrs:
+        metric, how = attrs[study.ATTR_OBJECTIVE], attrs[study.ATTR_OBJECTIVE_VALUE]
+        pruner = json.loads(attrs.get(study.ATTR_PRUNER, "null"))
+    else:
+        metric, how = str(sweeper.objective), str(OmegaConf.select(
+            sweeper, "objective_value", default=objective.BEST))
+        pruner = OmegaConf.select(sweeper, "pruner", default=None)
+    return TrialJob(int(sweep_number), str(study_name), url, str(metric), str(how), pruner)
 
 
 class Reporter:

@@ -21,8 +21,10 @@ are marked KILLED (with checkpoints), then ends the parent KILLED, so the sweep 
 Single runs never touch any of this: the callback only acts on multirun events.
 
 Modules: :mod:`~pipeline.sweep.plan` (swept keys, job names, the grid, what a resumed sweep does
-with each job), :mod:`~pipeline.sweep.callback` (the launching process), :mod:`~pipeline.sweep.job`
-(inside a job), :mod:`~pipeline.sweep.workers` (worker processes, stop and exit).
+with each job), :mod:`~pipeline.sweep.session` (the one owner of the parent run, the group runs,
+the parent file, the heartbeat and the stop), :mod:`~pipeline.sweep.callback` (the launching
+process: opens and ends the session), :mod:`~pipeline.sweep.job` (inside a job),
+:mod:`~pipeline.sweep.workers` (worker processes, stop and exit).
 """
 
 from pipeline.sweep.callback import SweepCallback
@@ -34,7 +36,9 @@ from pipeline.sweep.job import (
     stored_objective,
 )
 from pipeline.sweep.plan import NEW, RERUN, RESUME, SKIP, run_name, swept_keys
+from pipeline.sweep.session import SweepSession, is_stopping, on_worker_lost
 from pipeline.sweep.workers import job_guard
 
-__all__ = ["NEW", "RERUN", "RESUME", "SKIP", "JobContext", "SweepCallback", "job_context",
-           "job_ended", "job_guard", "objective", "run_name", "stored_objective", "swept_keys"]
+__all__ = ["NEW", "RERUN", "RESUME", "SKIP", "JobContext", "SweepCallback", "SweepSession",
+           "is_stopping", "job_context", "job_ended", "job_guard", "objective",
+           "on_worker_lost", "run_name", "stored_objective", "swept_keys"]

@@ -7,7 +7,6 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
@@ -17,7 +16,6 @@ from pipeline.analysis.results import objective_metric
 from pipeline.config import TrackingConfig
 from pipeline.sweep.plan import (
     NEW,
-    PARENT_FILE,
     RERUN,
     action,
     group_map,
@@ -26,6 +24,7 @@ from pipeline.sweep.plan import (
     swept_keys,
     without_resume,
 )
+from pipeline.sweep.session import ParentFile, sweep_dir_of
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
@@ -47,16 +46,16 @@ class JobContext:
     sweep_dir: Path | None = None
 
 
-def _parent_from_store(cfg: TrackingConfig, sweep_dir: Path) -> dict[str, Any] | None:
+def _parent_from_store(cfg: TrackingConfig, sweep_dir: Path) -> ParentFile | None:
     runs = store.search_runs(cfg.uri, [cfg.experiment_name],
                              f"tags.{keys.SWEEP_DIR} = '{sweep_dir}'", include_parents=True)
     parents = [r for r in runs if r.tags.get(keys.SWEEP_ROLE) == keys.ROLE_PARENT]
     if not parents:
         return None
     run_id = parents[-1].run_id
-    return {"run_id": run_id, "swept": json.loads(parents[-1].tags[keys.SWEEP_PARAMS]),
-            "groups": {str(n): g for n, g in group_map(cfg.uri, run_id).items()},
-            "resume": keys.RESUMED_SWEEP in parents[-1].tags}
+    return ParentFile(run_id, cfg.uri, json.loads(parents[-1].tags[keys.SWEEP_PARAMS]),
+                      {str(n): g for n, g in group_map(cfg.uri, run_id).items()},
+                      keys.RESUMED_SWEEP in parents[-1].tags)
 
 
 def job_context(cfg: TrackingConfig, base_name: str) -> JobContext | None:
@@ -67,25 +66,24 @@ def job_context(cfg: TrackingConfig, base_name: str) -> JobContext | None:
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return None
-    sweep_dir = Path(str(hc.sweep.dir)).absolute()
-    parent_file = sweep_dir / PARENT_FILE
-    parent = json.loads(parent_file.read_text()) if parent_file.is_file() else None
+    sweep_dir = sweep_dir_of(hc)
+    parent = ParentFile.load(sweep_dir)
     if parent is None:  # another machine without the sweep dir: ask the shared store
         parent = _parent_from_store(cfg, sweep_dir)
     overrides = without_resume(list(hc.overrides.task))
-    swept = parent["swept"] if parent else swept_keys(overrides)
+    swept = parent.swept if parent else swept_keys(overrides)
     num = int(hc.job.num)
     tags = {keys.SWEEP_ID: f"{sweep_dir.parent.name}/{sweep_dir.name}",
             keys.SWEEP_JOB: str(num), keys.SWEEP_ROLE: keys.ROLE_CHILD}
     group_id = None
     what, previous = NEW, None
     if parent:
-        group_id = parent.get("groups", {}).get(str(num))
-        tags[keys.PARENT_RUN] = group_id or parent["run_id"]
+        group_id = parent.groups.get(str(num))
+        tags[keys.PARENT_RUN] = group_id or parent.run_id
         if group_id:
             tags[keys.GROUP_RUN] = group_id
-        if parent.get("resume"):
-            previous = job_runs(cfg.uri, parent["run_id"],
+        if parent.resume:
+            previous = job_runs(cfg.uri, parent.run_id,
                                 {group_id} if group_id else set()).get(num)
             what = action(cfg.uri, previous)
             if what == RERUN and previous is not None:
@@ -141,21 +139,3 @@ def objective(value: float, higher_is_better: bool) -> float:
             f"hydra.sweeper.direction={want}.")
     return value
 
-
-def job_lost(sweep_dir: Path, num: int, reason: str) -> str | None:
-    """In the launching process, after job ``num``'s worker died under it: end the job's run,
-    still RUNNING, FAILED with ``reason`` (the worker could not), and write its group if that
-    was the group's last job. Returns the run's id (None: the job had not started a run)."""
-    parent = json.loads((sweep_dir / PARENT_FILE).read_text())
-    uri, containers = parent["tracking_uri"], [parent["run_id"], *parent["groups"].values()]
-    running = [r for c in dict.fromkeys(containers) for r in store.search_runs(
-        uri, parent_run_id=c, filter_string=f"tags.{keys.SWEEP_JOB} = '{num}'")
-        if r.status == keys.RUNNING and r.tags.get(keys.SWEEP_ROLE) == keys.ROLE_CHILD]
-    for run in running:
-        store.set_tags(uri, run.run_id, {keys.ERROR: reason})
-        store.end_run(uri, run.run_id, keys.FAILED)
-        log.warning("Job %d: run %s marked FAILED: %s", num, run.run_id, reason)
-    group = parent["groups"].get(str(num))
-    if group:
-        groups.write_if_complete(uri, group, sweep_dir)
-    return running[-1].run_id if running else None

@@ -110,13 +110,15 @@ class SweepHooks:
 
     def is_stopping(self, sweep_dir: Path) -> bool:
         """A stop (SIGTERM or Ctrl-C to the launching process) left its file in the folder."""
-        return (sweep_dir / STOP_FILE).exists()
+        from pipeline.sweep import session
+
+        return session.is_stopping(sweep_dir)
 
     def on_worker_lost(self, sweep_dir: Path, job_idx: int, reason: str) -> None:
         """The job's run, still RUNNING, ended FAILED with ``reason`` (its worker died)."""
-        from pipeline.sweep import job
+        from pipeline.sweep import session
 
-        job.job_lost(sweep_dir, job_idx, reason)
+        session.on_worker_lost(sweep_dir, job_idx, reason)
 
     def worker_started(self, warm: bool) -> None:
         """TensorFlow, Keras, the stages and the store's client imported once per worker

@@ -94,6 +94,10 @@ SEARCH_TRIALS = ("search/trials_complete", "search/trials_pruned", "search/trial
 #: Time the workers spent in trials over workers x the trials' wall time
 #: (:mod:`pipeline.search.occupancy`; only with a launcher that keeps trials in flight).
 SEARCH_WORKER_UTILISATION = "search/worker_utilisation"
+#: On each trial's run: the value the search told the study for it (what trials are ranked by).
+TRIAL_OBJECTIVE = "search/objective"
+#: MLflow's run description (shown in the UI under the run's name).
+NOTE = "mlflow.note.content"
 SEARCH_BEST_TRIAL, SEARCH_BEST_GROUP = "search_best_trial", "search_best_group"
 #: Runs of ``pipeline.compare --paired --log`` and ``--register``.
 ROLE_PAIRED = "paired_comparison"

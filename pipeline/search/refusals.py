@@ -1,0 +1,70 @@
+"""The refusals a search gets before anything is recorded (no parent run, no study): a bad
+objective, ``n_trials < 1``, an unknown sampler or pruner, a direction that contradicts the
+objective's metric, an empty space, an unreachable study storage, and a resumed search whose
+space, objective or direction differ from its study's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pipeline.errors import ConfigError
+from pipeline.search import objective, space, study
+from pipeline.search.settings import Settings
+
+#: ``hydra.sweeper.direction``.
+DIRECTIONS = ("maximize", "minimize")
+
+
+def _build(kind: str, spec: Any) -> Any:
+    target = OmegaConf.select(spec, "_target_", default=None) if spec is not None else None
+    try:
+        return study.build(spec)
+    except Exception as e:
+        known = "optuna.samplers.TPESampler, RandomSampler, CmaEsSampler, GPSampler, " \
+            "NSGAIISampler, QMCSampler" if kind == "sampler" else \
+            "optuna.pruners.MedianPruner, SuccessiveHalvingPruner, HyperbandPruner, " \
+            "PercentilePruner, ThresholdPruner, NopPruner"
+        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"hydra.sweeper.{kind}._target_={target} cannot be made ({cause}): "
+                          f"give an Optuna {kind} class, e.g. {known}.") from None
+
+
+def check(s: Settings, config: DictConfig) -> None:
+    """Every refusal that needs no store: objective, n_trials, sampler, pruner, direction."""
+    objective.check(config)
+    if s.n_trials < 1:
+        raise ConfigError(f"hydra.sweeper.n_trials={s.n_trials}: a search runs at least one "
+                          f"trial; give n_trials >= 1.")
+    if s.direction not in DIRECTIONS:
+        raise ConfigError(f"hydra.sweeper.direction={s.direction} is not allowed: use "
+                          f"{' or '.join(DIRECTIONS)}.")
+    higher = objective.higher_is_better(s.objective)
+    if higher is not None and (s.direction == "maximize") != higher:
+        want = "maximize" if higher else "minimize"
+        raise ConfigError(
+            f"hydra.sweeper.direction={s.direction} contradicts the objective "
+            f"hydra.sweeper.objective={s.objective}, which is better when "
+            f"{'higher' if higher else 'lower'}: set hydra.sweeper.direction={want}.")
+    if not 0.0 <= s.max_failure_rate <= 1.0:
+        raise ConfigError(f"hydra.sweeper.max_failure_rate={s.max_failure_rate}: give a "
+                          f"fraction from 0 to 1.")
+    _build("sampler", s.sampler)
+    _build("pruner", s.pruner)
+
+
+def refuse_early(config: DictConfig) -> None:
+    """Before the sweep's parent run or its study exist: :func:`check`, the storage reachable,
+    and a resumed search's study the same search (raises :class:`ConfigError`)."""
+    s = Settings.of(config.hydra.sweeper)
+    check(s, config)
+    space_, _ = space.parse(s.arguments(list(config.hydra.overrides.task)))
+    if not space_:
+        raise ConfigError("hydra.sweeper.params is empty: a search needs at least one swept "
+                          "key, e.g. algorithm.inner_lr='tag(log, interval(0.01, 1))'.")
+    url = study.storage_of(config)
+    study.check_reachable(url)
+    resume = OmegaConf.select(config, "sweep.resume", default=None)
+    if resume:
+        study.check_same_search(config, str(resume), s, url)
