@@ -28,7 +28,7 @@ from pipeline.errors import IN_CONFIG, ConfigError, PipelineError, Refusal
 
 register_configs()
 # The project's launcher reaches the sweep through these hooks only (imported at its set-up).
-install_hooks("pipeline.sweep.workers:SweepHooks")
+install_hooks("pipeline.sweep.hooks:SweepHooks")
 
 
 # An absolute folder: Hydra reads a relative one as a package when the console script runs it.

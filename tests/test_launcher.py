@@ -133,7 +133,8 @@ def test_the_sweep_and_both_backends_fill_the_launchers_protocols(tmp_path):
     from hydra_plugins.pipeline_launcher._core import WORKER_SPAN, WorkerBackend
     from hydra_plugins.pipeline_launcher._loky import LokyBackend
     from pipeline.search.occupancy import SPAN_ATTR
-    from pipeline.sweep.workers import STOP_FILE, SweepHooks
+    from pipeline.sweep.hooks import SweepHooks
+    from pipeline.sweep.workers import STOP_FILE
 
     hooks = SweepHooks()
     assert isinstance(hooks, LauncherHooks) and not hooks.is_stopping(tmp_path)

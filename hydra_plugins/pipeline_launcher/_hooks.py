@@ -5,7 +5,7 @@ Hydra's task function (its sweep's stop, a dead worker's run marked FAILED, warm
 installs a :class:`LauncherHooks` before Hydra sets the launcher up::
 
     from hydra_plugins.pipeline_launcher import install_hooks
-    install_hooks("pipeline.sweep.workers:SweepHooks")   # or an instance
+    install_hooks("pipeline.sweep.hooks:SweepHooks")   # or an instance
 
 The launcher takes the installed hooks at :meth:`~.launcher.PipelineLauncher.setup` and hands
 them to each worker (pickled: a class by module path), which calls the worker-side hooks. An

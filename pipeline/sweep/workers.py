@@ -1,7 +1,6 @@
 """Worker processes of a multirun: mark a process while it runs a job (so a stopped sweep
 signals only those), stop jobs on SIGTERM, and let workers leave without TensorFlow's teardown.
-:class:`SweepHooks` is what the project's launcher (``hydra_plugins.pipeline_launcher``) gets of
-the sweep, through the hooks it takes at set-up."""
+What the project's launcher gets of the sweep is :class:`pipeline.sweep.hooks.SweepHooks`."""
 
 from __future__ import annotations
 
@@ -103,40 +102,3 @@ def _exit_fast_at_shutdown() -> None:
     _fast_exit_registered = True
     atexit.register(process.leave_now, 0)
 
-
-class SweepHooks:
-    """The sweep's side of the project's launcher (its ``LauncherHooks``), installed by the
-    entry point (:mod:`pipeline.__main__`): the launcher imports nothing of the pipeline."""
-
-    def is_stopping(self, sweep_dir: Path) -> bool:
-        """A stop (SIGTERM or Ctrl-C to the launching process) left its file in the folder."""
-        from pipeline.sweep import session
-
-        return session.is_stopping(sweep_dir)
-
-    def on_worker_lost(self, sweep_dir: Path, job_idx: int, reason: str) -> None:
-        """The job's run, still RUNNING, ended FAILED with ``reason`` (its worker died)."""
-        from pipeline.sweep import session
-
-        session.on_worker_lost(sweep_dir, job_idx, reason)
-
-    def worker_started(self, warm: bool) -> None:
-        """TensorFlow, Keras, the stages and the store's client imported once per worker
-        (imports only: thread settings apply at the first op, in the first job); built
-        algorithms kept across its jobs if ``warm`` (:mod:`pipeline.run.warm`)."""
-        from pipeline.run import runtime_env
-        from pipeline.run import warm as warm_cache
-
-        runtime_env.import_tensorflow()
-        import pipeline.run.runner  # noqa: F401
-        from pipeline.tracking import store
-
-        store.preload()
-        warm_cache.enable(warm)
-
-    def job_starting(self, assigned_at: float) -> None:
-        """A clean per-job state (:func:`fresh_job_state`); every kept algorithm free again."""
-        from pipeline.run import warm
-
-        fresh_job_state()
-        warm.new_job(assigned_at)
