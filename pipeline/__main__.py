@@ -118,7 +118,10 @@ def _main(cfg: DictConfig) -> float:
         if job is not None:
             sweep.job_ended(job)
         from pipeline.tracking.run import StoreLost, Undelivered
+        from pipeline.tracking.store import StoreNotCreated
 
+        if isinstance(e, StoreNotCreated):  # nothing was recorded, nothing is left behind
+            _fail(e, "Cannot start", 2)
         if isinstance(e, Undelivered | StoreLost):  # the message says what the store holds
             _fail(e, "Run not recorded in full", 1)
         _fail(e, "Run failed (marked FAILED in MLflow)", 1)

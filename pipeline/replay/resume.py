@@ -43,6 +43,7 @@ def checkpoint_of(uri: str, run_id: str) -> checkpoint.Checkpoint:
 def resume(run_id: str, uri: str, out=print) -> str:
     """Finish run ``run_id`` from its checkpoint; return its final status."""
     original = store.get_run(uri, run_id)
+    run_id = original.run_id  # the whole id, where a prefix was given
     if original.status not in RESUMABLE:
         lost = (f" If its process is gone (heartbeat {original.tags.get(keys.HEARTBEAT)}), "
                 f"`python -m pipeline.tracking reap` marks it FAILED first."

@@ -37,7 +37,7 @@ from pipeline.sweep.plan import (
     swept_keys,
     without_resume,
 )
-from pipeline.tracking import keys, liveness, store
+from pipeline.tracking import keys, liveness, redact, store
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,8 @@ class SweepCallback(Callback):
         else:
             try:
                 found = store.get_run(uri, resume)
+            except store.AmbiguousRunId as e:
+                _refuse(f"sweep.resume={resume}: {e}")
             except Exception:
                 found = None
             if found is None or found.tags.get(keys.SWEEP_ROLE) != keys.ROLE_PARENT:
@@ -168,13 +170,12 @@ class SweepCallback(Callback):
                         f"a parent run id (pipeline.compare lists them) or last.")
         assert found is not None
         before = without_resume(json.loads(found.tags.get(keys.SWEEP_OVERRIDES, "[]")))
-        if before != without_resume(overrides):
+        if before != without_resume([redact.mask(o) for o in overrides]):  # tags are masked
             _refuse(f"sweep.resume={found.run_id}: that sweep ran the overrides {before}, this "
                     f"command has {without_resume(overrides)}; resume with the same command.")
         if liveness.is_alive(found):
-            _refuse(f"sweep.resume={found.run_id}: that sweep is still running "
-                    f"({liveness.where(found)}, heartbeat {found.tags.get(keys.HEARTBEAT)}): "
-                    f"let it end, or stop it, before resuming it.")
+            _refuse(f"sweep.resume={found.run_id}: that sweep is still running: "
+                    f"{liveness.still_running(found)}.")
         # Runs whose process is gone (SIGKILL, OOM, a lost launcher) are FAILED before planning.
         for lost in liveness.reap(uri, experiment_names=[cfg.experiment_name]):
             log.warning("Run %s (%s) marked FAILED: %s", lost.run.run_id, lost.run.name,
@@ -187,9 +188,7 @@ class SweepCallback(Callback):
             if liveness.is_alive(run):
                 self.parent_run_id = None
                 _refuse(f"sweep.resume={found.run_id}: job {n}'s run {run.run_id} is still "
-                        f"running ({liveness.where(run)}, heartbeat "
-                        f"{run.tags.get(keys.HEARTBEAT)}): let it end, or stop that process, "
-                        f"before resuming the sweep.")
+                        f"running ({liveness.still_running(run)}).")
         n_jobs = len(jobs) if jobs is not None else max(standing, default=-1) + 1
         counts = dict.fromkeys((SKIP, RESUME, RERUN, NEW), 0)
         for n in range(n_jobs):
