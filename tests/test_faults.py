@@ -340,3 +340,12 @@ def test_preset_run_names_follow_the_algorithm_run():
             checked.append(preset.stem)
             break  # (sinusoid_reptile sets keys no other algorithm has: nothing to rename)
     assert "tabular_maml" in checked and len(checked) >= 15, checked
+
+
+def test_the_joblib_launcher_is_composed_without_hydras_deprecation_warning():
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        compose_raw("hydra/launcher=joblib")
+    assert not [w for w in caught if "validated against ConfigStore schema" in str(w.message)]
