@@ -349,3 +349,23 @@ def test_the_joblib_launcher_is_composed_without_hydras_deprecation_warning():
         warnings.simplefilter("default")
         compose_raw("hydra/launcher=joblib")
     assert not [w for w in caught if "validated against ConfigStore schema" in str(w.message)]
+
+
+_TRACING_JOBS = """
+from pipeline.run import runtime_env
+runtime_env.import_tensorflow()
+import tensorflow as tf
+
+def step(x):
+    return x * 2.0
+
+for _ in range(8):  # one tf.function per job, as a warm sweep worker makes them
+    tf.function(step)(tf.constant(1.0))
+print("done", flush=True)
+"""
+
+
+def test_a_worker_making_each_jobs_steps_anew_prints_no_retracing_warning():
+    out = python("-c", _TRACING_JOBS, timeout=300)
+    assert out.returncode == 0 and "done" in out.stdout, out.stderr[-2000:]
+    assert "retracing" not in out.stderr, out.stderr[-2000:]
