@@ -112,6 +112,44 @@ def test_passwords_are_masked_in_every_param_tag_and_artifact(tmp_path):
     assert SECRET in (hydra_dir / "hydra.yaml").read_text()  # the job's own folder keeps it
 
 
+@pytest.mark.slow
+def test_a_search_against_password_protected_servers_leaves_no_password_in_the_store(tmp_path):
+    """The issue's case, for real: a search whose study lives in PostgreSQL and whose runs go
+    to an MLflow server, both URIs with a password (the servers accept any: trust auth, no
+    auth). The whole store - the server's database and every artifact file - is grepped."""
+    from tests.conftest import MlflowServer
+    from tests.test_team_setup import Postgres
+
+    pg = Postgres()
+    pg.start()
+    server = MlflowServer(tmp_path / "server")
+    try:
+        server.start()
+        storage = pg.optuna_uri.replace("postgres@", f"postgres:{SECRET}@")
+        tracking = server.uri.replace("http://", f"http://user:{SECRET}@")
+        out = subprocess.run(
+            [sys.executable, "-m", "pipeline", "-m", "hparams_search=maml_optuna", *TINY,
+             "data.num_val_tasks=10", "meta_train.validate_every=10",
+             "tracking.log_model=false", "tracking=server", f"tracking.uri={tracking}",
+             f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2",
+             "hydra.sweeper.reevaluate.top_k=1", "hydra.sweeper.reevaluate.seeds=2",
+             "hydra/launcher=joblib", f"hydra.sweep.dir={tmp_path}/multirun",
+             f"paths.data_dir={tmp_path}/data"],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=1500)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+        client = MlflowClient(server.uri)
+        runs = client.search_runs([client.get_experiment_by_name("meta-learning")
+                                   .experiment_id])
+        assert len(runs) >= 4  # parent, 2 trials, a re-evaluation group and its jobs
+        [hydra_yaml, *_] = sorted((tmp_path / "server" / "artifacts").rglob("hydra/hydra.yaml"))
+        assert storage.replace(SECRET, "***") in hydra_yaml.read_text()
+        assert SECRET in next((tmp_path / "multirun").rglob(".hydra/hydra.yaml")).read_text()
+        assert _grep_store(tmp_path / "server", SECRET) == []
+    finally:
+        server.stop()
+        pg.stop()
+
+
 # --- liveness from the process itself ---------------------------------------------------------
 
 
