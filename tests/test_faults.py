@@ -117,9 +117,13 @@ def test_a_search_against_password_protected_servers_leaves_no_password_in_the_s
     """The issue's case, for real: a search whose study lives in PostgreSQL and whose runs go
     to an MLflow server, both URIs with a password (the servers accept any: trust auth, no
     auth). The whole store - the server's database and every artifact file - is grepped."""
-    from tests.conftest import MlflowServer
+    from tests.conftest import MlflowServer, missing
     from tests.test_team_setup import Postgres
 
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        missing('psycopg2 (pip install -e ".[server]")')
     pg = Postgres()
     pg.start()
     server = MlflowServer(tmp_path / "server")

@@ -170,7 +170,8 @@ class SweepCallback(Callback):
                         f"a parent run id (pipeline.compare lists them) or last.")
         assert found is not None
         before = without_resume(json.loads(found.tags.get(keys.SWEEP_OVERRIDES, "[]")))
-        if before != without_resume([redact.mask(o) for o in overrides]):  # tags are masked
+        if before not in (without_resume(overrides),  # tags are masked since passwords are
+                          without_resume([redact.mask(o) for o in overrides])):
             _refuse(f"sweep.resume={found.run_id}: that sweep ran the overrides {before}, this "
                     f"command has {without_resume(overrides)}; resume with the same command.")
         if liveness.is_alive(found):
