@@ -85,7 +85,8 @@ def test_passwords_are_masked_in_every_param_tag_and_artifact(tmp_path):
     tracking_uri = f"http://user:{SECRET}@mlflow.example:5000"
     hydra_dir = tmp_path / "job" / ".hydra"
     hydra_dir.mkdir(parents=True)
-    overrides = [f"tracking.uri={tracking_uri}", "seed=0"]
+    escaped = tracking_uri.replace(":", "\\:")  # as Hydra writes a sweep job's overrides
+    overrides = [f"tracking.uri={tracking_uri}", "seed=0", f"+team.uri={escaped}"]
     (hydra_dir / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
     (hydra_dir / "hydra.yaml").write_text(f"hydra:\n  sweeper:\n    storage: {storage}\n"
                                           f"  overrides:\n    hydra:\n"

@@ -11,9 +11,11 @@ import shutil
 from pathlib import Path
 
 MASK = "***"
-#: ``scheme://user:password@``: the user part has no ``/``, ``:``, ``@`` or blank; the password
-#: runs to the last ``@`` before the next blank, quote or end of the value.
-_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@'\"]*):"
+#: ``scheme://user:password@``: the user part has no ``/``, ``:``, ``@``, backslash or blank;
+#: the password runs to the last ``@`` before the next blank, quote or end of the value. Colons
+#: may come escaped, as Hydra writes a sweep job's overrides (``http\://user\:pw@host``), and
+#: escaped again inside JSON.
+_USERINFO = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.\-]*\\*://[^\s/:@'\"\\]*\\*):"
                        r"(?P<password>[^\s'\"]*)@")
 #: Text artifacts larger than this are not scanned (data files, models: never a URI).
 MAX_SCAN_BYTES = 4 << 20
