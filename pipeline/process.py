@@ -89,7 +89,10 @@ def outcome(error: BaseException, failed: str = RUN_FAILED) -> tuple[str, int]:
         return INTERRUPTED, interrupted_status()
     if isinstance(error, TrackingError):
         from pipeline.tracking.run import StoreLost, Undelivered
+        from pipeline.tracking.store import StoreNotCreated
 
+        if isinstance(error, StoreNotCreated):  # nothing was recorded, nothing is left behind
+            return f"{CANNOT_START}: {error}", REFUSED
         if isinstance(error, Undelivered | StoreLost):  # the message says what the store holds
             return f"{NOT_RECORDED}: {error}", FAILED
     if isinstance(error, PipelineError):

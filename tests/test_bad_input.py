@@ -69,6 +69,7 @@ BAD_VALUES = [
     (["+model.extra=[1]"], "model.extra", "hidden_units"),
     (["algorithm=reptile", "+algorithm.zero_head=true"], "algorithm.zero_head", "inner_lr"),
     (["meta_test.eval_steps=[5]", "algorithm=protonet"], "meta_test.eval_steps", "[]"),
+    (["meta_test.eval_steps=[1,10,1]"], "meta_test.eval_steps", "more than once"),
     (["data=sinusoid", "algorithm=protonet"], "algorithm", "classification"),
     (["data=images", "model=conv4"], "data.root", "required"),
     (["data=images", "model=mlp", "data.root=/x"], "model", "image model"),

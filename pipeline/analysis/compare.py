@@ -195,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
                    "version even if that run's model is already registered under NAME")
     args = p.parse_args(argv)
     uri = args.tracking_uri or default_tracking_uri()
+    try:  # ids may be given as unique prefixes (the tables print 8 characters)
+        args.parent, args.run = (store.resolve_run_id(uri, r) if r else r
+                                 for r in (args.parent, args.run))
+        args.paired = [store.resolve_run_id(uri, r) for r in args.paired or []]
+    except store.RunNotFound as e:
+        print(f"Refused: {e}", file=sys.stderr)
+        return 2
     if args.paired:
         return _paired(uri, *args.paired, log=args.log, tasks=args.by_task)
     if args.by_task:

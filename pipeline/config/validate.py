@@ -100,6 +100,12 @@ def _check_consistency(cfg: Config) -> None:
     if any(s < 0 for s in eval_steps):
         raise ConfigError(f"meta_test.eval_steps={eval_steps} is not allowed: every entry must be "
                           f">= 0 inner steps.")
+    repeated = sorted({s for s in eval_steps if eval_steps.count(s) > 1})
+    if repeated:
+        raise ConfigError(f"meta_test.eval_steps={eval_steps} is not allowed: {repeated} "
+                          f"appear{'s' if len(repeated) == 1 else ''} more than once; each "
+                          f"number of inner steps is scored once (e.g. "
+                          f"meta_test.eval_steps={sorted(set(eval_steps))}).")
     if eval_steps and not algorithm.has_inner_loop:
         raise ConfigError(f"meta_test.eval_steps={eval_steps} is not allowed with algorithm="
                           f"{algorithm.name}: it has no inner steps to vary. Set "

@@ -70,7 +70,11 @@ def code_differences(tags: dict[str, str]) -> list[str]:
 
 
 def verify_data(cfg: Config, expected: str | None) -> str:
-    """Check the cached data file against the run's fingerprint; say what was checked."""
+    """Check the run's data against its fingerprint before anything runs; say what was checked.
+
+    The cached data file is read and verified; where there is none (deleted, or keyed anew
+    because a family's source files changed) the tasks are generated now, from the sources as
+    they are, and their fingerprint compared. Missing or altered data is :class:`Refused`."""
     from pipeline import data
 
     if not expected:
@@ -78,14 +82,21 @@ def verify_data(cfg: Config, expected: str | None) -> str:
                       f"verified.")
     data_cfg = dataclasses.asdict(cfg.data)
     data_cfg.pop("cache")
-    path = data.data_file(data_cfg, cfg.seed, Path(cfg.paths.data_dir))
-    if not path.exists():
-        return f"{path} is absent: it will be regenerated and its fingerprint compared"
     try:
-        data.load(path, expected_fingerprint=expected)
-    except (ValueError, OSError) as e:
-        raise Refused(f"data check failed: {e}") from e
-    return f"{path} matches the run's fingerprint {expected[:12]}…"
+        path = data.data_file(data_cfg, cfg.seed, Path(cfg.paths.data_dir))
+        if path.exists():
+            data.load(path, expected_fingerprint=expected)
+            return f"{path} matches the run's fingerprint {expected[:12]}…"
+        tasks = data.generate_or_load(data_cfg, cfg.seed, Path(cfg.paths.data_dir))
+    except (errors.PipelineError, ValueError, OSError) as e:
+        raise Refused(f"data check failed before anything ran: "
+                      f"{keys.plain_text(str(e))}") from e
+    if tasks.fingerprint != expected:
+        raise Refused(f"data check failed before anything ran: the data generated now from "
+                      f"the config and its source files has fingerprint "
+                      f"{tasks.fingerprint[:12]}…, the run's had {expected[:12]}… "
+                      f"({keys.DATA_FINGERPRINT}): its source files changed since the run.")
+    return f"{tasks.path} generated again: matches the run's fingerprint {expected[:12]}…"
 
 
 def logged_overrides(uri: str, run: RunRecord) -> list[str]:

@@ -72,6 +72,7 @@ def compare_runs(uri: str, original: RunRecord, new: RunRecord) -> Comparison:
 def rerun(run_id: str, uri: str, out=print) -> tuple[Comparison, str]:
     """Rerun ``run_id`` from the store at ``uri``; return the comparison and the new run id."""
     original = store.get_run(uri, run_id)
+    run_id = original.run_id  # the whole id, where a prefix was given
     if original.status != keys.FINISHED:
         raise Refused(f"run {run_id} is {original.status}, not FINISHED: nothing to reproduce.")
     out_dir = PROJECT_ROOT / "outputs" / "reruns" / f"{run_id[:12]}-{datetime.now():%H%M%S%f}"

@@ -51,6 +51,7 @@ def checkpoint_of(uri: str, run_id: str) -> checkpoint.Checkpoint:
 def resume(run_id: str, uri: str, out=print) -> str:
     """Finish run ``run_id`` from its checkpoint; return its final status."""
     original = store.get_run(uri, run_id)
+    run_id = original.run_id  # the whole id, where a prefix was given
     if original.tags.get(keys.TRIAL_STATE) == keys.STATE_PRUNED:
         raise Refused(f"run {run_id} is a search trial its pruner stopped after "
                       f"{original.tags.get(keys.PRUNED_STEP, '?')} meta-iterations (trial_state="

@@ -30,7 +30,7 @@ from pipeline.sweep.plan import (
     without_resume,
 )
 from pipeline.sweep.session import ParentFile, SweepSession, find_parent, sweep_dir_of
-from pipeline.tracking import keys, liveness, store
+from pipeline.tracking import keys, liveness, redact, store
 from pipeline.tracking.store import RunRecord
 
 log = logging.getLogger(__name__)
@@ -220,13 +220,13 @@ def _resumable(cfg: TrackingConfig, resume: str, overrides: list[str]
     except ConfigError as e:
         _refuse(str(e))
     before = without_resume(json.loads(found.tags.get(keys.SWEEP_OVERRIDES, "[]")))
-    if before != without_resume(overrides):
+    if before not in (without_resume(overrides),  # tags are masked since passwords are
+                      without_resume([redact.mask(o) for o in overrides])):
         _refuse(f"sweep.resume={found.run_id}: that sweep ran the overrides {before}, this "
                 f"command has {without_resume(overrides)}; resume with the same command.")
     if liveness.is_alive(found):
-        _refuse(f"sweep.resume={found.run_id}: that sweep is still running "
-                f"({liveness.where(found)}, heartbeat {found.tags.get(keys.HEARTBEAT)}): "
-                f"let it end, or stop it, before resuming it.")
+        _refuse(f"sweep.resume={found.run_id}: that sweep is still running: "
+                f"{liveness.still_running(found)}.")
     # Runs whose process is gone (SIGKILL, OOM, a lost launcher) are FAILED before planning.
     for lost in liveness.reap(uri, experiment_names=[cfg.experiment_name]):
         log.warning("Run %s (%s) marked FAILED: %s", lost.run.run_id, lost.run.name,
@@ -236,9 +236,7 @@ def _resumable(cfg: TrackingConfig, resume: str, overrides: list[str]
     for n, run in sorted(standing.items()):  # never run a job twice at once
         if liveness.is_alive(run):
             _refuse(f"sweep.resume={found.run_id}: job {n}'s run {run.run_id} is still "
-                    f"running ({liveness.where(run)}, heartbeat "
-                    f"{run.tags.get(keys.HEARTBEAT)}): let it end, or stop that process, "
-                    f"before resuming the sweep.")
+                    f"running ({liveness.still_running(run)}).")
     return found, mapping, standing
 
 

@@ -297,6 +297,8 @@ def find_parent(cfg: Any, resume: str) -> RunRecord:
         return found
     try:
         found = store.get_run(uri, resume)
+    except store.AmbiguousRunId as e:
+        raise ConfigError(f"sweep.resume={resume}: {e}") from None
     except Exception:
         found = None
     if found is None or found.tags.get(keys.SWEEP_ROLE) != keys.ROLE_PARENT:

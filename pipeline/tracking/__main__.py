@@ -3,7 +3,8 @@
 * ``python -m pipeline.tracking import FILE [--tracking-uri URI]`` delivers a run's
   ``mlflow_fallback.jsonl`` (records a store refused) to the store;
 * ``python -m pipeline.tracking reap [--older-than S] [--tracking-uri URI]`` marks FAILED the
-  RUNNING runs whose process is gone (heartbeat older than S seconds).
+  RUNNING runs whose process is gone (on this host: its pid; elsewhere: no heartbeat for S
+  seconds); ``reap RUN_ID ...`` ends those runs at once (ids or unique 8+ character prefixes).
 
 Exit status: 0 done, 1 failed (the store refused the import), 2 refused (bad arguments, no such
 file, a store that cannot be opened).
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import", help="deliver a run's mlflow_fallback.jsonl to the store")
     imp.add_argument("file", type=Path)
     reap = sub.add_parser("reap", help="mark FAILED the RUNNING runs whose heartbeat stopped")
+    reap.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="end these RUNNING runs "
+                      "at once (their process is gone; a whole id or its first 8+ characters)")
     reap.add_argument("--older-than", type=float, default=keys.REAP_AFTER_S, metavar="S",
                       help=f"seconds without a heartbeat (default {keys.REAP_AFTER_S:g}; the "
                       f"heartbeat comes every {keys.HEARTBEAT_S:g} s)")
@@ -40,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
     if args.command == "reap":
-        return _reap(uri, args.older_than, args.experiment)
+        return _reap(uri, args.older_than, args.experiment, args.run_ids)
     if not args.file.is_file():
         print(f"Refused: {args.file} is not a file (give a run's {keys.FALLBACK_FILE}).",
               file=sys.stderr)
@@ -54,20 +57,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _reap(uri: str, older_than: float, experiments: list[str] | None) -> int:
+def _reap(uri: str, older_than: float, experiments: list[str] | None,
+          run_ids: list[str] | None = None) -> int:
     if older_than < 0:
         print(f"Refused: --older-than={older_than:g} must be >= 0 seconds.", file=sys.stderr)
         return 2
     try:
-        reaped = liveness.reap(uri, older_than, experiments)
+        reaped = liveness.reap(uri, older_than, experiments, run_ids)
+    except TrackingError as e:  # no such run, an ambiguous prefix, a process still here
+        print(f"Refused: {keys.plain_text(str(e))}", file=sys.stderr)
+        return 2
     except Exception as e:  # unknown experiment, unreachable server, not a store
         print(f"Cannot reap runs in {uri}: {type(e).__name__}: {keys.plain_text(str(e))}",
               file=sys.stderr)
         return 2
     for r in reaped:
         print(f"{r.run.run_id} ({r.run.name}): FAILED, {r.reason}")
-    print(f"{len(reaped)} lost run(s) marked FAILED in {uri} (no heartbeat for over "
-          f"{older_than:g} s).")
+    how = ("ended at once" if run_ids else
+           f"their pid gone from this host, or no heartbeat for over {older_than:g} s")
+    print(f"{len(reaped)} lost run(s) marked FAILED in {uri} ({how}).")
     return 0
 
 

@@ -30,6 +30,9 @@ ERROR = "error"
 #: Liveness of a running job: where it runs, and the UTC time (ISO 8601) its tracker's
 #: background thread last wrote, every :data:`HEARTBEAT_S` seconds while the run is open.
 HOST, PID, HEARTBEAT = "host", "pid", "heartbeat"
+#: The process's start time on its host (clock ticks since boot, from ``/proc``): a pid reused
+#: by another process is told apart from the run's own.
+PID_START = "pid_start"
 HEARTBEAT_S = 5.0
 #: A RUNNING run whose heartbeat is older than this is lost (``python -m pipeline.tracking
 #: reap``): many beats missed, not one slow write.

@@ -36,7 +36,7 @@ from typing import Any
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import TrackingError
-from pipeline.tracking import keys, liveness, store
+from pipeline.tracking import keys, liveness, redact, store
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ class Tracker:
         with the reason if the body raises. Raises :class:`Undelivered` or :class:`StoreLost`
         after a body that succeeded if the store did not keep every record."""
         tags = {**tags, **liveness.start_tags()}
+        run_name = redact.mask(run_name) if run_name else run_name
         full = {k: v for k, v in tags.items() if len(str(v)) > store.MAX_TAG_LEN}
         tags = {k: v for batch in store.tag_batches(tags) for k, v in batch}
         with self._timed():
@@ -232,7 +233,7 @@ class Tracker:
         the tag or param holds its first characters."""
         for name, value in values.items():
             path = self._local(keys.full_value(name))
-            path.write_text(str(value))
+            path.write_text(redact.mask(str(value)))
             self.log_artifact(path, keys.FULL_VALUES_DIR)
             log.warning("The %s %s is %d characters, over MLflow's limit: the %s holds its start, "
                         "the artifact %s the whole value.", what, name, len(str(value)), what,
@@ -329,7 +330,7 @@ class Tracker:
     # --- batched logging ----------------------------------------------------------------------
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        items = [[k, str(v)[:store.MAX_PARAM_LEN]] for k, v in sorted(params.items())]
+        items = [[k, store.param_value(v)] for k, v in sorted(params.items())]
         for chunk in store.chunks(items, store.MAX_PARAMS_PER_BATCH):
             self._send({"kind": "batch", "params": chunk})
         self._keep_whole({k: v for k, v in params.items()
@@ -361,7 +362,10 @@ class Tracker:
     # --- artifacts, inputs, models ------------------------------------------------------------
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        self._send({"kind": "artifact", "local_path": str(Path(local_dir).resolve()),
+        """Queue a file or folder; one whose text holds a password (Hydra's ``.hydra/`` files
+        of a command that named one) is uploaded as a masked copy (:mod:`redact`)."""
+        path = redact.masked_copy(Path(local_dir), self.local_dir / "masked")
+        self._send({"kind": "artifact", "local_path": str(path.resolve()),
                     "artifact_path": artifact_path})
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
@@ -386,7 +390,8 @@ class Tracker:
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         path = self._local(artifact_file)
-        path.write_text(json.dumps(dict(data), indent=2, sort_keys=True, default=str))
+        path.write_text(redact.mask(json.dumps(dict(data), indent=2, sort_keys=True,
+                                               default=str)))
         self.log_artifact(path, str(Path(artifact_file).parent))
 
     def log_dataset(self, path: Path, fingerprint: str, name: str, generating_config: dict,

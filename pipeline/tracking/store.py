@@ -17,7 +17,7 @@ from typing import Any
 
 from pipeline.config import TrackingConfig
 from pipeline.errors import TrackingError
-from pipeline.tracking import keys
+from pipeline.tracking import keys, redact
 
 MAX_PARAMS_PER_BATCH = 100
 MAX_METRICS_PER_BATCH = 1000
@@ -29,8 +29,21 @@ MAX_RUN_NAME_LEN = 250
 MAX_EXPERIMENT_NAME_LEN = 256
 
 
+#: The shortest run-id prefix taken for a whole id (the tables print 8 characters).
+MIN_ID_PREFIX = 8
+RUN_ID_LEN = 32
+
+
 class RunNotFound(TrackingError):
     """No run with that id in the store (a typo, or another store)."""
+
+
+class AmbiguousRunId(RunNotFound):
+    """A run-id prefix that several runs share, or one too short to be taken."""
+
+
+class StoreNotCreated(TrackingError):
+    """A new SQLite store could not be made (a full disk, say): nothing of it was left."""
 
 
 def configure_http(timeout_s: int = 10, max_retries: int = 2) -> None:
@@ -73,9 +86,15 @@ def chunks(items: list, size: int) -> Iterator[list]:
 
 
 def tag_value(name: str, value: Any) -> str:
-    """A tag's value as stored: the ``error`` tag as plain text; cut to MLflow's limit."""
+    """A tag's value as stored: passwords masked (:mod:`redact`), the ``error`` tag as plain
+    text; cut to MLflow's limit."""
     text = keys.plain_text(str(value)) if name == keys.ERROR else str(value)
-    return text[:MAX_TAG_LEN]
+    return redact.mask(text)[:MAX_TAG_LEN]
+
+
+def param_value(value: Any) -> str:
+    """A param's value as stored: passwords masked, cut to MLflow's limit."""
+    return redact.mask(str(value))[:MAX_PARAM_LEN]
 
 
 def tag_batches(tags: Mapping[str, Any]) -> Iterator[list[list[str]]]:
@@ -153,17 +172,79 @@ def prepare_store(cfg: TrackingConfig, checked: bool = False) -> str:
     db = sqlite_path(cfg.uri)
     if db is None:
         return experiment_id(client(cfg.uri), cfg)
-    db.parent.mkdir(parents=True, exist_ok=True)
-    if cfg.artifact_location:
-        Path(cfg.artifact_location).mkdir(parents=True, exist_ok=True)
-    # Processes that open a fresh SQLite store at once corrupt its schema (two sweeps started
-    # together, say): one at a time creates it, the others then find it ready.
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            return experiment_id(client(cfg.uri), cfg)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    made = _make_dirs([db.parent, *([Path(cfg.artifact_location)] if cfg.artifact_location
+                                    else [])])
+    lock_file = db.with_name(db.name + ".lock")
+    try:
+        # Processes that open a fresh SQLite store at once corrupt its schema (two sweeps
+        # started together, say): one at a time creates it, the others then find it ready.
+        with open(lock_file, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not db.exists():
+                    _create_sqlite(db, cfg)
+                return experiment_id(client(cfg.uri), cfg)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+    except (StoreNotCreated, OSError) as e:
+        if db.exists():
+            raise
+        lock_file.unlink(missing_ok=True)
+        for folder in reversed(made):  # only the folders made here, and only if empty
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(e, StoreNotCreated):
+            raise
+        raise StoreNotCreated(_not_created(db, e)) from e
+
+
+def _make_dirs(folders: list[Path]) -> list[Path]:
+    """Create ``folders`` (and their missing parents); return those made, outermost first."""
+    made: list[Path] = []
+    for folder in folders:
+        missing = []
+        at = folder.absolute()
+        while not at.exists() and at != at.parent:
+            missing.append(at)
+            at = at.parent
+        for m in reversed(missing):
+            m.mkdir(exist_ok=True)
+            made.append(m)
+    return made
+
+
+def _not_created(db: Path, e: BaseException) -> str:
+    cause: BaseException | None = e
+    reason = f"{type(e).__name__}: {e}"
+    while cause is not None:  # the innermost sqlite3 or OS error says it best
+        if isinstance(cause, sqlite3.Error | OSError):
+            reason = str(cause)
+        cause = getattr(cause, "orig", None) or cause.__cause__ or cause.__context__
+    disk = db.parent.absolute()
+    while not disk.exists() and disk != disk.parent:
+        disk = disk.parent
+    return (f"Cannot create the MLflow store {db} (tracking.uri): {keys.plain_text(reason)}. "
+            f"Free space on that disk (check `df -h {disk}`) or point tracking.uri / "
+            f"paths.mlruns_dir at another folder. Nothing was run or left behind.")
+
+
+def _create_sqlite(db: Path, cfg: TrackingConfig) -> None:
+    """A new SQLite store, whole or not at all: its schema (and the experiment) are written to
+    a temporary file beside it, renamed into place once complete; on failure (a full disk) the
+    temporary file goes and :class:`StoreNotCreated` says why."""
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.creating")
+    try:
+        made = client(f"sqlite:///{tmp}")
+        experiment_id(made, cfg)
+        with contextlib.suppress(Exception):  # close the temporary file's connections
+            made._tracking_client.store.engine.dispose()
+        tmp.replace(db)
+    except Exception as e:
+        raise StoreNotCreated(_not_created(db, e)) from e
+    finally:
+        for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in ("-journal", "-wal",
+                                                                      "-shm"))):
+            leftover.unlink(missing_ok=True)
 
 
 def experiment_id(mlflow_client: Any, cfg: TrackingConfig) -> str:
@@ -213,7 +294,7 @@ def _record(run: Any) -> RunRecord:
 def start_parent_run(cfg: TrackingConfig, run_name: str, tags: Mapping[str, str]) -> str:
     """Create the store if needed and a RUNNING parent run for a sweep; return its id."""
     exp_id = prepare_store(cfg)
-    run = client(cfg.uri).create_run(exp_id, run_name=run_name[:MAX_RUN_NAME_LEN],
+    run = client(cfg.uri).create_run(exp_id, run_name=redact.mask(run_name)[:MAX_RUN_NAME_LEN],
                                      tags={k: v for batch in tag_batches(tags) for k, v in batch})
     return run.info.run_id
 
@@ -230,10 +311,60 @@ def end_run(uri: str, run_id: str, status: str = keys.FINISHED) -> None:
     client(uri).set_terminated(run_id, status)
 
 
+def resolve_run_id(uri: str, ref: str) -> str:
+    """The whole id of the run ``ref`` names: a whole id, or a prefix of at least
+    :data:`MIN_ID_PREFIX` characters that one run's id starts with. Every command that takes a
+    run id goes through here (via :func:`get_run`). :class:`AmbiguousRunId` for a prefix too
+    short or shared; :class:`RunNotFound` when no run has it."""
+    ref = ref.strip().lower()
+    if len(ref) >= RUN_ID_LEN:
+        return ref
+    if len(ref) < MIN_ID_PREFIX or any(c not in "0123456789abcdef" for c in ref):
+        raise AmbiguousRunId(f"run id {ref!r} is too short or not an id: give the whole id or "
+                             f"at least its first {MIN_ID_PREFIX} characters (as the tables "
+                             f"print them).")
+    found = _ids_starting_with(uri, ref)
+    if not found:
+        raise RunNotFound(f"no run with id {ref!r} in {uri} (see python -m pipeline.compare "
+                          f"for the runs there).")
+    if len(found) > 1:
+        raise AmbiguousRunId(f"run id prefix {ref!r} is ambiguous in {uri}: {len(found)} runs "
+                             f"start with it ({', '.join(sorted(found)[:4])}"
+                             f"{', ...' if len(found) > 4 else ''}); give more characters.")
+    return found[0]
+
+
+def _ids_starting_with(uri: str, prefix: str) -> list[str]:
+    db = sqlite_path(uri)
+    if db is not None:  # one indexed query instead of reading every run
+        if not db.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True,
+                                                timeout=30)) as con:
+            rows = con.execute("SELECT run_uuid FROM runs WHERE run_uuid LIKE ?",
+                               (prefix + "%",)).fetchall()
+        return [r[0] for r in rows]
+    from mlflow.entities import ViewType
+
+    c = client(uri)
+    ids = [e.experiment_id for e in c.search_experiments(view_type=ViewType.ALL)]
+    found, token = [], None
+    while ids:
+        page = c.search_runs(ids, "", run_view_type=ViewType.ALL, max_results=1000,
+                             page_token=token)
+        found += [r.info.run_id for r in page if r.info.run_id.startswith(prefix)]
+        token = page.token
+        if not token:
+            break
+    return found
+
+
 def get_run(uri: str, run_id: str) -> RunRecord:
-    """A stored run; :class:`RunNotFound` if the store has no run with that id."""
+    """A stored run, named by its id or a unique prefix of it (:func:`resolve_run_id`);
+    :class:`RunNotFound` if the store has no such run."""
     from mlflow.exceptions import MlflowException
 
+    run_id = resolve_run_id(uri, run_id)
     try:
         return _record(client(uri).get_run(run_id))
     except MlflowException as e:
@@ -299,6 +430,10 @@ def model_weights(model_uri: str, tracking_uri: str) -> list:
     client(tracking_uri)  # bounded HTTP retries
     import mlflow
 
+    if model_uri.startswith("runs:/"):  # the run may be named by a prefix of its id
+        ref, _, rest = model_uri.removeprefix("runs:/").partition("/")
+        model_uri = f"runs:/{resolve_run_id(tracking_uri, ref)}/{rest}"
+
     with tempfile.TemporaryDirectory() as tmp:  # the download is not kept: only the weights
         local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=tmp,
                                                     tracking_uri=tracking_uri)
@@ -321,7 +456,7 @@ def log_comparison(uri: str, run_id: str, table: Any, files: Mapping[str, Path],
 def create_run(uri: str, experiment: str, run_name: str, tags: Mapping[str, Any]) -> str:
     """A RUNNING run in experiment id ``experiment`` (a sweep's group run: its parent link is
     the ``mlflow.parentRunId`` tag); return its id."""
-    run = client(uri).create_run(experiment, run_name=run_name[:MAX_RUN_NAME_LEN],
+    run = client(uri).create_run(experiment, run_name=redact.mask(run_name)[:MAX_RUN_NAME_LEN],
                                  tags={k: v for batch in tag_batches(tags) for k, v in batch})
     return run.info.run_id
 
@@ -346,7 +481,7 @@ def log_values(uri: str, run_id: str, params: Mapping[str, Any] | None = None,
 
     c = client(uri)
     now = int(time.time() * 1000)
-    for batch in chunks([Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in (params or {}).items()],
+    for batch in chunks([Param(k, param_value(v)) for k, v in (params or {}).items()],
                         MAX_PARAMS_PER_BATCH):
         c.log_batch(run_id, params=batch, synchronous=True)
     for batch in chunks([Metric(k, float(v), now, step) for k, v in (metrics or {}).items()],
@@ -358,8 +493,10 @@ def log_files(uri: str, run_id: str, files: Mapping[str, Path],
               figures: Mapping[str, Any] | None = None) -> None:
     """Files (artifact folder -> local file) and matplotlib figures (artifact file -> figure)."""
     c = client(uri)
-    for artifact_path, path in files.items():
-        c.log_artifact(run_id, str(path), artifact_path)
+    with tempfile.TemporaryDirectory() as scratch:
+        for artifact_path, path in files.items():
+            c.log_artifact(run_id, str(redact.masked_copy(Path(path), Path(scratch))),
+                           artifact_path)
     for artifact_file, figure in (figures or {}).items():
         c.log_figure(run_id, figure, artifact_file)
 
