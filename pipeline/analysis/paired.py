@@ -9,6 +9,7 @@ fingerprints, task counts) are refused: their "differences" would mean nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from scipy import stats as sps
 
 from pipeline.analysis import groups
 from pipeline.analysis.stats import summarize
+from pipeline.config.fields import BASELINES
 from pipeline.errors import PipelineError
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
@@ -29,12 +31,33 @@ class NotPaired(PipelineError, ValueError):
     """The two runs (or groups) were not evaluated on the same test tasks."""
 
 
+def parse_side(spec: str) -> tuple[str, str | None]:
+    """``RUN_ID`` (the run's method) or ``RUN_ID:BASELINE`` (a baseline the run scored on the
+    same test tasks, e.g. ``RUN_ID:linear_probe``)."""
+    run_id, _, baseline = spec.partition(":")
+    if not baseline:
+        return run_id, None
+    if baseline not in BASELINES:
+        raise NotPaired(f"{spec!r} names no baseline: after the run id and ':' give one of "
+                        f"{', '.join(BASELINES)}.")
+    return run_id, baseline
+
+
+def record(uri: str, spec: str) -> RunRecord:
+    """The run a side names, its name marked with the baseline where it is one."""
+    run_id, baseline = parse_side(spec)
+    run = store.get_run(uri, run_id)
+    return dataclasses.replace(run, name=f"{run.name} [{baseline}]") if baseline else run
+
+
 @dataclass(frozen=True)
 class Side:
     """One side of the comparison: a run, or a group's runs keyed by seed."""
 
     run: RunRecord
     by_seed: dict[str, RunRecord]
+    #: The per-task scope compared: the method's (``task/``) or a baseline's.
+    scope: str = keys.TASK
 
     @property
     def is_group(self) -> bool:
@@ -55,6 +78,8 @@ class PairedResult:
     wilcoxon_pvalue: float
     #: Pairs left out because a side diverged there (non-finite).
     dropped: int
+    #: B's per-task metric where it differs from A's (a baseline's scope), else None.
+    metric_b: str | None = None
 
     @property
     def verdict(self) -> str:
@@ -64,17 +89,20 @@ class PairedResult:
         return "no significant difference (95% CI of the difference includes 0)"
 
 
-def side(uri: str, run_id: str) -> Side:
-    """A run, or a group run with its finished jobs keyed by seed."""
+def side(uri: str, spec: str) -> Side:
+    """A run, or a group run with its finished jobs keyed by seed (``RUN_ID:BASELINE``: that
+    baseline's per-task values in the same run or jobs)."""
+    run_id, baseline = parse_side(spec)
+    scope = keys.baseline_task(baseline) if baseline else keys.TASK
     run = store.get_run(uri, run_id)
     if run.tags.get(keys.SWEEP_ROLE) != keys.ROLE_GROUP:
-        return Side(run, {run.tags.get(keys.SEED, run.params.get("seed", "?")): run})
+        return Side(run, {run.tags.get(keys.SEED, run.params.get("seed", "?")): run}, scope)
     members = groups.effective(store.search_runs(uri, parent_run_id=run_id))
     done = {r.tags.get(keys.SEED, r.params.get("seed", "?")): r for r in members.values()
             if r.status == keys.FINISHED}
     if not done:
         raise NotPaired(f"group {run_id} ({run.name}) has no FINISHED job to compare.")
-    return Side(run, done)
+    return Side(run, done, scope)
 
 
 def main_metric(run: RunRecord) -> tuple[str, bool]:
@@ -117,20 +145,25 @@ def compare(uri: str, run_a: str, run_b: str) -> PairedResult:
     a, b = side(uri, run_a), side(uri, run_b)
     seeds = _check_pairable(a, b)
     metric, higher = main_metric(next(iter(a.by_seed.values())))
+    metric_a = a.scope + metric.removeprefix(keys.TASK)
+    metric_b = b.scope + metric.removeprefix(keys.TASK)
     rows = []
     for seed in seeds:
         ra = a.by_seed[seed]
         rb = b.by_seed[seed] if b.is_group else next(iter(b.by_seed.values()))
-        va, vb = store.metric_history(uri, ra.run_id, metric), \
-            store.metric_history(uri, rb.run_id, metric)
-        for run, values in ((ra, va), (rb, vb)):
+        va, vb = store.metric_history(uri, ra.run_id, metric_a), \
+            store.metric_history(uri, rb.run_id, metric_b)
+        for run, values, name in ((ra, va, metric_a), (rb, vb, metric_b)):
+            if not values and not name.startswith(keys.TASK):
+                raise NotPaired(f"run {run.run_id} ({run.name}) has no {name}: it was not "
+                                f"scored against that baseline (meta_test.baselines).")
             if not values:
                 raise NotPaired(f"run {run.run_id} ({run.name}) is {run.status} and has no test "
-                                f"tasks ({metric} was never logged): compare runs that finished "
+                                f"tasks ({name} was never logged): compare runs that finished "
                                 f"meta-testing.")
         if set(va) != set(vb):
             raise NotPaired(f"runs {ra.run_id} and {rb.run_id} have different test task counts "
-                            f"({len(va)} vs {len(vb)} values of {metric}).")
+                            f"({len(va)} values of {metric_a} vs {len(vb)} of {metric_b}).")
         rows += [{"seed": seed, "task": t, "a": va[t], "b": vb[t], "diff": va[t] - vb[t]}
                  for t in sorted(va)]
     pairs = pd.DataFrame(rows, columns=["seed", "task", "a", "b", "diff"])
@@ -146,15 +179,17 @@ def compare(uri: str, run_a: str, run_b: str) -> PairedResult:
         w_p = float(sps.wilcoxon(d).pvalue)
     if not math.isfinite(t_p):  # constant non-zero differences: t is infinite, p 0
         t_p = 0.0
-    return PairedResult(metric, higher, pairs, s.mean, s.ci95, s.std, t_stat, t_p, w_p,
-                        len(pairs) - len(finite))
+    return PairedResult(metric_a, higher, pairs, s.mean, s.ci95, s.std, t_stat, t_p, w_p,
+                        len(pairs) - len(finite), metric_b)
 
 
 def describe(result: PairedResult, a: RunRecord, b: RunRecord) -> str:
     """The table a terminal shows."""
     p = result.pairs
     lines = [f"A: {a.name} ({a.run_id})", f"B: {b.name} ({b.run_id})",
-             f"metric: {result.metric} ({'higher' if result.higher_is_better else 'lower'} is "
+             f"metric: {result.metric}"
+             + (f" vs {result.metric_b}" if result.metric_b not in (None, result.metric) else "")
+             + f" ({'higher' if result.higher_is_better else 'lower'} is "
              f"better), difference = A - B per "
              f"{'(seed, task)' if p['seed'].nunique() > 1 else 'task'}"]
     per_seed = p.groupby("seed")[["a", "b", "diff"]].mean()
