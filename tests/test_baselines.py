@@ -13,7 +13,7 @@ from mlflow import MlflowClient
 from pipeline.analysis import paired
 from pipeline.analysis.stats import paired_gain
 from pipeline.baselines import linear_probe
-from pipeline.baselines.pretrain import pretrain
+from pipeline.baselines.pretrain import run as pretrain
 from pipeline.config import ConfigError
 from pipeline.data import TaskSplit
 from pipeline.errors import DataError

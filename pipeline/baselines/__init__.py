@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 
 from pipeline.algorithms import Algorithm
 from pipeline.algorithms.losses import TaskLoss
-from pipeline.baselines import finetune, linear_probe, scratch
-from pipeline.baselines.pretrain import Pretrained, pretrain
+from pipeline.baselines import finetune, linear_probe, pretrain, scratch
+from pipeline.baselines.pretrain import Pretrained
 from pipeline.config import AlgorithmConfig, Config
 from pipeline.data import TaskSet
 from pipeline.stages import meta_test
@@ -53,7 +53,7 @@ def run(cfg: Config, tasks: TaskSet, loss: TaskLoss,
     names = enabled(cfg)
     out = Baselines()
     if any(n in PRETRAINED for n in names):
-        out.pretrained = pretrain(cfg, tasks, loss)
+        out.pretrained = pretrain.run(cfg, tasks, loss)
         _log_pretrained(out.pretrained, tracker)
     for name in names:
         if name == keys.SCRATCH_NAME:

@@ -171,7 +171,7 @@ def cache_path(data_dir: str | Path, key: dict) -> Path:
     return Path(data_dir) / CACHE_DIR / f"{key['family']}-{key['mode']}-{digest}.npz"
 
 
-def pretrain(cfg: Config, tasks: TaskSet, loss: TaskLoss) -> Pretrained:
+def run(cfg: Config, tasks: TaskSet, loss: TaskLoss) -> Pretrained:
     """The pre-trained body for this run: from the cache if there, else trained (and cached)."""
     pcfg = cfg.meta_test.pretrain
     mode = cfg.data.pretraining

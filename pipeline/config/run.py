@@ -40,7 +40,7 @@ class PretrainConfig:
     #: Training examples the pre-training sees (null = as many as meta-training sees:
     #: iterations x meta-batch x support and query examples per task).
     examples: int | None = num(None, ge=1)
-    batch_size: int = num(256, ge=1)
+    batch_size: int = num(1024, ge=1)
     learning_rate: float = num(0.001, gt=0)
     optimizer: str = choice("adam", INNER_OPTIMIZERS)
     #: Steps run inside one compiled call (a graph loop).
