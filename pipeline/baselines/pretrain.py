@@ -244,7 +244,7 @@ def _train(body: keras.Model, ex: Examples, cfg: PretrainConfig, budget: int, se
         opt.apply_gradients(zip(tape.gradient(value, variables), variables, strict=True))
         return value
 
-    @tf.function(reduce_retracing=True)
+    @tf.function(reduce_retracing=True, autograph=False)  # an explicit graph loop
     def chunk(xs, heads, ys):
         n = tf.shape(xs)[0]
 
