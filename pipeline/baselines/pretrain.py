@@ -86,8 +86,8 @@ class Examples:
 
     def tasks_per_step(self, batch: int) -> int:
         """Several heads: each step draws this many tasks and ``batch // tasks`` examples of
-        each, so a head is gathered once per task, not once per example (4x less CPU on the
-        synthetic default)."""
+        each, so a head is gathered once per task, not once per example (a quarter less CPU
+        on the synthetic default)."""
         return min(self.heads, TASKS_PER_STEP, batch) if self.heads > 1 else 1
 
     def batches(self, rng: np.random.Generator, steps: int, batch: int

@@ -1,11 +1,11 @@
 """Stage 4, report: summarise the meta-test honestly and record it.
 
 Per-task metrics, their aggregates over test tasks (mean, std, 95% CI), the same for each
-baseline (``meta_test.baselines``) and the paired gain over it, the adaptation curve over
-inner steps, timings, plots and the model, named as in :mod:`pipeline.tracking.keys`. Tasks
-that diverged (:func:`pipeline.stages.meta_test.diverged`: not finite, or 1e3 x worse than
-before adaptation) are counted beside every aggregate (``test/diverged_tasks``...) and left
-out of it; if every test task diverged, the run fails with that reason.
+baseline and the paired gain over it, the adaptation curve over inner steps,
+timings, plots and the model, named as in :mod:`pipeline.tracking.keys`. Tasks that diverged
+(:func:`pipeline.stages.meta_test.diverged`: not finite, or 1e3 x worse than before adaptation)
+are counted beside every aggregate (``test/diverged_tasks``...) and left out of it; if every test
+task diverged, the run fails with that reason.
 """
 
 from __future__ import annotations
