@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plot", type=Path, help="also draw the objective against the swept "
                    "values into this PNG file")
     p.add_argument("--paired", nargs=2, metavar=("RUN_A", "RUN_B"), help="paired comparison "
-                   "of two runs (or two seed groups) on the same test tasks")
+                   "of two runs (or two seed groups) on the same test tasks; RUN_ID:BASELINE is a "
+                   "baseline that run scored (RUN_ID:linear_probe)")
     p.add_argument("--log", action="store_true", help="with --paired: log the result as a new "
                    "MLflow run with a plot of the per-task differences")
     p.add_argument("--by-task", action="store_true", help="with --run RUN_ID (a run or a "
@@ -301,7 +302,7 @@ def _paired(uri: str, run_a: str, run_b: str, log: bool, tasks: bool = False) ->
         print(f"Cannot compare {run_a} and {run_b} in {uri}: {type(e).__name__}: {e}",
               file=sys.stderr)
         return 2
-    a, b = store.get_run(uri, run_a), store.get_run(uri, run_b)
+    a, b = paired.record(uri, run_a), paired.record(uri, run_b)
     print(paired.describe(result, a, b, tasks))
     if log:
         print(f"logged as MLflow run {paired.log(uri, result, a, b)}")

@@ -35,9 +35,9 @@ from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
 #: The aggregates a group summarises across seeds: post/pre-adaptation means (also after n
-#: steps), the scratch baseline's, and the paired gain.
-HEADLINE = re.compile(r"^((test|scratch)/query_[a-z]+_(before|after(_\d+steps?)?)_mean"
-                      r"|gain/query_[a-z]+)$")
+#: steps), the baselines', and the paired gains over them.
+HEADLINE = re.compile(r"^((test|scratch|finetune|linear_probe)/query_[a-z]+_"
+                      r"(before|after(_\d+steps?)?)_mean|gain(_vs_[a-z_]+)?/query_[a-z]+)$")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ seeds. With fewer than :data:`MIN_SEEDS` seeds it is inconclusive, whatever the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from scipy import stats as sps
 
 from pipeline.analysis import episodes, groups
 from pipeline.analysis.stats import summarize, two_level_bootstrap_ci
+from pipeline.config.fields import BASELINES
 from pipeline.errors import PipelineError
 from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
@@ -36,12 +38,33 @@ class NotPaired(PipelineError, ValueError):
     """The two runs (or groups) were not evaluated on the same test tasks."""
 
 
+def parse_side(spec: str) -> tuple[str, str | None]:
+    """``RUN_ID`` (the run's method) or ``RUN_ID:BASELINE`` (a baseline the run scored on the
+    same test tasks, e.g. ``RUN_ID:linear_probe``)."""
+    run_id, _, baseline = spec.partition(":")
+    if not baseline:
+        return run_id, None
+    if baseline not in BASELINES:
+        raise NotPaired(f"{spec!r} names no baseline: after the run id and ':' give one of "
+                        f"{', '.join(BASELINES)}.")
+    return run_id, baseline
+
+
+def record(uri: str, spec: str) -> RunRecord:
+    """The run a side names, its name marked with the baseline where it is one."""
+    run_id, baseline = parse_side(spec)
+    run = store.get_run(uri, run_id)
+    return dataclasses.replace(run, name=f"{run.name} [{baseline}]") if baseline else run
+
+
 @dataclass(frozen=True)
 class Side:
     """One side of the comparison: a run, or a group's runs keyed by seed."""
 
     run: RunRecord
     by_seed: dict[str, RunRecord]
+    #: The per-task scope compared: the method's (``task/``) or a baseline's.
+    scope: str = keys.TASK
 
     @property
     def is_group(self) -> bool:
@@ -97,6 +120,8 @@ class PairedResult:
     #: Pairs left out because a side diverged there (non-finite).
     dropped: int
     seed_level: SeedLevel
+    #: B's per-task metric where it differs from A's (a baseline's scope), else None.
+    metric_b: str | None = None
 
     def _better(self, mean: float) -> str:
         return "A" if (mean > 0) == self.higher_is_better else "B"
@@ -128,17 +153,20 @@ class PairedResult:
                 f"difference includes 0)")
 
 
-def side(uri: str, run_id: str) -> Side:
-    """A run, or a group run with its finished jobs keyed by seed."""
+def side(uri: str, spec: str) -> Side:
+    """A run, or a group run with its finished jobs keyed by seed (``RUN_ID:BASELINE``: that
+    baseline's per-task values in the same run or jobs)."""
+    run_id, baseline = parse_side(spec)
+    scope = keys.baseline_task(baseline) if baseline else keys.TASK
     run = store.get_run(uri, run_id)
     if run.tags.get(keys.SWEEP_ROLE) != keys.ROLE_GROUP:
-        return Side(run, {run.tags.get(keys.SEED, run.params.get("seed", "?")): run})
+        return Side(run, {run.tags.get(keys.SEED, run.params.get("seed", "?")): run}, scope)
     members = groups.effective(store.search_runs(uri, parent_run_id=run_id))
     done = {r.tags.get(keys.SEED, r.params.get("seed", "?")): r for r in members.values()
             if r.status == keys.FINISHED}
     if not done:
         raise NotPaired(f"group {run_id} ({run.name}) has no FINISHED job to compare.")
-    return Side(run, done)
+    return Side(run, done, scope)
 
 
 def main_metric(run: RunRecord) -> tuple[str, bool]:
@@ -224,20 +252,25 @@ def compare(uri: str, run_a: str, run_b: str) -> PairedResult:
     a, b = side(uri, run_a), side(uri, run_b)
     seeds = _check_pairable(a, b)
     metric, higher = main_metric(next(iter(a.by_seed.values())))
+    metric_a = a.scope + metric.removeprefix(keys.TASK)
+    metric_b = b.scope + metric.removeprefix(keys.TASK)
     rows, unit = [], keys.UNIT_EPISODE
     for seed in seeds:
         ra = a.by_seed[seed]
         rb = b.by_seed[seed] if b.is_group else next(iter(b.by_seed.values()))
-        va, vb = store.metric_history(uri, ra.run_id, metric), \
-            store.metric_history(uri, rb.run_id, metric)
-        for run, values in ((ra, va), (rb, vb)):
+        va, vb = store.metric_history(uri, ra.run_id, metric_a), \
+            store.metric_history(uri, rb.run_id, metric_b)
+        for run, values, name in ((ra, va, metric_a), (rb, vb, metric_b)):
+            if not values and not name.startswith(keys.TASK):
+                raise NotPaired(f"run {run.run_id} ({run.name}) has no {name}: it was not "
+                                f"scored against that baseline (meta_test.baselines).")
             if not values:
                 raise NotPaired(f"run {run.run_id} ({run.name}) is {run.status} and has no test "
-                                f"tasks ({metric} was never logged): compare runs that finished "
+                                f"tasks ({name} was never logged): compare runs that finished "
                                 f"meta-testing.")
         if set(va) != set(vb):
             raise NotPaired(f"runs {ra.run_id} and {rb.run_id} have different test task counts "
-                            f"({len(va)} vs {len(vb)} values of {metric}).")
+                            f"({len(va)} values of {metric_a} vs {len(vb)} of {metric_b}).")
         unit, names = _units_of(uri, ra, rb, len(va))
         rows += [{"seed": seed, "episode": t, "unit": names[i], "a": va[t], "b": vb[t],
                   "diff": va[t] - vb[t]} for i, t in enumerate(sorted(va))]
@@ -258,8 +291,8 @@ def compare(uri: str, run_a: str, run_b: str) -> PairedResult:
         w_p = float(sps.wilcoxon(d).pvalue)
     if not math.isfinite(t_p):  # constant non-zero differences: t is infinite, p 0
         t_p = 0.0
-    return PairedResult(metric, higher, pairs, unit, units, s.mean, s.ci95, s.std, t_stat, t_p,
-                        w_p, len(pairs) - len(finite), seed_level(units, higher))
+    return PairedResult(metric_a, higher, pairs, unit, units, s.mean, s.ci95, s.std, t_stat,
+                        t_p, w_p, len(pairs) - len(finite), seed_level(units, higher), metric_b)
 
 
 def by_task(result: PairedResult) -> pd.DataFrame:
@@ -273,8 +306,10 @@ def describe(result: PairedResult, a: RunRecord, b: RunRecord, tasks: bool = Fal
     """The table a terminal shows (``tasks``: also one row per source task)."""
     p, sl, unit = result.pairs, result.seed_level, result.unit
     lines = [f"A: {a.name} ({a.run_id})", f"B: {b.name} ({b.run_id})",
-             f"metric: {result.metric} ({'higher' if result.higher_is_better else 'lower'} is "
-             f"better), difference = A - B per {unit} "
+             f"metric: {result.metric}"
+             + (f" vs {result.metric_b}" if result.metric_b not in (None, result.metric) else "")
+             + f" ({'higher' if result.higher_is_better else 'lower'} is better), "
+             f"difference = A - B per {unit} "
              + ("(the mean over its episodes) " if unit == keys.UNIT_TASK else "")
              + "within each seed"]
     if tasks:

@@ -14,9 +14,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 
-def per_task(results: dict[str, np.ndarray], baseline: dict[str, np.ndarray] | None,
+def per_task(results: dict[str, np.ndarray], baselines: dict[str, dict[str, np.ndarray]] | None,
              metric: str, algo_name: str) -> Figure:
-    """Each test task's query metric before and after adaptation (and the scratch baseline).
+    """Each test task's query metric before and after adaptation (and every baseline's).
 
     Tasks with a non-finite value (diverged) are left out and counted in the legend.
     """
@@ -28,8 +28,9 @@ def per_task(results: dict[str, np.ndarray], baseline: dict[str, np.ndarray] | N
     series = [(f"{algo_name} before adaptation", results[f"{metric}_before"], "tab:gray")
               ] if f"{metric}_before" in results else []
     series.append((f"{algo_name} after adaptation", after, "tab:blue"))
-    if baseline is not None:
-        series.append(("scratch after training", baseline[f"{metric}_after"], "tab:orange"))
+    colors = iter(("tab:orange", "tab:green", "tab:purple", "tab:brown"))
+    for name, values in (baselines or {}).items():
+        series.append((f"{name} after training", values[f"{metric}_after"], next(colors)))
     for label, values, color in series:
         finite = np.isfinite(values)
         if not finite.all():

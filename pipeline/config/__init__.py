@@ -41,10 +41,12 @@ from pipeline.config.model import (
 from pipeline.config.optimizer import AdamConfig, OptimizerConfig, SGDConfig
 from pipeline.config.run import (
     Config,
+    LinearProbeConfig,
     LocalTrackingConfig,
     MetaTestConfig,
     MetaTrainConfig,
     PathsConfig,
+    PretrainConfig,
     RuntimeConfig,
     ServerTrackingConfig,
     SweepConfig,
@@ -56,11 +58,12 @@ from pipeline.errors import ConfigError
 __all__ = [
     "ANILConfig", "AdamConfig", "AlgorithmConfig", "ClassificationDataConfig", "Config",
     "ConfigError", "Conv4Config", "DataConfig", "EpisodeDataConfig", "FOMAMLConfig",
-    "ImageModelConfig", "ImagesDataConfig", "InnerLoopConfig", "LocalTrackingConfig", "MAMLConfig",
+    "ImageModelConfig", "ImagesDataConfig", "InnerLoopConfig", "LinearProbeConfig",
+    "LocalTrackingConfig", "MAMLConfig",
     "MLPConfig", "MetaSGDConfig", "MetaTestConfig", "MetaTrainConfig", "ModelConfig",
     "NotebookAlgorithmConfig", "NotebookDataConfig", "OmniglotDataConfig", "OptimizerConfig",
-    "PathsConfig", "ProtoNetConfig", "ReptileConfig", "ResNet12Config", "RuntimeConfig",
-    "SGDConfig", "ScratchConfig", "ServerTrackingConfig", "SinusoidDataConfig",
+    "PathsConfig", "PretrainConfig", "ProtoNetConfig", "ReptileConfig", "ResNet12Config",
+    "RuntimeConfig", "SGDConfig", "ScratchConfig", "ServerTrackingConfig", "SinusoidDataConfig",
     "SweepConfig", "SyntheticDataConfig", "TabularDataConfig", "TrackingConfig", "compose",
     "default_tracking_uri", "register_configs", "validate",
 ]

@@ -13,6 +13,9 @@ from omegaconf import MISSING
 from pipeline.config.fields import (
     CLASSIFICATION,
     IMAGE_LAYOUTS,
+    PRETRAIN_CLASSES,
+    PRETRAIN_JOINT,
+    PRETRAIN_MULTITASK,
     REGRESSION,
     TABULAR_LAYOUTS,
     TABULAR_MISSING,
@@ -37,6 +40,9 @@ class DataConfig:
 
     #: Tasks are images (``[H, W, C]`` inputs), for the image models (conv4, resnet12).
     image_data: ClassVar[bool] = False
+    #: How the pre-trained baselines (``meta_test.baselines``) pre-train on the training split:
+    #: the family's labels are each task's own, so one head per training task.
+    pretraining: ClassVar[str] = PRETRAIN_MULTITASK
 
     def validation_tasks(self) -> int:
         """How many fixed validation tasks the family generates (``meta_train.validate_every``
@@ -106,6 +112,8 @@ class SinusoidDataConfig(DataConfig):
     """
 
     task_type: ClassVar[str] = REGRESSION
+    #: Finn et al.'s "pretrained" baseline: one network trained on every task's points jointly.
+    pretraining: ClassVar[str] = PRETRAIN_JOINT
     family: str = "sinusoid"
     num_train_tasks: int = num(20000, ge=1)
     num_test_tasks: int = num(600, ge=2)
@@ -136,6 +144,8 @@ class EpisodeDataConfig(DataConfig):
     training classes, fixed test (and validation) episodes from the held-out classes."""
 
     image_data: ClassVar[bool] = True
+    #: Classes are global (a character and rotation): one classifier over all training classes.
+    pretraining: ClassVar[str] = PRETRAIN_CLASSES
     #: N-way of the test episodes (and of training ones unless ``train_num_classes`` is set).
     num_classes: int = num(5, ge=2)
     k_shot: int = num(1, ge=1)

@@ -31,3 +31,9 @@ CLASSIFICATION, REGRESSION = "classification", "regression"
 TABULAR_LAYOUTS = ("long", "per_task")
 TABULAR_NORMALIZE = ("train", "support", "none")
 TABULAR_MISSING = ("refuse", "impute")
+# Baselines scored on the same test episodes as the method (pipeline/baselines/).
+BASELINES = ("scratch", "finetune", "linear_probe")
+#: How a family's training split is pre-trained on for those baselines: ``classes`` (one
+#: classifier over every training class), ``multitask`` (a shared body, one head per training
+#: task) or ``joint`` (one network on every training task's points).
+PRETRAIN_CLASSES, PRETRAIN_MULTITASK, PRETRAIN_JOINT = "classes", "multitask", "joint"

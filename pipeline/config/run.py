@@ -9,7 +9,7 @@ from omegaconf import MISSING
 
 from pipeline.config.algorithm import AlgorithmConfig, ScratchConfig
 from pipeline.config.data import DataConfig
-from pipeline.config.fields import num
+from pipeline.config.fields import INNER_OPTIMIZERS, choice, num
 from pipeline.config.model import ModelConfig
 from pipeline.config.optimizer import OptimizerConfig
 from pipeline.config.registry import option
@@ -33,6 +33,36 @@ class MetaTrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Supervised pre-training on the training split for the ``finetune`` and ``linear_probe``
+    baselines (how it pre-trains depends on the family: ``DataConfig.pretraining``)."""
+
+    #: Training examples the pre-training sees (null = as many as meta-training sees:
+    #: iterations x meta-batch x support and query examples per task).
+    examples: int | None = num(None, ge=1)
+    batch_size: int = num(1024, ge=1)
+    learning_rate: float = num(0.001, gt=0)
+    optimizer: str = choice("adam", INNER_OPTIMIZERS)
+    #: Steps run inside one compiled call (a graph loop).
+    steps_per_call: int = num(200, ge=1)
+    #: Reuse a body pre-trained earlier on the same data, model, settings and seed (cached in
+    #: ``paths.data_dir``/pretrained).
+    cache: bool = True
+
+
+@dataclass
+class LinearProbeConfig:
+    """scikit-learn's ``LogisticRegression`` on the frozen body's support embeddings (Tian et
+    al. 2020; regression: ``Ridge``)."""
+
+    #: Inverse regularisation strength (``C``; regression: ``alpha = 1 / C``).
+    C: float = num(1.0, gt=0)
+    max_iter: int = num(1000, ge=1)
+    #: L2-normalise every embedding first, as Tian et al.
+    normalize: bool = True
+
+
+@dataclass
 class MetaTestConfig:
     #: false: stop after meta-training, the test tasks untouched (a search's trials: selection
     #: is on validation, the test tasks are scored once, for the chosen config).
@@ -44,6 +74,14 @@ class MetaTestConfig:
     #: Also score the algorithm after exactly these many inner steps (an adaptation curve).
     eval_steps: list[int] = field(default_factory=list)
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
+    #: Baselines scored on the same test episodes as the method, each with a paired gain:
+    #: ``scratch`` (a fresh network per task), ``finetune`` (the pre-trained body and a new
+    #: head, all trained on the support set with ``scratch``'s steps, rate and optimizer),
+    #: ``linear_probe`` (the frozen pre-trained body and a logistic regression). Scratch also
+    #: needs ``compare_to_scratch``.
+    baselines: list[str] = field(default_factory=lambda: ["scratch"])
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    linear_probe: LinearProbeConfig = field(default_factory=LinearProbeConfig)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from pipeline.config.data import (
     SyntheticDataConfig,
     TabularDataConfig,
 )
-from pipeline.config.fields import REGRESSION
+from pipeline.config.fields import BASELINES, REGRESSION
 from pipeline.config.model import Conv4Config, ImageModelConfig, MLPConfig, ResNet12Config
 from pipeline.config.run import Config
 from pipeline.errors import ConfigError
@@ -71,6 +71,14 @@ def _check_known_keys(node: DictConfig, obj: Any, prefix: str = "") -> None:
             _check_known_keys(node[key], value, f"{prefix}{key}.")
 
 
+def _check_baselines(baselines: list[str]) -> None:
+    bad = [b for b in baselines if b not in BASELINES]
+    if bad or len(set(baselines)) != len(baselines):
+        raise ConfigError(f"meta_test.baselines={baselines} is not allowed: list each of "
+                          f"{', '.join(BASELINES)} at most once"
+                          + (f" ({', '.join(map(repr, bad))} is not one)." if bad else "."))
+
+
 def _check_consistency(cfg: Config) -> None:
     data, model, algorithm = cfg.data, cfg.model, cfg.algorithm
     if isinstance(data, ClassificationDataConfig):
@@ -116,6 +124,7 @@ def _check_consistency(cfg: Config) -> None:
         _check_tabular(data)
     _check_sweep(cfg)
     _check_validation(cfg)
+    _check_baselines(list(cfg.meta_test.baselines))
     uri = cfg.tracking.uri
     if not uri.startswith(TRACKING_SCHEMES):
         raise ConfigError(f"tracking.uri={uri!r} is not supported: it must start with one of "

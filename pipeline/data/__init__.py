@@ -303,7 +303,7 @@ def generate_or_load(cfg_dict: dict, seed: int, data_dir: Path, cache: bool = Tr
 
 
 #: Independent random streams derived from the one seed (numpy SeedSequence spawn keys).
-SEED_STREAMS = {"data": 1, "init": 2, "sampling": 3, "scratch": 4}
+SEED_STREAMS = {"data": 1, "init": 2, "sampling": 3, "scratch": 4, "pretrain": 5, "baselines": 6}
 
 
 def stream_rng(seed: int, stream: str) -> np.random.Generator:

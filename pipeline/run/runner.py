@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from pipeline import baselines
 from pipeline.algorithms import Algorithm, Context, build_algorithm
 from pipeline.algorithms.losses import MSE, SOFTMAX, TaskLoss, output_units
 from pipeline.algorithms.optimizers import build_optimizer
@@ -230,11 +231,9 @@ def _stages(cfg: Config, tracker: Tracker | None, resume: Resume | None = None,
     eval_steps = tuple(cfg.meta_test.eval_steps)
     try:
         tested = meta_test.run(algo, tasks.test, cfg.meta_test.task_batch_size, eval_steps)
-        baseline = None
-        if cfg.meta_test.compare_to_scratch and algo.meta_learns:
-            scratch = build(cfg, tasks, cfg.meta_test.scratch)
-            baseline = meta_test.run(scratch, tasks.test, cfg.meta_test.task_batch_size)
-        summary = report.run(algo, tasks, tested, baseline, trained, eval_steps, tracker,
+        compared = (baselines.run(cfg, tasks, algo.loss, lambda a: build(cfg, tasks, a), tracker)
+                    .tested if algo.meta_learns else {})
+        summary = report.run(algo, tasks, tested, compared, trained, eval_steps, tracker,
                              cfg.tracking.log_model)
     except KeyboardInterrupt:
         if trained.checkpoint is not None:  # training is done: resume goes to meta-test

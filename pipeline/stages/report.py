@@ -1,14 +1,14 @@
 """Stage 4, report: summarise the meta-test honestly and record it.
 
-Per-episode metrics, their aggregates over the test split's independent unit (mean, std, 95% CI
-over source tasks or episodes, :func:`pipeline.analysis.stats.summarize_units`; the unit is the
-``ci_unit`` tag, their count ``test/ci_units``), the same for the no-meta-learning baseline and
-the paired gain over it (per-unit differences), the test episodes table
-(:mod:`pipeline.analysis.episodes`), the adaptation curve over inner steps, timings, plots and
+Per-episode metrics, their aggregates over the test split's independent unit (mean, std, 95% CI over
+source tasks or episodes, :func:`pipeline.analysis.stats.summarize_units`; the unit is the
+``ci_unit`` tag, their count ``test/ci_units``), the same for each baseline (scratch, finetune,
+linear_probe: same episodes) and the paired gain over it (per-unit differences), the test episodes
+table (:mod:`pipeline.analysis.episodes`), the adaptation curve over inner steps, timings, plots and
 the model, named as in :mod:`pipeline.tracking.keys`. Tasks that diverged
-(:func:`pipeline.stages.meta_test.diverged`: not finite, or 1e3 x worse than before adaptation)
-are counted beside every aggregate (``test/diverged_tasks``...) and left out of it; if every test
-task diverged, the run fails with that reason.
+(:func:`pipeline.stages.meta_test.diverged`: not finite, or 1e3 x worse than before adaptation) are
+counted beside every aggregate (``test/diverged_tasks``...) and left out of it; if every test task
+diverged, the run fails with that reason.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class Report:
     #: Tasks that diverged after adaptation (0 = none).
     diverged: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    #: Each baseline's per-task metrics (``scratch``, ``finetune``, ``linear_probe``) and the
+    #: method's paired gain over it (``gain`` is the one over scratch).
+    baselines: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    gains: dict[str, Summary] = field(default_factory=dict)
 
 
 def units_of(tasks: TaskSet) -> Units:
@@ -113,36 +117,50 @@ def per_task(tested: Tested, scope: str = keys.TASK) -> dict[str, np.ndarray]:
     return {f"{scope}query_{k}": v for k, v in tested.per_task.items()}
 
 
-def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None,
+def _gain(tested: Tested, baseline: Tested, main: str, higher_is_better: bool,
+          units: Units) -> Summary | None:
+    """The method's paired gain over a baseline, per unit, on the episodes where both are finite
+    (sign: better is positive, also for MSE)."""
+    a, b = tested.per_task[f"{main}_{keys.AFTER}"], baseline.per_task[f"{main}_{keys.AFTER}"]
+    if (np.isfinite(a) & np.isfinite(b)).sum() < 2:
+        return None
+    gain = paired_unit_gain(a, b, units)
+    return gain if higher_is_better else Summary(-gain.mean, gain.std, gain.ci95, gain.n,
+                                                 gain.unit, gain.episodes)
+
+
+def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baselines: dict[str, Tested],
         trained: Trained, eval_steps: tuple[int, ...], tracker: Tracker | None,
         log_model: bool = True) -> Report:
-    """Summarise, log and plot the meta-test; return what was logged."""
+    """Summarise, log and plot the meta-test and every baseline's (``scratch``, ``finetune``,
+    ``linear_probe``: same episodes, same order); return what was logged."""
     loss, main = algo.loss, algo.loss.main_metric
     units = units_of(tasks)
     found = summaries(tested, keys.TEST, units)
     counts = {keys.diverged(keys.TEST, p): int(bad.sum()) for p, bad in tested.diverged.items()}
     per_task_series = per_task(tested)
-    gain = None
-    if baseline is not None:
-        found |= summaries(baseline, keys.SCRATCH, units)
-        counts |= {keys.diverged(keys.SCRATCH, p): int(bad.sum())
-                   for p, bad in baseline.diverged.items()}
-        per_task_series |= per_task(baseline, keys.SCRATCH_TASK)
-        a, b = tested.per_task[f"{main}_{keys.AFTER}"], baseline.per_task[f"{main}_{keys.AFTER}"]
-        both = np.isfinite(a) & np.isfinite(b)
-        if both.sum() >= 2:
-            gain = paired_unit_gain(a, b, units)
-            if not loss.higher_is_better:
-                gain = Summary(-gain.mean, gain.std, gain.ci95, gain.n, gain.unit, gain.episodes)
-            found[f"{keys.GAIN}query_{main}"] = gain
+    gains: dict[str, Summary] = {}
+    baseline_notes = []
+    for name, result in baselines.items():
+        found |= summaries(result, keys.baseline(name), units)
+        counts |= {keys.diverged(keys.baseline(name), p): int(bad.sum())
+                   for p, bad in result.diverged.items()}
+        per_task_series |= per_task(result, keys.baseline_task(name))
+        g = _gain(tested, result, main, loss.higher_is_better, units)
+        if g is not None:
+            gains[name] = found[f"{keys.gain_vs(name)}query_{main}"] = g
+        baseline_note = _divergence_note(name, result, loss.metric_names[0])
+        if baseline_note:
+            baseline_notes.append((name, baseline_note))
+    gain = gains.get(keys.SCRATCH_NAME)
 
     note = _divergence_note(algo.name, tested, loss.metric_names[0])
-    scratch_note = _divergence_note("scratch", baseline, loss.metric_names[0]) if baseline else None
     after_key = keys.query(keys.TEST, main)
     no_gain = gain is not None and gain.has_ci and gain.low <= 0
+    beats = [name for name, g in gains.items() if g.has_ci and g.low > 0]
     aggregates = aggregate_metrics(found) | counts
-    if gain is not None:  # the headline columns: gain/query_acc and its interval
-        aggregates[f"{keys.GAIN}query_{main}"] = gain.mean
+    for name, g in gains.items():  # the headline columns: gain/query_acc and its interval
+        aggregates[f"{keys.gain_vs(name)}query_{main}"] = g.mean
     aggregates[keys.TIME_META_TRAIN] = trained.seconds
     aggregates[keys.TIME_META_TEST] = tested.seconds
     if trained.iterations:
@@ -155,16 +173,18 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
         if curve:  # one series per statistic, all at the same inner-step counts
             steps = next(iter(curve.values()))[0]
             tracker.log_metrics({k: v for k, (_, v) in curve.items()}, steps=steps)
-        notes = [n for n in (note, scratch_note) if n]
+        notes = [n for n in (note, *(n for _, n in baseline_notes)) if n]
         tags = {keys.NO_GAIN: "none" if no_gain else ("positive" if gain and gain.has_ci
                                                       else "n/a"), keys.CI_UNIT: units.kind}
+        if gains:
+            tags[keys.BEATS_BASELINES] = ",".join(beats) or "none"
         tracker.set_tags(tags | ({keys.DIVERGED: "; ".join(notes)} if notes else {}))
 
     if note:
         log.warning("%s. Aggregates are over the other tasks; the count is logged as %s.", note,
                     keys.diverged(keys.TEST))
-    if scratch_note:
-        log.warning("%s (logged as %s).", scratch_note, keys.diverged(keys.SCRATCH))
+    for name, baseline_note in baseline_notes:
+        log.warning("%s (logged as %s).", baseline_note, keys.diverged(keys.baseline(name)))
     if after_key not in found:
         raise DivergenceError(f"meta-test diverged: {note or 'no test task has a finite score'}."
                               f" Lower the inner learning rate or the test-time inner steps.")
@@ -183,32 +203,38 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baseline: Tested | None
     if after.class_ci is not None:
         log.info("%s query %s after adaptation, 95%% CI resampling the test classes (cluster "
                  "bootstrap): [%.4f, %.4f]", algo.name, main, *after.class_ci)
-    if baseline is not None:
-        scratch = found.get(keys.query(keys.SCRATCH, main))
-        log.info("scratch query %s: %s; gain %s%s", main, scratch or "n/a", gain or "n/a",
-                 f" (95% CI over {gain.over()}, paired per {units.kind})"
-                 if gain and gain.has_ci else "")
+    for name in baselines:
+        score, g = found.get(keys.query(keys.baseline(name), main)), gains.get(name)
+        log.info("%s query %s: %s; gain %s%s", name, main, score or "n/a", g or "n/a",
+                 f" (95% CI over {g.over()}, paired per {units.kind})" if g and g.has_ci else "")
+    if gains:
+        best = min(gains, key=lambda n: gains[n].mean)  # the strongest: least gain over it
+        log.info("gain over the best baseline (%s): %+.3f ± %.3f", best, gains[best].mean,
+                 gains[best].ci95)
     if no_gain:
         log.warning("Meta-learning shows no gain: %s's gain over scratch on the same test tasks "
                     "is %s (95%% CI includes or is below 0).", algo.name, gain)
 
     if tracker is not None:
-        _log_figures(tracker, algo, tasks, tested, baseline, trained, main)
+        _log_figures(tracker, algo, tasks, tested, baselines, trained, main)
         if log_model:
             tracker.log_keras_model(portable(algo.model), tasks.test.take(slice(0, 1)).query_x[0])
             publish.log_few_shot(tracker, algo, tasks)
-    return Report(tested.per_task, baseline.per_task if baseline else None, found, gain,
+    scratch = baselines.get(keys.SCRATCH_NAME)
+    return Report(tested.per_task, scratch.per_task if scratch else None, found, gain,
                   after.mean, no_gain, int(tested.diverged[keys.AFTER].sum()),
                   {"meta_train_s": trained.seconds, "meta_test_s": tested.seconds,
-                   "meta_train_iterations": trained.iterations})
+                   "meta_train_iterations": trained.iterations},
+                  {name: r.per_task for name, r in baselines.items()}, gains)
 
 
 def _log_figures(tracker: Tracker, algo: Algorithm, tasks: TaskSet, tested: Tested,
-                 baseline: Tested | None, trained: Trained, main: str) -> None:
+                 baselines: dict[str, Tested], trained: Trained, main: str) -> None:
     figures = []
     if trained.curves:
         figures.append((plots.curves(trained.curves), keys.CURVES_PLOT))
-    figures.append((plots.per_task(tested.per_task, baseline.per_task if baseline else None,
+    figures.append((plots.per_task(tested.per_task,
+                                   {name: r.per_task for name, r in baselines.items()},
                                    main, algo.name), keys.per_task_plot(main)))
     if tasks.task_type == REGRESSION:
         figures.append((plots.regression_fits(meta_test.regression_fits(algo, tasks.test),

@@ -131,13 +131,17 @@ TEST = "test/"            # aggregates over test tasks
 SCRATCH_TASK = "scratch_task/"
 SCRATCH = "scratch/"
 GAIN = "gain/"            # paired gain over scratch
+#: The pre-trained baselines (``meta_test.baselines``) besides scratch, each with its scopes
+#: ``<name>_task/``, ``<name>/`` and its paired gain ``gain_vs_<name>/``.
+FINETUNE, LINEAR_PROBE, SCRATCH_NAME = "finetune", "linear_probe", "scratch"
+FINETUNE_TASK, LINEAR_PROBE_TASK = f"{FINETUNE}_task/", f"{LINEAR_PROBE}_task/"
 SEEDS = "seeds/"          # a group run's across-seed statistics of its jobs' aggregates
 PAIRED = "paired/"        # pipeline.compare --paired --log: per-task differences A - B
 TRAIN = "train/"          # meta-training curves (step = meta-iteration)
 VAL = "val/"              # scores on the validation tasks (step = meta-iterations done)
 TIME = "time/"
 #: Metrics compared value by value at every step by reruns (others: by their last value).
-PER_STEP_SCOPES = (TASK, SCRATCH_TASK, TRAIN, VAL)
+PER_STEP_SCOPES = (TASK, SCRATCH_TASK, FINETUNE_TASK, LINEAR_PROBE_TASK, TRAIN, VAL)
 #: Metrics that differ between identical runs by nature.
 UNREPRODUCIBLE_SCOPES = (TIME,)
 #: Phases of a test task's query metrics.
@@ -153,6 +157,22 @@ BOOT_LOW, BOOT_HIGH = "boot_low", "boot_high"
 
 
 N_SEEDS = "seeds/n_seeds"
+
+
+def baseline_task(name: str) -> str:
+    """A baseline's per-task scope: ``scratch_task/``, ``linear_probe_task/``."""
+    return f"{name}_task/"
+
+
+def baseline(name: str) -> str:
+    """A baseline's aggregate scope: ``scratch/``, ``finetune/``."""
+    return f"{name}/"
+
+
+def gain_vs(name: str) -> str:
+    """The scope of the method's paired gain over a baseline: ``gain/`` for scratch (its name
+    since the first runs), ``gain_vs_finetune/`` and the like for the others."""
+    return GAIN if name == SCRATCH_NAME else f"gain_vs_{name}/"
 
 
 def seeds(metric: str, stat: str) -> str:
@@ -180,6 +200,13 @@ def diverged(scope: str, phase: str = AFTER) -> str:
 TIME_META_TRAIN, TIME_META_TRAIN_MS, TIME_META_TEST = ("time/meta_train_s",
                                                        "time/meta_train_ms_per_it",
                                                        "time/meta_test_s")
+#: Pre-training for the baselines: its wall time when it ran (also when this run found it
+#: cached) and the training examples it saw; whether this run found it cached (a tag).
+TIME_PRETRAIN, PRETRAIN_EXAMPLES, PRETRAIN_CACHE = ("time/pretrain_s", "pretrain/examples",
+                                                    "pretrain_cache")
+PRETRAIN_DIR = "pretrained"
+#: The baselines whose paired gain's 95% CI lies above 0 (comma-separated; ``none``).
+BEATS_BASELINES = "beats_baselines"
 #: Seconds of meta-training spent scoring the validation tasks (included in meta_train_s).
 TIME_VALIDATION = "time/validation_s"
 MEMORY_ESTIMATE = "memory/estimate_gib"  # the run's estimated peak memory (pipeline/memory.py)
