@@ -106,19 +106,10 @@ def register(uri: str, run_id: str, name: str, description: str,
              tags: Mapping[str, Any]) -> str:
     """Register run ``run_id``'s few-shot model as a new version of ``name``, point the
     :data:`ALIAS` alias at it; return the version."""
-    import mlflow
-
-    c = store.client(uri)
     if not logged(uri, run_id):
         raise TrackingError(f"run {run_id} has no logged few-shot model ({NAME}/): nothing to "
                             f"register.")
-    with contextlib.suppress(Exception):  # exists already
-        c.create_registered_model(name)
-    version = mlflow.register_model(f"runs:/{run_id}/{NAME}", name,
-                                    tags={k: str(v) for k, v in tags.items()})
-    c.update_model_version(name, version.version, description=description)
-    c.set_registered_model_alias(name, ALIAS, version.version)
-    return str(version.version)
+    return store.register_model(uri, run_id, name, description, tags, artifact=NAME, alias=ALIAS)
 
 
 def predict(model: Any, model_input: Any) -> Any:

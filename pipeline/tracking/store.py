@@ -531,20 +531,27 @@ def log_series(uri: str, run_id: str, name: str, values: list[float]) -> None:
 
 
 def register_model(uri: str, run_id: str, name: str, description: str,
-                   tags: Mapping[str, Any]) -> str:
-    """Register run ``run_id``'s logged model as a new version of ``name`` in the Model
-    Registry, with ``description``; return the version."""
+                   tags: Mapping[str, Any], artifact: str = keys.MODEL_DIR,
+                   alias: str | None = None) -> str:
+    """Register run ``run_id``'s logged model (the artifact folder ``artifact``) as a new version
+    of ``name`` in the Model Registry, with ``description`` and, if given, ``alias`` pointed at
+    it; return the version."""
     import mlflow
 
     c = client(uri)
-    if not has_artifact(uri, run_id, keys.MODEL_DIR) and not _logged_model(c, run_id):
-        raise TrackingError(f"run {run_id} has no logged model (it ran with "
+    found = has_artifact(uri, run_id, artifact) or (artifact == keys.MODEL_DIR
+                                                     and _logged_model(c, run_id))
+    if not found:
+        which = "" if artifact == keys.MODEL_DIR else f" {artifact}/"
+        raise TrackingError(f"run {run_id} has no logged model{which} (it ran with "
                             f"tracking.log_model=false, or did not finish): nothing to register.")
     with contextlib.suppress(Exception):  # exists already
         c.create_registered_model(name)
-    version = mlflow.register_model(f"runs:/{run_id}/{keys.MODEL_DIR}", name,
+    version = mlflow.register_model(f"runs:/{run_id}/{artifact}", name,
                                     tags={k: str(v) for k, v in tags.items()})
     c.update_model_version(name, version.version, description=description)
+    if alias is not None:
+        c.set_registered_model_alias(name, alias, version.version)
     return str(version.version)
 
 
