@@ -110,18 +110,15 @@ class Job:
                                    say=lambda line: log.info("Job %d: %s", num, line),
                                    checked=True)
 
-    @staticmethod
-    def value(value: float, higher_is_better: bool, uri: str, run_id: str | None) -> float:
-        """The job's return value: an Optuna search's objective (``hydra.sweeper.objective``,
-        e.g. the best ``val/`` accuracy over meta-training) or else the run's main test
-        metric."""
-        hc = HydraConfig.get()
-        metric = OmegaConf.select(hc, "sweeper.objective", default=None)
-        if metric is not None and run_id is not None:
+    def value(self, value: float, higher_is_better: bool, uri: str, run_id: str | None) -> float:
+        """The job's return value: a search trial's objective (the metric and best/last its
+        study records, e.g. the best ``val/`` accuracy over meta-training) or else the run's main
+        test metric."""
+        if self.trial is not None and run_id is not None:
             from pipeline.search import objective
 
-            how = OmegaConf.select(hc, "sweeper.objective_value", default=objective.BEST)
-            value = objective.of_run(uri, run_id, str(metric), str(how), higher_is_better)
+            value = objective.of_run(uri, run_id, self.trial.metric, self.trial.how,
+                                     higher_is_better)
         return sweep.objective(value, higher_is_better)
 
 
