@@ -394,7 +394,9 @@ def test_cli_run_end_to_end_leaves_a_complete_mlflow_run(tmp_path):
     assert {"config", "data", "plots"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     assert run.inputs.dataset_inputs[0].dataset.digest == tags[keys.DATA_FINGERPRINT][:32]
     models = client.search_logged_models([run.info.experiment_id])
-    assert [m.source_run_id for m in models] == [run.info.run_id]
+    # the meta-learned network and the few-shot predictor that adapts it, both of this run
+    assert sorted(m.name for m in models) == ["few_shot", "model"]
+    assert {m.source_run_id for m in models} == {run.info.run_id}
 
 
 @pytest.mark.slow
