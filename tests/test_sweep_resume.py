@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 #: Seed 1 first: its two jobs fail (its data file is corrupted for the interrupted sweep), then
 #: seed 0: a short job that finishes and a long one stopped during meta-training. Groups: one
 #: per meta_train.iterations, two seeds each.
-GRID = ["seed=1,0", "meta_train.iterations=20,8000"]
+GRID = ["seed=1,0", "meta_train.iterations=20,40000"]
 JOB = ["data.num_train_tasks=40", "data.num_test_tasks=12", "model.hidden_units=[8]",
        "meta_train.meta_batch_size=4", "meta_train.log_every=50", "meta_train.steps_per_call=20",
        "meta_test.scratch.steps=5", "tracking.log_model=false"]
@@ -81,8 +81,8 @@ def test_sigterm_a_joblib_sweep_then_resume_it(tmp_path):
     for line in sweep.stdout:
         lines.append(line)
         job2_done = job2_done or "MLflow run" in line  # the short job of seed 0 ended
-        at = re.search(r"iteration (\d+)/8000", line)
-        if job2_done and at and int(at.group(1)) <= 6400:  # job 3 is training
+        at = re.search(r"iteration (\d+)/40000", line)
+        if job2_done and at and int(at.group(1)) <= 32000:  # job 3 is training
             break
     else:
         pytest.fail("".join(lines[-40:]))
@@ -103,7 +103,7 @@ def test_sigterm_a_joblib_sweep_then_resume_it(tmp_path):
         (before, out[-3000:])  # nothing left RUNNING
     [killed] = _per_job(client, exp, parent.info.run_id)[3]
     stopped_at = int(killed.data.tags["checkpoint_iteration"])
-    assert 0 < stopped_at < 8000
+    assert 0 < stopped_at < 40000
 
     # put seed 1's data back; the same command with sweep.resume=last finishes the sweep
     corrupt.write_bytes(good)
