@@ -87,11 +87,10 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: int = 300,
 
 
 def free_port() -> int:
-    import socket
+    """A free TCP port on 127.0.0.1 (one helper for the project's servers and the tests')."""
+    from pipeline.serving.server import free_port as free
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free()
 
 
 def answers_health(url: str, proc: subprocess.Popen, timeout: float) -> bool:
@@ -136,16 +135,9 @@ class MlflowServer:
         raise RuntimeError(f"mlflow server did not start: {(self.root / 'server.log').read_text()}")
 
     def stop(self) -> None:
-        import os
-        import signal
+        from pipeline.serving.server import stop_group
 
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         self.proc = None
 
 

@@ -38,6 +38,19 @@ sys.meta_path.insert(0, _NoProject())
 '''
 
 
+def stop_group(proc: subprocess.Popen | None, timeout: float = 20) -> None:
+    """End a server started in a session of its own (``start_new_session=True``) with its
+    workers: SIGTERM to the group, SIGKILL if it has not ended within ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -104,13 +117,7 @@ class ModelServer:
             return e.code, json.loads(e.read() or b"null")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        stop_group(self.proc)
         self.proc = None
 
     def __enter__(self) -> ModelServer:
