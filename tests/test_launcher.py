@@ -216,12 +216,13 @@ def _busy_workers(tmp: Path) -> dict[int, int]:
     return out
 
 
-def _wait_for_training(proc: subprocess.Popen, lines: list[str], jobs: int) -> None:
-    """Read the sweep's output until ``jobs`` jobs are meta-training."""
+def _wait_for_training(proc: subprocess.Popen, lines: list[str], jobs: int,
+                       iterations: int = 3000) -> None:
+    """Read the sweep's output until ``jobs`` jobs are meta-training ``iterations``."""
     training: set[str] = set()
     for line in proc.stdout:
         lines.append(line)
-        if re.search(r"iteration \d+/3000", line):
+        if re.search(rf"iteration \d+/{iterations}\b", line):
             training.add(line.split("]")[0])  # one timestamp per log line, any job
         if len(training) >= jobs * 2:
             return

@@ -28,8 +28,9 @@ pytestmark = pytest.mark.slow
 
 pytest.importorskip("ray", reason='pip install -e ".[ray]"')
 
-#: Jobs 0 and 1 train long enough to be killed; 2 and 3 are short.
-GRID = ["meta_train.iterations=3000,20", "seed=0,1"]
+#: Jobs 0 and 1 train long enough to be killed (~30 s); 2 and 3 are short.
+LONG = 10000
+GRID = [f"meta_train.iterations={LONG},20", "seed=0,1"]
 
 
 def _command(tmp: Path, *extra: str, address: str | None = None) -> list[str]:
@@ -42,7 +43,10 @@ def _command(tmp: Path, *extra: str, address: str | None = None) -> list[str]:
 
 
 def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **(extra or {})}
+    # Ray folds log lines that differ only in numbers ("[repeated 29x across cluster]"), which
+    # hides the progress lines the tests wait for.
+    return {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0",
+            **(extra or {})}
 
 
 def _metrics(client: MlflowClient, run_id: str, prefix: str) -> dict[str, list[float]]:
@@ -108,7 +112,7 @@ def test_sigkill_of_an_actor_fails_only_its_job(tmp_path, ray_head):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_env(env))
     lines: list[str] = []
-    _wait_for_training(proc, lines, jobs=1)
+    _wait_for_training(proc, lines, jobs=1, iterations=LONG)
     deadline = time.monotonic() + 60
     while 0 not in _busy_workers(tmp_path) and time.monotonic() < deadline:
         time.sleep(0.1)
