@@ -200,7 +200,7 @@ def test_a_bad_region_is_pruned_and_the_winner_is_reevaluated_on_fresh_seeds(tmp
 def test_a_search_killed_midway_and_resumed_ends_with_exactly_n_trials(tmp_path):
     """SIGTERM to the Hydra process while trial 2 meta-trains; ``sweep.resume=last`` runs that
     trial again under its number and asks new ones until the study holds n_trials."""
-    args = ["hydra.sweeper.n_trials=5", "meta_train.iterations=600", "meta_train.steps_per_call=5",
+    args = ["hydra.sweeper.n_trials=5", "meta_train.iterations=2000", "meta_train.steps_per_call=5",
             "meta_train.validate_every=100", "hydra.sweeper.reevaluate.top_k=0"]
     proc = subprocess.Popen(search_command(tmp_path, *args), cwd=PROJECT_ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
