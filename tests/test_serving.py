@@ -115,7 +115,9 @@ def _bad_inputs(tasks: TaskSet) -> list[tuple[str, dict, str]]:
             ("more classes", {**req, fsp.SUPPORT_Y: np.arange(len(sy)) % 4},
              "has 4 classes, more than this run's 3-way"),
             ("query labels", {**req, "query_y": sy}, "query_y was sent"),
-            ("nan", {**req, fsp.SUPPORT_X: nan}, "support_x holds nan at index [2, 3]")]
+            ("nan", {**req, fsp.SUPPORT_X: nan}, "support_x holds nan at index [2, 3]"),
+            ("files to a table", {**req, fsp.QUERY_X: ["aGVsbG8="]},
+             "query_x holds text or bytes, but this model takes numbers only")]
 
 
 def test_bad_input_is_refused_with_its_reason(maml_run):

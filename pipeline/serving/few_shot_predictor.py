@@ -413,6 +413,9 @@ class FewShotPredictor:
         def walk(v: Any, where: str) -> np.ndarray:
             if isinstance(v, str | bytes):
                 return decode_image(v, self.spec.image, self.spec.input_shape, where)
+            if not isinstance(v, list | tuple | np.ndarray):
+                raise InputError(f"{where} is {v!r}, among image files: send every row of "
+                                 f"{name} as an image file, or every row as numbers.")
             if not len(v):
                 raise InputError(f"{where} is empty: send one image file per row.")
             return np.stack([walk(x, f"{where}[{i}]") for i, x in enumerate(v)])
