@@ -6,21 +6,26 @@ served by ``mlflow models serve`` in a process that cannot import the project (s
 from __future__ import annotations
 
 import ast
+import base64
+import io
 import json
 import math
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
+import keras
 import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipeline import PROJECT_ROOT
 from pipeline.analysis import compare
 from pipeline.config import validate
-from pipeline.data import TaskSet, stream_rng, tabular
+from pipeline.data import TaskSet, images, omniglot, stream_rng, tabular
 from pipeline.data.tabular import preprocess
 from pipeline.errors import DataError
 from pipeline.run.runner import RunResult, execute
@@ -29,7 +34,7 @@ from pipeline.serving import few_shot_predictor as fsp
 from pipeline.serving.server import ModelServer
 from pipeline.tracking import few_shot, store
 from tests import image_sets
-from tests.conftest import TINY, compose_raw, store_overrides
+from tests.conftest import OMNIGLOT_ROOT, TINY, compose_raw, store_overrides
 
 ACC = "task/query_acc_after"
 
@@ -110,7 +115,9 @@ def _bad_inputs(tasks: TaskSet) -> list[tuple[str, dict, str]]:
             ("more classes", {**req, fsp.SUPPORT_Y: np.arange(len(sy)) % 4},
              "has 4 classes, more than this run's 3-way"),
             ("query labels", {**req, "query_y": sy}, "query_y was sent"),
-            ("nan", {**req, fsp.SUPPORT_X: nan}, "support_x holds nan at index [2, 3]")]
+            ("nan", {**req, fsp.SUPPORT_X: nan}, "support_x holds nan at index [2, 3]"),
+            ("files to a table", {**req, fsp.QUERY_X: ["aGVsbG8="]},
+             "query_x holds text or bytes, but this model takes numbers only")]
 
 
 def test_bad_input_is_refused_with_its_reason(maml_run):
@@ -125,7 +132,7 @@ def test_the_predictor_needs_no_project_code():
     """The logged code imports TensorFlow, Keras, NumPy, pandas (and MLflow, its entry), never
     the project: checked on the source, and by loading it where ``pipeline`` cannot import
     (the slow tests serve it so)."""
-    allowed = {"tensorflow", "keras", "numpy", "pandas", "mlflow", "few_shot_predictor",
+    allowed = {"tensorflow", "keras", "numpy", "pandas", "PIL", "mlflow", "few_shot_predictor",
                "__future__", *sys.stdlib_module_names}
     for path in (Path(fsp.__file__), few_shot.ENTRY_FILE):
         tree = ast.parse(path.read_text())
@@ -134,6 +141,75 @@ def test_the_predictor_needs_no_project_code():
         tops = {n.split(".")[0] for n in names}
         assert tops <= allowed, (path, tops - allowed)
         assert "mlflow" not in tops or path == few_shot.ENTRY_FILE
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    """An RGB image's PNG file."""
+    out = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_image_files_are_decoded_as_training_decodes_them(tmp_path):
+    """PNG/JPEG files, base64, give the arrays the image and Omniglot families decode from the
+    same files (Lanczos-resized, RGB / inverted greyscale), and the same predictions as those
+    arrays; a text that is not base64, or bytes that are no image, are refused by index."""
+    root = image_sets.write(tmp_path / "images", "folders", classes=(0, 0, 5), per_class=3)
+    files = sorted((root / "test").glob("*/*.png"))
+    with Image.open(files[0]) as im:  # a JPEG, a greyscale JPEG, a 16-bit greyscale PNG
+        im.save(tmp_path / "rgb.jpg")
+        im.convert("L").save(tmp_path / "grey.jpg")
+        Image.fromarray(np.asarray(im.convert("L")).astype(np.uint16) * 257).save(
+            tmp_path / "wide.png")
+    rgb = fsp.ImageFiles(mode="RGB", invert=False, resize=True)
+    others = [tmp_path / n for n in ("rgb.jpg", "grey.jpg", "wide.png")]
+    for path in [*files, *others]:  # 16x16 files to the run's 12x12
+        np.testing.assert_array_equal(
+            fsp.decode_image(_b64(path.read_bytes()), rgb, (12, 12, 3), "x"),
+            images._decode_file(path, 12))
+    # Omniglot: a zip of one character's 20 real drawings (105x105), decoded at 28x28
+    source = OMNIGLOT_ROOT / "extras" / "images_background_small1.zip"
+    if source.is_file():
+        with zipfile.ZipFile(source) as z:
+            members = sorted(m for m in z.namelist() if m.endswith(".png"))[:20]
+            drawings = [z.read(m) for m in members]
+        one = tmp_path / "images_background.zip"
+        with zipfile.ZipFile(one, "w") as z:
+            for i, data in enumerate(drawings):
+                z.writestr(f"images_background/Alpha/character01/{i:04d}_{i:02d}.png", data)
+        decoded, _ = omniglot._decode_zip(one, 28)
+        ink = fsp.ImageFiles(mode="L", invert=True, resize=True)
+        np.testing.assert_array_equal(
+            np.stack([fsp.decode_image(d, ink, (28, 28, 1), "x") for d in drawings]),
+            decoded[0][..., None])
+    # the same predictions from files as from the decoded arrays (prototypes of a small conv)
+    net = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Rescaling(1 / 255),
+                            keras.layers.Conv2D(4, 3), keras.layers.Flatten()])
+    spec = fsp.Spec(algorithm="protonet", adaptation=fsp.PROTOTYPES, loss=fsp.SOFTMAX,
+                    task_type="classification", num_outputs=5, input_shape=(12, 12, 3),
+                    image=rgb)
+    predictor = fsp.FewShotPredictor(net, spec)
+    labels = [p.parent.name for p in files]
+    support, query = files[::3], [p for i, p in enumerate(files) if i % 3]
+    sy = [p.parent.name for p in support]
+    as_files = predictor.predict({fsp.SUPPORT_X: [_b64(p.read_bytes()) for p in support],
+                                  fsp.SUPPORT_Y: sy,
+                                  fsp.QUERY_X: np.array([_b64(p.read_bytes()) for p in query])})
+    as_arrays = predictor.predict({
+        fsp.SUPPORT_X: np.stack([images._decode_file(p, 12) for p in support]),
+        fsp.SUPPORT_Y: sy, fsp.QUERY_X: np.stack([images._decode_file(p, 12) for p in query])})
+    pd.testing.assert_frame_equal(as_files, as_arrays)
+    assert set(as_files[fsp.PREDICTION]) <= set(labels)
+    good = [_b64(p.read_bytes()) for p in support]
+    for bad, message in [("not base64!", "support_x[2] is not base64"),
+                         (_b64(b"no image"), "support_x[2] is not an image file Pillow can read")]:
+        with pytest.raises(fsp.InputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            predictor.predict({fsp.SUPPORT_X: [*good[:2], bad, *good[3:]], fsp.SUPPORT_Y: sy,
+                               fsp.QUERY_X: good})
 
 
 def test_register_with_an_alias_and_predict_files(maml_run, tmp_path, capsys):
@@ -280,6 +356,15 @@ def test_served_protonet_on_images_predicts_like_meta_test(tmp_path):
                                                     _request(result.tasks, 0).items()},
                                                  "steps": 5}})
         assert status == 400 and "has no inner steps" in answer["message"]
+        # the same task as PNG files, base64, in MLflow's row form ({"instances": [task]})
+        files = {k: [_b64(_png(im)) for im in v] if k != fsp.SUPPORT_Y else v.tolist()
+                 for k, v in _request(result.tasks, 0).items()}
+        status, answer = server.post({"instances": [files]})
+        assert status == 200, answer
+        assert [row[fsp.PREDICTION] for row in answer["predictions"]] == \
+            _served(server, _request(result.tasks, 0))
+        status, answer = server.post({"inputs": {**files, fsp.QUERY_X: ["%%%"]}})
+        assert status == 400 and "query_x[0] is not base64" in answer["message"], answer
 
 
 @pytest.mark.slow

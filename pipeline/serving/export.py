@@ -24,6 +24,7 @@ from pipeline.algorithms.maml import MAML
 from pipeline.algorithms.metasgd import MetaSGD
 from pipeline.algorithms.protonet import ProtoNet
 from pipeline.algorithms.reptile import Reptile
+from pipeline.config.data import ImagesDataConfig, OmniglotDataConfig
 from pipeline.data import REGRESSION, TaskSet, stream_rng
 from pipeline.models import portable
 from pipeline.serving import few_shot_predictor as fsp
@@ -63,16 +64,33 @@ def spec(algo: Algorithm, tasks: TaskSet) -> fsp.Spec | None:
     return fsp.Spec(algorithm=algo.name, adaptation=kind, loss=algo.loss.kind,
                     task_type=tasks.task_type, num_outputs=int(tasks.num_outputs),
                     input_shape=tuple(int(s) for s in tasks.input_shape),
-                    tabular=tabular_prep(tasks), **fields)
+                    tabular=tabular_prep(tasks), image=image_files(tasks), **fields)
+
+
+def _origin(tasks: TaskSet) -> dict:
+    """The data config and seed the task file records (empty without a task file)."""
+    if tasks.path is None or not Path(tasks.path).exists():
+        return {}
+    with np.load(tasks.path, allow_pickle=False) as f:
+        return json.loads(str(f["meta"]))
+
+
+def image_files(tasks: TaskSet) -> fsp.ImageFiles | None:
+    """How an image run's family decodes its files (:mod:`pipeline.data.omniglot`: greyscale,
+    inverted, resized; :mod:`pipeline.data.images`: RGB, resized unless ``image_size`` is
+    null); None for other families."""
+    cfg = _origin(tasks).get("config", {})
+    if cfg.get("family") == OmniglotDataConfig.family:
+        return fsp.ImageFiles(mode="L", invert=True, resize=True)
+    if cfg.get("family") == ImagesDataConfig.family:
+        return fsp.ImageFiles(mode="RGB", invert=False, resize=cfg.get("image_size") is not None)
+    return None
 
 
 def tabular_prep(tasks: TaskSet) -> fsp.Tabular | None:
     """A tabular run's preprocessing, refitted from the config and seed its task file records
     (the same tables, the same split, the same training rows); None for other families."""
-    if tasks.path is None or not Path(tasks.path).exists():
-        return None
-    with np.load(tasks.path, allow_pickle=False) as f:
-        meta = json.loads(str(f["meta"]))
+    meta = _origin(tasks)
     cfg = meta.get("config", {})
     if cfg.get("family") != "tabular":
         return None
@@ -86,6 +104,12 @@ def tabular_prep(tasks: TaskSet) -> fsp.Tabular | None:
                        medians=[float(v) for v in prep.medians],
                        mean=[float(v) for v in prep.mean], std=[float(v) for v in prep.std],
                        normalize=cfg["normalize"], missing=cfg["missing"])
+
+
+def takes_images(folder: Path) -> bool:
+    """Whether the predictor state in ``folder`` decodes image files (its model needs Pillow)."""
+    spec = fsp.Spec.from_json(json.loads((Path(folder) / fsp.STATE_FILE).read_text()))
+    return spec.image is not None
 
 
 def write(algo: Algorithm, tasks: TaskSet, folder: Path) -> Path | None:

@@ -2,16 +2,18 @@
 its query set out, adapted exactly as the run's meta-test adapts.
 
 This file is copied beside the logged model and imported there by its own name: it imports
-TensorFlow, Keras, NumPy and pandas only (never the project), so a logged ``few_shot/`` model
-loads wherever those are installed. What it needs of the run is in the state folder written at
-logging time: the network (stock Keras layers), ``state.json`` (how the algorithm adapts, with
-its meta-learned rates and step counts, the task shape, a table's preprocessing) and, for
-Meta-SGD, the learned per-parameter rates.
+TensorFlow, Keras, NumPy and pandas (and Pillow, to decode image files), never the project, so
+a logged ``few_shot/`` model loads wherever those are installed. What it needs of the run is in
+the state folder written at logging time: the network (stock Keras layers), ``state.json`` (how
+the algorithm adapts, with its meta-learned rates and step counts, the task shape, a table's
+preprocessing, an image run's file decoding) and, for Meta-SGD, the learned per-parameter rates.
 
 Input: a dict of arrays, ``support_x``, ``support_y`` (the task's own labels, numbers or text),
 ``query_x`` and optionally ``steps`` (inner steps instead of the run's ``test_inner_steps``); a
-batch of tasks is a leading task axis or a list of such dicts. For a tabular run, also a
-DataFrame of raw rows in the training file's columns plus ``role`` (``support``/``query``), the
+batch of tasks is a leading task axis or a list of such dicts. For an image run, ``support_x``
+and ``query_x`` may instead hold image files (PNG/JPEG bytes, or base64 text of them), decoded
+and resized as the run's family decoded its own files. For a tabular run, also a DataFrame of
+raw rows in the training file's columns plus ``role`` (``support``/``query``), the
 target filled on support rows. Output: a DataFrame with one row per query row: ``task``,
 ``prediction`` (a label of the task's own, or the regressed value) and, for classification, one
 probability column per label. Bad input raises :class:`InputError` naming what is wrong.
@@ -19,6 +21,9 @@ probability column per label. Bad input raises :class:`InputError` naming what i
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -72,6 +77,18 @@ class Tabular:
 
 
 @dataclass(frozen=True)
+class ImageFiles:
+    """How the run's family decoded its image files, so a file sent is decoded the same way."""
+
+    #: Pillow's mode: ``L`` (greyscale, Omniglot) or ``RGB`` (16-bit greyscale scaled to 8 bits).
+    mode: str
+    #: Omniglot's ink is 255 on a 0 background: 255 minus the greyscale file.
+    invert: bool
+    #: Lanczos-resized to the run's image size (False: the run kept its files' size).
+    resize: bool
+
+
+@dataclass(frozen=True)
 class Spec:
     """What ``state.json`` says about the run."""
 
@@ -89,14 +106,17 @@ class Spec:
     mask: list[bool] | None = None
     learned_rates: bool = False
     tabular: Tabular | None = None
+    #: An image run's file decoding (None: arrays only).
+    image: ImageFiles | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Spec:
         data = dict(data)
-        tab = data.pop("tabular", None)
+        tab, image = data.pop("tabular", None), data.pop("image", None)
         data["input_shape"] = tuple(data["input_shape"])
-        return cls(**data, tabular=Tabular(**tab) if tab else None)
+        return cls(**data, tabular=Tabular(**tab) if tab else None,
+                   image=ImageFiles(**image) if image else None)
 
     @property
     def classification(self) -> bool:
@@ -321,7 +341,7 @@ class FewShotPredictor:
         return [self._task(sx[i], sy[i], qx[i]) for i in range(len(sx))], steps
 
     def _features(self, value: Any, name: str) -> np.ndarray:
-        arr = np.asarray(value)
+        arr = self._files(value, name) if _holds_files(value) else np.asarray(value)
         if arr.dtype.kind not in "iufb":
             raise InputError(f"{name} must hold numbers (got {arr.dtype} values such as "
                              f"{arr.ravel()[:1].tolist()}).")
@@ -379,6 +399,28 @@ class FewShotPredictor:
             raise InputError(f"Label {_column(clash[0])!r} clashes with an output column name: "
                              f"rename it.")
         return Task(sx, labels.astype(np.int64), qx, classes, index)
+
+    # --- image files ---------------------------------------------------------------------------
+
+    def _files(self, value: Any, name: str) -> np.ndarray:
+        """Image files (bytes, or base64 text), nested as rows or [tasks, rows], as the run's
+        images: uint8 of its input shape."""
+        if self.spec.image is None:
+            raise InputError(f"{name} holds text or bytes, but this model takes numbers only "
+                             f"(rows of {_shape(self.spec.input_shape)}): image files are taken "
+                             f"by the few-shot models of image runs.")
+
+        def walk(v: Any, where: str) -> np.ndarray:
+            if isinstance(v, str | bytes):
+                return decode_image(v, self.spec.image, self.spec.input_shape, where)
+            if not isinstance(v, list | tuple | np.ndarray):
+                raise InputError(f"{where} is {v!r}, among image files: send every row of "
+                                 f"{name} as an image file, or every row as numbers.")
+            if not len(v):
+                raise InputError(f"{where} is empty: send one image file per row.")
+            return np.stack([walk(x, f"{where}[{i}]") for i, x in enumerate(v)])
+
+        return walk(value, name)
 
     # --- raw table rows -------------------------------------------------------------------
 
@@ -470,6 +512,69 @@ class FewShotPredictor:
                     onehot[r, i] = 1.0
             blocks.append(onehot)
         return np.concatenate(blocks, axis=1).astype(np.float32)
+
+
+# --- image files ---------------------------------------------------------------------------------
+
+
+def _holds_files(value: Any) -> bool:
+    """Whether ``value`` (nested lists or an array) holds text or bytes: image files."""
+    while isinstance(value, list | tuple | np.ndarray) and len(value):
+        if isinstance(value, np.ndarray):
+            return value.dtype.kind in "USO" and _holds_files(value.ravel()[0])
+        value = value[0]
+    return isinstance(value, str | bytes)
+
+
+def file_bytes(value: str | bytes, where: str) -> bytes:
+    """An image file's bytes: as given, or decoded from base64 text (a ``data:`` URL's prefix
+    and line breaks allowed)."""
+    if isinstance(value, bytes):
+        return value
+    text = value.split(",", 1)[1] if value.startswith("data:") else value
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise InputError(f"{where} is not base64 ({e}; it starts {value[:20]!r}): send each "
+                         f"image file's bytes base64-encoded, e.g. "
+                         f"base64.b64encode(open(path, 'rb').read()).decode().") from None
+
+
+#: Pillow's modes of 16-bit (and 32-bit integer) single-channel images, which ``convert("RGB")``
+#: clips to 255 instead of scaling: scaled to 8 bits by 1/257, as the image family does.
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def decode_image(value: str | bytes, files: ImageFiles, shape: Sequence[int],
+                 where: str) -> np.ndarray:
+    """One image file as the run's family decoded its own: Pillow's ``L`` (Omniglot, then
+    inverted) or RGB, Lanczos-resized to the run's size; uint8 of ``shape`` ([H, W, C])."""
+    from PIL import Image
+
+    data = file_bytes(value, where)
+    height, width = int(shape[0]), int(shape[1])
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if files.mode == "L":
+                image = im.convert("L")
+            elif im.mode in _WIDE_MODES:
+                wide = np.asarray(im).astype(np.float64)
+                grey = np.clip(np.rint(wide / 257), 0, 255).astype(np.uint8)
+                image = Image.fromarray(np.repeat(grey[..., None], 3, axis=-1), "RGB")
+            else:
+                image = im.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise InputError(f"{where} is not an image file Pillow can read ({type(e).__name__}: "
+                         f"{e}): send PNG or JPEG files.") from None
+    if image.size != (width, height):
+        if not files.resize:
+            raise InputError(f"{where} is {image.size[0]}x{image.size[1]}, but this run kept its "
+                             f"images' size (data.image_size=null): send {width}x{height} images.")
+        image = image.resize((width, height), Image.LANCZOS)
+    pixels = np.asarray(image, dtype=np.uint8)
+    if files.invert:
+        pixels = 255 - pixels
+    return pixels.reshape(height, width, -1)
 
 
 # --- the network as TensorFlow ops -------------------------------------------------------------

@@ -27,4 +27,4 @@ def log_few_shot(tracker: Tracker, algo: Algorithm, tasks: TaskSet) -> bool:
         return False
     if state is None:
         return False
-    return few_shot.log_model(tracker, state, export.PREDICTOR_FILE)
+    return few_shot.log_model(tracker, state, export.PREDICTOR_FILE, export.takes_images(state))

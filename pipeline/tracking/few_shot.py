@@ -3,7 +3,8 @@ it, registering it and loading it.
 
 The model is "models from code": :mod:`pipeline.tracking.few_shot_entry` is its code, the
 predictor's source file its ``code/``, the state folder its one artifact, and its requirements
-are TensorFlow, Keras, NumPy and pandas pinned to this environment's versions. Nothing of the
+are TensorFlow, Keras, NumPy and pandas (and Pillow for an image run) pinned to this
+environment's versions. Nothing of the
 project is needed to load or serve it.
 """
 
@@ -28,19 +29,27 @@ ENTRY_FILE = Path(__file__).with_name("few_shot_entry.py")
 ALIAS = "champion"
 
 
-def requirements() -> list[str]:
+def requirements(images: bool = False) -> list[str]:
+    """The predictor's packages pinned to this environment's versions (Pillow: an image run's,
+    which decodes image files)."""
     import keras
     import numpy as np
     import pandas as pd
     import tensorflow as tf
 
-    return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-            f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
+    pinned = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
+              f"numpy=={np.__version__}", f"pandas=={pd.__version__}"]
+    if images:
+        import PIL
+
+        pinned.append(f"pillow=={PIL.__version__}")
+    return pinned
 
 
-def log_model(tracker: Any, state_dir: Path, predictor_file: Path) -> bool:
-    """Log the predictor of ``tracker``'s open run; False (and a warning) if the store refused
-    it, with the state folder queued as a plain artifact instead so nothing is lost."""
+def log_model(tracker: Any, state_dir: Path, predictor_file: Path, images: bool = False) -> bool:
+    """Log the predictor of ``tracker``'s open run (``images``: it decodes image files, so
+    Pillow is pinned too); False (and a warning) if the store refused it, with the state folder
+    queued as a plain artifact instead so nothing is lost."""
     import mlflow
     from mlflow.models import Model
 
@@ -51,7 +60,7 @@ def log_model(tracker: Any, state_dir: Path, predictor_file: Path) -> bool:
             Model.log(None, mlflow.pyfunc, name=NAME, run_id=tracker.run_id,
                       model_id=logged.model_id, python_model=str(ENTRY_FILE),
                       artifacts={"state": str(state_dir)}, code_paths=[str(predictor_file)],
-                      pip_requirements=requirements())
+                      pip_requirements=requirements(images))
         return True
     except Exception as e:
         log.warning("Could not log the few-shot model (%s); its state is queued as the artifact "
