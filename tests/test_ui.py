@@ -153,7 +153,7 @@ _COLUMNS = ["attributes.`Run Name`", "runDateAndNestInfo", f"metrics.`{keys.TRIA
 TRIALS_VIEW = {"searchFilter": f"tags.{keys.SWEEP_ROLE} = '{keys.ROLE_CHILD}'",
                "orderByKey": f"metrics.`{keys.TRIAL_OBJECTIVE}`", "orderByAsc": False,
                "selectedColumns": _COLUMNS[2:], "columnOrder": _COLUMNS,
-               "columnWidths": dict(zip(_COLUMNS, (440, 150, 140, 110, 130, 520), strict=True))}
+               "columnWidths": dict(zip(_COLUMNS, (430, 145, 130, 105, 125, 460), strict=True))}
 
 
 @pytest.fixture(scope="module")
