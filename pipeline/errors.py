@@ -27,13 +27,16 @@ class TrackingError(PipelineError, RuntimeError):
 
 class TrialPruned(Exception):
     """A search's pruner stopped this trial at a validation point: not a failure. The run is
-    ended with ``run_status`` (KILLED: visibly not a finished result) and ``run_tags``."""
+    ended with ``run_status`` (FINISHED: a normal end of a search's trial, drawn with MLflow's
+    green tick; FAILED and KILLED share a red cross), with ``run_tags`` and no ``error`` tag,
+    its name prefixed with ``run_name_prefix`` (what tells it from a complete trial)."""
 
-    run_status = "KILLED"
+    run_status = "FINISHED"
 
-    def __init__(self, message: str, run_tags: dict[str, str]):
+    def __init__(self, message: str, run_tags: dict[str, str], run_name_prefix: str = ""):
         super().__init__(message)
         self.run_tags = run_tags
+        self.run_name_prefix = run_name_prefix
 
 
 #: What a command stopped by Ctrl-C or SIGTERM says (its run is KILLED, with a checkpoint).

@@ -163,9 +163,12 @@ def test_a_bad_region_is_pruned_and_the_winner_is_reevaluated_on_fresh_seeds(tmp
     for t in pruned:
         run = trial_runs[t.number]
         step = int(run.data.tags[keys.PRUNED_STEP])
-        assert run.info.status == "KILLED" and run.data.tags[keys.TRIAL_STATE] == "PRUNED"
-        # not a failure at a glance: no error tag, a description saying why it stopped
+        assert run.info.status == "FINISHED" and run.data.tags[keys.TRIAL_STATE] == "PRUNED"
+        # not a failure at a glance: FINISHED (not the red cross of FAILED and KILLED), named
+        # as pruned, no error tag, a description saying why it stopped, not ranked
+        assert run.info.run_name.startswith(keys.PRUNED_NAME_PREFIX)
         assert keys.ERROR not in run.data.tags and "not a failure" in run.data.tags[keys.NOTE]
+        assert keys.TRIAL_OBJECTIVE not in run.data.metrics
         history = client.get_metric_history(run.info.run_id, "val/query_acc_after_mean")
         assert max(m.step for m in history) == step < 30  # its curve, up to the pruning step
         assert "test/query_acc_after_mean" not in run.data.metrics  # never touched the test
@@ -326,3 +329,53 @@ def test_a_jobs_reporter_is_stopped_by_each_pruner(tmp_path, pruner):
         else:
             s.tell(t.number, 0.1)
     assert pruned >= 1
+
+
+def test_a_pruned_trials_run_ends_finished_named_pruned_without_an_error(tmp_path):
+    """The run of a trial its (real) pruner stops, through the real tracker and SQLite stores:
+    FINISHED (MLflow draws FAILED and KILLED with one red cross), named ``pruned: ...``, tagged
+    PRUNED with its step and a description, no ``error`` tag and no ``search/objective``. It
+    reads as pruned in a comparison (never a best row), a resumed sweep skips it, and resume and
+    rerun refuse it saying it was pruned."""
+    import shutil
+
+    from pipeline.analysis import results
+    from pipeline.config import TrackingConfig
+    from pipeline.errors import TrialPruned
+    from pipeline.replay import rerun, resume
+    from pipeline.replay.logged import Refused
+    from pipeline.search.trial import Reporter, TrialJob
+    from pipeline.sweep import SKIP
+    from pipeline.sweep.plan import action
+    from pipeline.tracking import store
+    from pipeline.tracking.run import Tracker
+    from tests.conftest import empty_store_schema
+
+    (tmp_path / "mlruns").mkdir()
+    shutil.copyfile(empty_store_schema(), tmp_path / "mlruns" / "mlflow.db")
+    cfg = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlruns/mlflow.db",
+                         artifact_location=str(tmp_path / "mlruns" / "artifacts"))
+    url, metric = f"sqlite:///{tmp_path}/optuna.db", "val/query_acc_after_mean"
+    pruner = {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": 1}
+    s = study.open_study(url, "s", "maximize", None, study.pruner_of(pruner), create=True)
+    done = s.ask({"x": FloatDistribution(0, 1)})  # a complete trial before
+    done.report(0.9, 10)
+    s.tell(done, 0.9)
+    t = s.ask({"x": FloatDistribution(0, 1)})
+    report = Reporter(TrialJob(t.number, "s", url, metric, objective.BEST, pruner))
+    tracker = Tracker(cfg, tmp_path / "out")
+    with pytest.raises(TrialPruned), tracker.run("maml lr=1e-07", {keys.TRIAL_STATE: "RUNNING"}):
+        tracker.log_metrics({metric: [0.2]}, steps=[10])
+        report(10, {metric: 0.2})
+    run = store.get_run(cfg.uri, tracker.run_id)
+    assert run.status == keys.FINISHED and run.name == "pruned: maml lr=1e-07"
+    assert run.tags[keys.TRIAL_STATE] == keys.STATE_PRUNED and run.tags[keys.PRUNED_STEP] == "10"
+    assert keys.ERROR not in run.tags and keys.TRIAL_OBJECTIVE not in run.metrics
+    assert "after 10 meta-iterations" in run.tags[keys.NOTE] and \
+        "not a failure" in run.tags[keys.NOTE]
+    row = results.table([run]).iloc[0]
+    assert row["status"] == keys.STATE_PRUNED and row["run_name"].startswith("pruned: ")
+    assert action(cfg.uri, run) == SKIP
+    for refuse in (rerun.rerun, resume.resume):
+        with pytest.raises(Refused, match="pruner stopped after 10 meta-iterations"):
+            refuse(run.run_id, cfg.uri)

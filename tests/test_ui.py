@@ -1,7 +1,10 @@
 """The MLflow UI in a real browser (headless Chromium): the links the pipeline gives open an
 experiment in the model-training runs table, not MLflow 3's empty GenAI view; the seed groups'
 compare view reads as a results table; a model registered by ``pipeline.compare --register``
-shows its key metrics. ``UPDATE_DOCS=1`` also copies the screenshots into ``docs/``.
+shows its key metrics; a search's pruned trials are told apart from failed ones in the runs
+table. ``UPDATE_DOCS=1`` also copies the screenshots into ``docs/``: ``UPDATE_DOCS=1
+.venv/bin/python -m pytest -n 0 -m slow tests/test_ui.py -k pruned`` remakes
+``docs/mlflow_pruned_trials.png``.
 
 MLflow 3.17's UI chooses its GenAI or model-training view UI-wide (a toggle it remembers, GenAI
 in a fresh browser) and does not read the experiment's ``mlflow.experimentKind`` tag, which the
@@ -24,6 +27,7 @@ from mlflow import MlflowClient
 
 from pipeline import PROJECT_ROOT
 from pipeline.analysis import compare
+from pipeline.serving.server import stop_group
 from pipeline.tracking import keys, store
 from tests.conftest import answers_health, free_port
 from tests.test_sweeps import multirun
@@ -122,4 +126,88 @@ def test_registered_model_shows_its_metrics(ui):
                  f"{keys.UI_TRAINING_VIEW}", shot)
     assert "seeds/test/query_acc_after_mean_mean" in dom and version.run_id in dom
     assert keys.REGISTERED_FROM in dom
+    _docs(shot)
+
+
+# --- a search's pruned trials in the runs table ------------------------------------------------
+
+#: A 6-trial search whose seeded random sampler draws, in this order, complete, pruned,
+#: complete, pruned, complete and failed trials: a learning rate of 1e-7 learns nothing (the
+#: threshold pruner stops it at its first validation), an inner rate of 1e30 diverges at once.
+PRUNED_SEARCH = [
+    "hydra.sweeper.n_trials=6", "meta_train.iterations=30", "meta_train.validate_every=10",
+    "hydra.sweeper.sampler._target_=optuna.samplers.RandomSampler",
+    "~hydra.sweeper.sampler.n_startup_trials", "hydra.sweeper.sampler.seed=40",
+    "+hydra.sweeper.pruner._target_=optuna.pruners.ThresholdPruner",
+    "+hydra.sweeper.pruner.lower=0.55",
+    "hydra.sweeper.params={algorithm.inner_lr: 'choice(0.3, 1e30)', "
+    "optimizer.learning_rate: 'choice(0.01, 0.0000001)', algorithm.inner_steps: '1'}",
+    "hydra.sweeper.max_failure_rate=1.0", "hydra.sweeper.reevaluate.top_k=0"]
+
+#: A saved view of the trials (MLflow's "shared view": an experiment tag, opened by its key in
+#: the link): the trials flat (a search filter and an order other than by date stop MLflow
+#: nesting them under their parent), best ``search/objective`` first, the state columns shown.
+TRIALS_VIEW_KEY = "search-trials"
+_COLUMNS = ["attributes.`Run Name`", "runDateAndNestInfo", f"metrics.`{keys.TRIAL_OBJECTIVE}`",
+            f"tags.`{keys.TRIAL_STATE}`", f"tags.`{keys.PRUNED_STEP}`", "attributes.`Description`"]
+TRIALS_VIEW = {"searchFilter": f"tags.{keys.SWEEP_ROLE} = '{keys.ROLE_CHILD}'",
+               "orderByKey": f"metrics.`{keys.TRIAL_OBJECTIVE}`", "orderByAsc": False,
+               "selectedColumns": _COLUMNS[2:], "columnOrder": _COLUMNS,
+               "columnWidths": dict(zip(_COLUMNS, (430, 145, 130, 105, 125, 460), strict=True))}
+
+
+@pytest.fixture(scope="module")
+def pruned_ui(tmp_path_factory):
+    """A search with complete, pruned and failed trials, and ``mlflow ui`` on it. The UI listens
+    on 127.0.0.2 (allowed as its host and origin): MLflow 3.17 opens its assistant panel over a
+    third of the page on ``localhost``/``127.0.0.1`` in a fresh browser."""
+    from tests.test_search import search
+
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is missing: .ci/run installs it")
+        pytest.skip("chromium is missing (apt-get install chromium)")
+    tmp = tmp_path_factory.mktemp("pruned_ui")
+    search(tmp, *PRUNED_SEARCH)
+    uri = f"sqlite:///{tmp}/mlruns/mlflow.db"
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("meta-learning")
+    client.set_experiment_tag(exp.experiment_id, f"mlflow.sharedViewState.{TRIALS_VIEW_KEY}",
+                              json.dumps(TRIALS_VIEW))
+    port = free_port()
+    url = f"http://127.0.0.2:{port}"
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "ui", "--backend-store-uri", uri,
+         "--default-artifact-root", str(tmp / "mlruns" / "artifacts"), "--host", "127.0.0.2",
+         "--port", str(port), "--allowed-hosts", f"127.0.0.2:{port},127.0.0.2",
+         "--cors-allowed-origins", url], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, cwd=tmp)
+    try:
+        assert answers_health(url, proc, 120), "mlflow ui did not start"
+        yield url, client, exp, tmp
+    finally:
+        stop_group(proc)
+
+
+def test_pruned_trials_are_told_apart_from_failed_ones_in_the_runs_table(pruned_ui):
+    """The runs table at a glance: a pruned trial's run has FINISHED's green tick (a failed one
+    FAILED's red cross; KILLED would draw the same), its name starts ``pruned:``, its
+    description says where and why it stopped, and it has no ``search/objective``."""
+    url, client, exp, tmp = pruned_ui
+    trials = client.search_runs([exp.experiment_id], f"tags.{keys.SWEEP_ROLE} = 'child'")
+    by_state = {s: [r for r in trials if r.data.tags[keys.TRIAL_STATE] == s]
+                for s in (keys.STATE_COMPLETE, keys.STATE_PRUNED, keys.STATE_FAIL)}
+    assert all(by_state.values()), {s: len(v) for s, v in by_state.items()}
+    for r in by_state[keys.STATE_PRUNED]:
+        assert r.info.status == keys.FINISHED and keys.ERROR not in r.data.tags
+        assert r.info.run_name.startswith(keys.PRUNED_NAME_PREFIX)
+        assert keys.TRIAL_OBJECTIVE not in r.data.metrics
+    assert all(r.info.status == keys.FAILED and keys.ERROR in r.data.tags
+               for r in by_state[keys.STATE_FAIL])
+    shot = tmp / "mlflow_pruned_trials.png"
+    dom = browse(f"{url}/#/experiments/{exp.experiment_id}/runs?viewStateShareKey="
+                 f"{TRIALS_VIEW_KEY}&{keys.UI_TRAINING_VIEW}", shot, height=560)
+    assert "matching runs" in dom and all(r.info.run_name in dom for r in trials), dom[-3000:]
+    assert "Pruned by the search after" in dom and keys.STATE_PRUNED in dom
+    assert shot.stat().st_size > 10_000
     _docs(shot)

@@ -138,8 +138,9 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
         best = int(df.index[df["run_id"] == chosen][0])
     best_id = str(df.loc[best, "run_id"]) if best is not None else None
     tags: dict[str, Any] = {keys.SWEEP_CHILDREN: len(jobs),
-                            keys.SWEEP_CHILDREN_FINISHED: sum(r.status == keys.FINISHED
-                                                              for r in jobs)}
+                            keys.SWEEP_CHILDREN_FINISHED: sum(  # a pruned trial: not a result
+                                r.status == keys.FINISHED and not keys.is_pruned(r.tags)
+                                for r in jobs)}
     if best_id is not None:
         name, _ = objective_metric(set(df.columns))
         tags |= {keys.BEST_RUN: best_id, keys.BEST_VALUE: df.loc[best, name],
@@ -162,7 +163,7 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
             plots.close(fig)
     store.set_tags(uri, parent_run_id, tags)
     finished = bool(jobs) and all(
-        r.status == keys.FINISHED or r.tags.get(keys.TRIAL_STATE) == keys.STATE_PRUNED
+        r.status == keys.FINISHED or keys.is_pruned(r.tags)
         for r in [*jobs, *(rows if rows is not jobs else [])])  # pruned: done, not failed
     return SweepSummary(df, best_id, finished)
 

@@ -25,6 +25,8 @@ KEY_METRICS = (r"^search/objective$", r"^seeds/n_seeds$",
                 r"^test/query_(acc|mse)_after_mean$", r"^gain/query_[a-z]+$",
                 r"^scratch/query_(acc|mse)_after_mean$", r"^test/query_(acc|mse)_before_mean$",
                 r"^test/diverged_tasks$", r"^test/ci_units$", r"^time/meta_train_s$")
+#: ``status`` is MLflow's, or ``PRUNED`` for a search trial its pruner stopped (FINISHED in
+#: MLflow, but no complete result: never a best row).
 FIXED_COLUMNS = ["run_name", "run_id", "status"]
 
 
@@ -75,7 +77,8 @@ def table(runs: list[RunRecord], swept: list[str] | None = None) -> pd.DataFrame
     metrics = metric_columns(runs)
     rows = []
     for r in runs:
-        row: dict[str, Any] = {"run_name": r.name, "run_id": r.run_id, "status": r.status}
+        row: dict[str, Any] = {"run_name": r.name, "run_id": r.run_id,
+                               "status": keys.STATE_PRUNED if keys.is_pruned(r.tags) else r.status}
         row |= {k: r.params.get(k) for k in params}
         row |= {k: r.metrics.get(k, math.nan) for k in metrics}
         rows.append(row)

@@ -73,6 +73,11 @@ def rerun(run_id: str, uri: str, out=print) -> tuple[Comparison, str]:
     """Rerun ``run_id`` from the store at ``uri``; return the comparison and the new run id."""
     original = store.get_run(uri, run_id)
     run_id = original.run_id  # the whole id, where a prefix was given
+    if keys.is_pruned(original.tags):
+        raise Refused(f"run {run_id} is a search trial its pruner stopped after "
+                      f"{original.tags.get(keys.PRUNED_STEP, '?')} meta-iterations (trial_state="
+                      f"PRUNED): it has no finished result to reproduce; rerun a complete "
+                      f"trial's run.")
     if original.status != keys.FINISHED:
         raise Refused(f"run {run_id} is {original.status}, not FINISHED: nothing to reproduce.")
     out_dir = PROJECT_ROOT / "outputs" / "reruns" / f"{run_id[:12]}-{datetime.now():%H%M%S%f}"

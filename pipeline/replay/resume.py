@@ -52,7 +52,7 @@ def resume(run_id: str, uri: str, out=print) -> str:
     """Finish run ``run_id`` from its checkpoint; return its final status."""
     original = store.get_run(uri, run_id)
     run_id = original.run_id  # the whole id, where a prefix was given
-    if original.tags.get(keys.TRIAL_STATE) == keys.STATE_PRUNED:
+    if keys.is_pruned(original.tags):
         raise Refused(f"run {run_id} is a search trial its pruner stopped after "
                       f"{original.tags.get(keys.PRUNED_STEP, '?')} meta-iterations (trial_state="
                       f"PRUNED): pruned on purpose, not interrupted; there is nothing to resume.")

@@ -60,8 +60,8 @@ class Job:
 
     def run(self) -> float:
         """Run the job (or continue its KILLED run) and return the sweeper's value; a trial its
-        pruner stopped returns NaN (its run KILLED and tagged PRUNED; the search tells the
-        trial)."""
+        pruner stopped returns NaN (its run FINISHED as ``pruned: ...``, tagged PRUNED; the
+        search tells the trial)."""
         from pipeline.run import runtime_env
 
         runtime_env.import_tensorflow()

@@ -183,13 +183,11 @@ class Search:
 
     def _tag_runs(self, runs: list[str], state: str) -> None:
         """The trial's state on its runs; a pruned trial's run is not a failure: no ``error``
-        tag, and a note saying where it was pruned."""
+        tag (its job ended it FINISHED, named and described as pruned)."""
         for run_id in runs:
             store.set_tags(self.uri, run_id, {keys.TRIAL_STATE: state})
             if state == keys.STATE_PRUNED:
                 store.delete_tag(self.uri, run_id, keys.ERROR)
-                store.set_tags(self.uri, run_id, {keys.NOTE: record.pruned_note(
-                    self.uri, run_id)})
 
     def _pending(self) -> list[optuna.trial.FrozenTrial]:
         """Trials a stopped search left RUNNING: they run again, same number and params."""

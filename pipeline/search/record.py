@@ -49,13 +49,6 @@ def trials_table(study: optuna.Study, direction: str = "maximize") -> pd.DataFra
     return df
 
 
-def pruned_note(uri: str, run_id: str) -> str:
-    """A pruned trial's run description: where it stopped, and that it is no failure."""
-    step = store.get_run(uri, run_id).tags.get(keys.PRUNED_STEP, "?")
-    return (f"Pruned by the search after {step} meta-iterations (trial_state=PRUNED): stopped "
-            f"early on purpose, not a failure.")
-
-
 def figures(study: optuna.Study) -> dict[str, object]:
     """Optuna's matplotlib plots that apply (importances need 2 completed trials)."""
     from optuna.visualization import matplotlib as vis

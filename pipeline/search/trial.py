@@ -5,9 +5,12 @@ the objective it returns.
 The job opens the study from the storage the search created, with the pruner configured in
 ``hydra.sweeper.pruner`` (Optuna keeps no pruner in the storage), reports the ``val/``
 objective with step = meta-iterations done, and, when the pruner says so, stops meta-training by
-raising :class:`~pipeline.errors.TrialPruned`: its run ends KILLED, tagged ``trial_state=PRUNED``
-and the step, with its curves up to there. The trial's state is told by the search, which reads
-the step from the trial's user attributes.
+raising :class:`~pipeline.errors.TrialPruned`. Its run, with its curves up to there, ends
+FINISHED (a pruned trial is a normal outcome of a search, and MLflow's UI draws KILLED with the
+same red cross as FAILED) as ``pruned: <name>``, tagged ``trial_state=PRUNED`` and the step, with
+a description that says so and no ``error`` tag; it logs no ``search/objective``, so it is never
+ranked among complete trials. The trial's state is told by the search, which reads the step from
+the trial's user attributes.
 """
 
 from __future__ import annotations
@@ -88,4 +91,13 @@ class Reporter:
             raise TrialPruned(
                 f"pruned by the search's pruner after {done} meta-iterations ({self.job.metric}="
                 f"{value:.4g}); not a failure",
-                {keys.TRIAL_STATE: keys.STATE_PRUNED, keys.PRUNED_STEP: str(done)})
+                {keys.TRIAL_STATE: keys.STATE_PRUNED, keys.PRUNED_STEP: str(done),
+                 keys.NOTE: pruned_note(done, self.job.metric, value)},
+                keys.PRUNED_NAME_PREFIX)
+
+
+def pruned_note(step: int, metric: str, value: float) -> str:
+    """A pruned trial's run description: where it stopped, and that it is no failure."""
+    return (f"Pruned by the search after {step} meta-iterations ({metric}={value:.4g} there; "
+            f"trial_state=PRUNED): stopped early on purpose, not a failure. It has no "
+            f"{keys.TRIAL_OBJECTIVE}: only complete trials are ranked.")

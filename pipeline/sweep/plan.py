@@ -87,8 +87,8 @@ def action(uri: str, run: RunRecord | None) -> str:
     """What a resumed sweep does with a job whose standing run is ``run``."""
     if run is None:
         return NEW
-    if run.status == keys.FINISHED or run.tags.get(keys.TRIAL_STATE) == keys.STATE_PRUNED:
-        return SKIP  # a pruned search trial is done: its KILLED status says "not finished"
+    if run.status == keys.FINISHED or keys.is_pruned(run.tags):
+        return SKIP  # a pruned search trial is done (KILLED in stores written before)
     if run.status in (keys.KILLED, keys.RUNNING) and store.has_artifact(uri, run.run_id,
                                                                         keys.CHECKPOINT_DIR):
         return RESUME

@@ -7,6 +7,7 @@ Metric names follow ``<scope>/query_<metric>_<phase>[_<stat>]`` (README, "What M
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 # --- run statuses (MLflow's) ----------------------------------------------------------------
 FINISHED, FAILED, KILLED, RUNNING = "FINISHED", "FAILED", "KILLED", "RUNNING"
@@ -86,6 +87,9 @@ STUDY_STORAGE = "optuna_storage"
 SEARCH_OBJECTIVE = "search_objective"
 REEVALUATES = "reevaluates_trial"
 STATE_PRUNED, STATE_COMPLETE, STATE_FAIL = "PRUNED", "COMPLETE", "FAIL"
+#: A pruned trial's run ends FINISHED (MLflow draws FAILED and KILLED alike, a red cross) under
+#: its name with this in front, so the runs table tells it from a complete trial at a glance.
+PRUNED_NAME_PREFIX = "pruned: "
 #: A search parent's record: artifacts under ``search/``, its result (the re-evaluated
 #: winner's test score across fresh seeds, with the CI) beside the winner's validation score.
 SEARCH_DIR = "search"
@@ -99,8 +103,8 @@ SEARCH_TRIALS = ("search/trials_complete", "search/trials_pruned", "search/trial
 SEARCH_WORKER_UTILISATION = "search/worker_utilisation"
 #: On each trial's run: the value the search told the study for it (what trials are ranked by).
 TRIAL_OBJECTIVE = "search/objective"
-#: MLflow's run description (shown in the UI under the run's name).
-NOTE = "mlflow.note.content"
+#: MLflow's run description (shown in the UI under the run's name) and the run's name.
+NOTE, RUN_NAME = "mlflow.note.content", "mlflow.runName"
 SEARCH_BEST_TRIAL, SEARCH_BEST_GROUP = "search_best_trial", "search_best_group"
 #: Runs of ``pipeline.compare --paired --log`` and ``--register``.
 ROLE_PAIRED = "paired_comparison"
@@ -254,6 +258,12 @@ def per_task_plot(metric: str) -> str:
 #: params, and left out of comparisons and of the config-drift check of reruns.
 LOCATION_PARAMS = ("paths.", "tracking.uri", "tracking.artifact_location", "tracking.run_name",
                    "tracking.http_", "sweep.resume")
+
+
+def is_pruned(tags: Mapping[str, str]) -> bool:
+    """Whether a run is a search trial its pruner stopped: done on purpose, neither a failure
+    nor a complete trial (FINISHED now; KILLED in stores written before)."""
+    return tags.get(TRIAL_STATE) == STATE_PRUNED
 
 
 def is_location(param: str) -> bool:

@@ -4,7 +4,8 @@ Params, tags and metrics go through ``MlflowClient.log_batch`` in chunks within 
 never one call per value, delivered by a background thread while the run computes: the run's
 status is written only after :meth:`Tracker.flush` found every record accepted. A run that
 raises is ended FAILED (KILLED on Ctrl-C) with the reason
-in the ``error`` tag; whatever it logged before stays.
+in the ``error`` tag; whatever it logged before stays. A search trial its pruner stopped
+(:class:`~pipeline.errors.TrialPruned`) ends FINISHED, renamed ``pruned: ...``, without one.
 
 Nothing is dropped when a tracking server goes away mid-run: every write is a *record* (a batch
 of metrics/params/tags, an artifact file, the final status) queued in order; records the store
@@ -105,6 +106,7 @@ class Tracker:
         mlflow.set_tracking_uri(cfg.uri)
         self.client = store.client(cfg.uri)
         self.run_id: str | None = None
+        self.run_name = ""
         #: Where artifacts are written before upload, and the fallback file if the store is down.
         self.local_dir = Path(local_dir) if local_dir else Path.cwd()
         self.fallback_file = self.local_dir / keys.FALLBACK_FILE
@@ -137,8 +139,9 @@ class Tracker:
     def run(self, run_name: str | None, tags: Mapping[str, str],
             run_id: str | None = None) -> Iterator[Tracker]:
         """Start a run (or reopen ``run_id`` to continue it); end it FINISHED, or FAILED/KILLED
-        with the reason if the body raises. Raises :class:`Undelivered` or :class:`StoreLost`
-        after a body that succeeded if the store did not keep every record."""
+        with the reason if the body raises (or as the exception says: a pruned trial). Raises
+        :class:`Undelivered` or :class:`StoreLost` after a body that succeeded if the store did
+        not keep every record."""
         tags = {**tags, **liveness.start_tags()}
         run_name = redact.mask(run_name) if run_name else run_name
         full = {k: v for k, v in tags.items() if len(str(v)) > store.MAX_TAG_LEN}
@@ -152,7 +155,7 @@ class Tracker:
                 self.run_id = run_id
                 self.client.delete_tag(run_id, keys.ERROR)
                 self.set_tags(tags)
-        self.run_id = active.info.run_id
+        self.run_id, self.run_name = active.info.run_id, active.info.run_name or ""
         self._keep_whole(full, "tag")
         self._last_beat = time.monotonic()
         self._start_thread()
@@ -161,11 +164,17 @@ class Tracker:
         except BaseException as e:
             killed = isinstance(e, KeyboardInterrupt | SystemExit)
             reason = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            # an exception may name the status and tags it means (a pruned search trial)
-            self.set_tags({keys.ERROR: reason, **getattr(e, "run_tags", {})})
+            # an exception may name the status, tags and name it means (a pruned search trial:
+            # FINISHED, no error)
+            status = getattr(e, "run_status", None) or (keys.KILLED if killed else keys.FAILED)
+            tags = {**({keys.ERROR: reason} if status != keys.FINISHED else {}),
+                    **getattr(e, "run_tags", {})}
+            prefix = getattr(e, "run_name_prefix", "")
+            if prefix and not self.run_name.startswith(prefix):
+                tags[keys.RUN_NAME] = self.run_name = prefix + self.run_name
+            self.set_tags(tags)
             with contextlib.suppress(TrackingError):  # said in the log; the run's error wins
-                self._end(getattr(e, "run_status", None)
-                          or (keys.KILLED if killed else keys.FAILED))
+                self._end(status)
             raise
         self._end(keys.FINISHED)
 
