@@ -63,6 +63,14 @@ def store_overrides(root: Path, schema: bool = False) -> list[str]:
             f"paths.output_dir={root}/out", f"hydra.run.dir={root}/out"]
 
 
+@pytest.fixture
+def migrated_store(tmp_path: Path) -> None:
+    """The test's store (under ``tmp_path``, as :func:`make_cfg` points it) starts as a copy of
+    the migrated empty schema: a tracked run then skips MLflow's migrations (seconds each). For
+    tests of runs, not of creating a store or of what a refused run leaves behind."""
+    store_overrides(tmp_path, schema=True)
+
+
 def compose_raw(*overrides: str) -> DictConfig:
     return compose(overrides)
 

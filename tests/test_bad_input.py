@@ -184,6 +184,7 @@ def test_cli_prints_one_message_no_traceback_and_writes_nothing(overrides, expec
     assert "Traceback" in full.stderr
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_error_found_after_the_run_started_marks_it_failed(make_cfg):
     # 45 of each class per task fits 100 samples on paper, but random labels leave some task
     # with fewer than 45 of a class: only the generate stage can tell.

@@ -30,6 +30,7 @@ def _history(client, run_id, key):
                                              key=lambda m: m.step)])
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_diverged_tasks_are_counted_located_and_left_out_of_the_aggregates(make_cfg, caplog):
     cfg, raw = make_cfg(*PARTIAL)
     result = execute(cfg, raw)
@@ -56,6 +57,7 @@ def test_diverged_tasks_are_counted_located_and_left_out_of_the_aggregates(make_
     assert result.gain.n == (~bad).sum()
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_a_run_whose_every_test_task_diverges_fails_with_the_reason(make_cfg):
     cfg, raw = make_cfg("data.num_train_tasks=50", "data.num_test_tasks=20",
                         "meta_train.iterations=20", "algorithm.inner_lr=1e4",
@@ -93,6 +95,7 @@ def test_divergence_is_non_finite_or_a_thousand_times_the_loss_before():
     assert meta_test.diverged(after, None).tolist() == [False, False, False, False, True, True]
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_finite_blow_ups_are_counted_and_left_out_like_nans(make_cfg, caplog):
     """Meta-SGD tested with more inner steps than its rates were trained for blew up
     to MSEs of ~1e27 that stayed finite and were averaged. Cheaper: learned rates started at

@@ -234,23 +234,23 @@ TINY = ["experiment=tabular_maml", "data.num_val_tasks=0", "meta_train.iteration
 
 def test_tabular_ci_is_over_test_tasks_and_every_episode_names_its_task(tmp_path, make_cfg,
                                                                          capsys):
-    """30 tasks, 6 of them in the test split, 300 test episodes: the CI is over the 6 tasks,
+    """30 tasks, 6 of them in the test split, 60 test episodes: the CI is over the 6 tasks,
     recomputed here from the run's own results/test_episodes.csv."""
     csv = fake_long_csv(tmp_path / "set", 30)
     store_overrides(tmp_path, schema=True)
-    cfg, raw = make_cfg(*TINY, f"data.root={csv}", "data.num_test_tasks=300",
+    cfg, raw = make_cfg(*TINY, f"data.root={csv}", "data.num_test_tasks=60",
                         "data.task_split=[0.6,0.2,0.2]")
     result = execute(cfg, raw)
     client = MlflowClient(cfg.tracking.uri)
     run = client.get_run(result.run_id)
     m = run.data.metrics
     assert run.data.tags[keys.CI_UNIT] == keys.UNIT_TASK
-    assert m[keys.CI_UNITS] == 6 and m[keys.TEST_EPISODES] == 300
+    assert m[keys.CI_UNITS] == 6 and m[keys.TEST_EPISODES] == 60
     table = pd.read_csv(client.download_artifacts(run.info.run_id, keys.EPISODES_TABLE,
                                                   str(tmp_path)), dtype={"task": str})
     splits = json.loads(Path(client.download_artifacts(run.info.run_id, keys.SPLITS_FILE,
                                                        str(tmp_path))).read_text())
-    assert list(table["episode"]) == list(range(300))
+    assert list(table["episode"]) == list(range(60))
     assert set(table["task"]) == set(splits["test"]) and len(splits["test"]) == 6
     assert set(table["task"]) <= set(pd.read_csv(csv)["task"])
     assert not set(splits["test"]) & set(splits["train"])
@@ -267,7 +267,7 @@ def test_tabular_ci_is_over_test_tasks_and_every_episode_names_its_task(tmp_path
     assert compare.main(["--tracking-uri", cfg.tracking.uri, "--run", result.run_id,
                          "--by-task"]) == 0
     out = capsys.readouterr().out
-    assert "300 test episodes from 6 tasks" in out
+    assert "60 test episodes from 6 tasks" in out
     for name, n in table["task"].value_counts().items():
         assert any(line.split()[:2] == [name, str(n)] for line in out.splitlines()), name
 

@@ -63,6 +63,7 @@ def test_the_estimate_grows_with_what_the_step_keeps(make_cfg):
     assert step("model=resnet12") > 4 * step("algorithm=fomaml")
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_a_run_logs_its_memory_estimate(make_cfg):
     cfg, raw = make_cfg(*TINY, "tracking.log_model=false")
     result = execute(cfg, raw)
@@ -72,6 +73,7 @@ def test_a_run_logs_its_memory_estimate(make_cfg):
     assert expected.data == result.tasks.nbytes > 0
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_images_smaller_than_the_model_takes_fail_in_one_line(make_cfg, tmp_path):
     """``data.image_size=null`` keeps the images' own size, known only once decoded: 8x8 images
     for conv4's four 2x2 pools end the run FAILED with the reason, not a Keras traceback."""

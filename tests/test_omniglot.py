@@ -15,11 +15,11 @@ import pytest
 import tensorflow as tf
 
 from pipeline import data
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, validate
 from pipeline.data import omniglot
 from pipeline.data.episodes import sample_episodes
 from pipeline.run import preflight
-from tests.conftest import OMNIGLOT_ROOT
+from tests.conftest import OMNIGLOT_ROOT, compose_raw, store_overrides
 
 SHARED = OMNIGLOT_ROOT
 SMALL1, SMALL2 = "extras/images_background_small1.zip", "extras/images_background_small2.zip"
@@ -39,9 +39,29 @@ def _data_cfg(make_cfg, *overrides) -> tuple:
     return cfg, d
 
 
-def test_loader_counts_shapes_values(make_cfg):
-    _, d = _data_cfg(make_cfg)
-    (bg, bg_names), (ev, ev_names) = omniglot.load_images(d)
+@pytest.fixture(scope="module")
+def first_decode(tmp_path_factory) -> tuple[dict, list]:
+    """The zips decoded once for the whole module (seconds): the data config whose empty cache
+    folder received the decoded file, and what that first load returned."""
+    root = tmp_path_factory.mktemp("omniglot")
+    d = dataclasses.asdict(validate(compose_raw(*store_overrides(root)[:3], *OMNIGLOT)).data)
+    d.pop("cache")
+    assert not Path(d["cache_dir"]).exists()
+    return d, omniglot.load_images(d)
+
+
+@pytest.fixture
+def decoded(first_decode, tmp_path) -> None:
+    """This test's data folder starts with a copy of the decoded cache, so its runs load the
+    images instead of decoding the zips again (the decoding itself: the loader test)."""
+    cache = tmp_path / "data"
+    cache.mkdir(exist_ok=True)
+    for f in Path(first_decode[0]["cache_dir"]).glob("omniglot-images-*.npz"):
+        shutil.copy(f, cache / f.name)
+
+
+def test_loader_counts_shapes_values(first_decode):
+    d, ((bg, bg_names), (ev, ev_names)) = first_decode
     assert bg.shape == (136, 20, 28, 28) and ev.shape == (156, 20, 28, 28)
     assert bg.dtype == np.uint8 and len(bg_names) == 136 and len(set(ev_names)) == 156
     assert bg_names[0] == "images_background_small1/Balinese/character01"
@@ -53,7 +73,7 @@ def test_loader_counts_shapes_values(make_cfg):
     assert np.array_equal(again[0][0], bg)
 
 
-def test_vinyals_and_lake_splits_are_disjoint(make_cfg):
+def test_vinyals_and_lake_splits_are_disjoint(make_cfg, decoded):
     _, d = _data_cfg(make_cfg)
     rng = np.random.default_rng(0)
     tr, trn, _, ten = omniglot.split_characters(d, rng)
@@ -92,7 +112,7 @@ def test_episodes_rotations_and_labels():
     assert seen_rotations == set(rotations)
 
 
-def test_episode_sampling_is_deterministic(make_cfg, tmp_path):
+def test_episode_sampling_is_deterministic(make_cfg, decoded, tmp_path):
     _, d = _data_cfg(make_cfg)
     a = data.generate_or_load(d, 3, tmp_path / "a")
     b = data.generate_or_load(d, 3, tmp_path / "b")
@@ -143,13 +163,13 @@ def test_corrupt_zip_is_a_clear_error_and_writes_nothing(make_cfg, tmp_path):
     assert not (tmp_path / "cache").exists() and not (tmp_path / "data").exists()
 
 
-def test_download_from_url(make_cfg, tmp_path):
+def test_download_from_url(make_cfg, decoded, tmp_path):
     _, d = _data_cfg(make_cfg)
     sums = omniglot.expected_checksums(d)
     root = tmp_path / "zips"
     d = {**d, "root": str(root), "background_zip": "images_background_small1.zip",
          "evaluation_zip": "images_background_small2.zip", "download": True,
-         "url": (SHARED / "extras").as_uri(), "cache_dir": str(tmp_path / "cache"),
+         "url": (SHARED / "extras").as_uri(),
          "checksums": {"images_background_small1.zip": sums[SMALL1],
                        "images_background_small2.zip": sums[SMALL2]}}
     (bg, _), (ev, _) = omniglot.load_images(d)
@@ -208,7 +228,7 @@ def _bn_stats(algo) -> list[np.ndarray]:
     return [v.numpy().copy() for v in algo.model.non_trainable_variables]
 
 
-def test_running_batch_norm_statistics_are_updated_by_protonet(make_cfg, tmp_path):
+def test_running_batch_norm_statistics_are_updated_by_protonet(make_cfg, decoded, tmp_path):
     from pipeline.run.runner import build
 
     cfg, _ = make_cfg(*OMNIGLOT, "algorithm=protonet", "model.batch_norm=running",
@@ -224,7 +244,8 @@ def test_running_batch_norm_statistics_are_updated_by_protonet(make_cfg, tmp_pat
     assert all(not np.allclose(a, b) for a, b in zip(_bn_stats(algo), before, strict=True))
 
 
-def test_protonet_learns_omniglot_through_the_pipeline(make_cfg, tmp_path):
+@pytest.mark.usefixtures("migrated_store")
+def test_protonet_learns_omniglot_through_the_pipeline(make_cfg, decoded, tmp_path):
     """A short run, end to end with MLflow: well above chance (0.2) on held-out characters."""
     from mlflow import MlflowClient
 
@@ -245,7 +266,7 @@ def test_protonet_learns_omniglot_through_the_pipeline(make_cfg, tmp_path):
     assert "task/query_acc_before" not in run.data.metrics
 
 
-def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg):
+def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg, decoded):
     """The MAML preset (second order, zero head) through the pipeline, batch statistics of
     each task's own batch; the head stays at zero, the body is meta-learned."""
     from pipeline.run.runner import execute
@@ -265,7 +286,7 @@ def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg)
 @pytest.mark.parametrize("algorithm", [  # maml: test above
     "anil", pytest.param("metasgd", marks=pytest.mark.slow),
     pytest.param("reptile", marks=pytest.mark.slow)])
-def test_every_gradient_based_algorithm_runs_on_omniglot(make_cfg, algorithm):
+def test_every_gradient_based_algorithm_runs_on_omniglot(make_cfg, decoded, algorithm):
     """The whole algorithm suite runs on conv4 episodes (batched over tasks), with finite losses."""
     from pipeline.run.runner import execute
 
@@ -349,7 +370,7 @@ def test_hidden_members_of_a_zip_are_not_drawings(tmp_path):
     assert images[0, 3].max() == 3  # inverted: 255 - (255 - 3)
 
 
-def test_test_episodes_record_the_characters_they_drew(make_cfg, tmp_path):
+def test_test_episodes_record_the_characters_they_drew(make_cfg, decoded, tmp_path):
     """Each test episode's classes, label by label, index the test split's named characters:
     the support images of a label are drawings of that character."""
     _, d = _data_cfg(make_cfg)

@@ -3,21 +3,32 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from pipeline.config import validate
 from pipeline.errors import ConfigError
 from pipeline.run.runner import execute
 from pipeline.tracking.keys import NO_GAIN as NO_GAIN_TAG
-from tests.conftest import TINY, run_cli, store_overrides
+from tests.conftest import TINY, compose_raw, run_cli, store_overrides
 
 
-@pytest.fixture
-def tiny_run(make_cfg, tmp_path):
-    cfg, raw = make_cfg(*TINY)
+def _cfg_at(root, *overrides: str):
+    raw = compose_raw(*store_overrides(root)[:3], *overrides)
+    return validate(raw), raw
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny tracked run, shared by the tests that only read what it recorded (and by the
+    test that meta-tests its logged model again in the same store)."""
+    tmp_path = tmp_path_factory.mktemp("tiny-run")
+    store_overrides(tmp_path, schema=True)
+    cfg, raw = _cfg_at(tmp_path, *TINY)
     hydra_dir = tmp_path / "out" / ".hydra"
     hydra_dir.mkdir(parents=True)
     (hydra_dir / "config.yaml").write_text("seed: 0\n")
@@ -101,10 +112,15 @@ def test_logged_model_loads_and_predicts_like_the_trained_one(tiny_run):
     np.testing.assert_allclose(np.asarray(pyfunc.predict(x)), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_init_from_a_logged_model_meta_tests_it_again(tiny_run, make_cfg, caplog):
+def test_init_from_a_logged_model_meta_tests_it_again(tiny_run, caplog):
     """``model.init_from`` + 0 iterations: the logged model scores the same episodes exactly as
     the run that trained it; a model that does not fit is a clear error, the run FAILED."""
-    _cfg, result, client, run = tiny_run
+    tiny_cfg, result, client, run = tiny_run
+    root = Path(tiny_cfg.paths.mlruns_dir).parent
+
+    def make_cfg(*overrides: str):
+        return _cfg_at(root, *overrides)
+
     uri = f"runs:/{run.info.run_id}/model"
     cfg, raw = make_cfg(*TINY, f"model.init_from={uri}", "meta_train.iterations=0",
                         "meta_test.compare_to_scratch=false", "tracking.log_model=false")
@@ -126,14 +142,17 @@ def test_init_from_a_logged_model_meta_tests_it_again(tiny_run, make_cfg, caplog
         execute(cfg, raw)
 
 
-def test_same_seed_gives_identical_per_task_metrics(make_cfg):
-    cfg, raw = make_cfg(*TINY, "tracking.log_model=false")
-    a = execute(cfg, raw, track=False)
-    b = execute(cfg, raw, track=False)
+def test_same_seed_gives_identical_per_task_metrics(tiny_run):
+    """The same config run again (untracked, later in the same process) gives bit for bit the
+    tracked run's per-task metrics."""
+    cfg, a, _client, _run = tiny_run
+    b = execute(cfg, track=False)
+    assert set(a.per_task) == set(b.per_task)
     for key in a.per_task:
         np.testing.assert_array_equal(a.per_task[key], b.per_task[key])
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_learning_rate_schedule_is_followed_and_logged_as_a_curve(make_cfg):
     cfg, raw = make_cfg(*TINY, "optimizer.schedule=cosine", "optimizer.min_lr_fraction=0.1",
                         "tracking.log_model=false", "meta_test.compare_to_scratch=false")
@@ -147,6 +166,7 @@ def test_learning_rate_schedule_is_followed_and_logged_as_a_curve(make_cfg):
     np.testing.assert_allclose(rates, lr * np.array(expected), rtol=1e-5)
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_failed_run_is_marked_failed_with_reason_and_keeps_what_was_logged(make_cfg):
     cfg, raw = make_cfg(*TINY, "optimizer.learning_rate=1e30", "algorithm.inner_lr=1e30",
                         "tracking.run_name=diverges")
@@ -161,6 +181,7 @@ def test_failed_run_is_marked_failed_with_reason_and_keeps_what_was_logged(make_
     assert run.data.tags["data_fingerprint"]
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_notebook_preset_scores_chance_and_warns(make_cfg, caplog):
     cfg, raw = make_cfg("experiment=notebook", "tracking.log_model=false")
     with caplog.at_level(logging.WARNING):
@@ -183,7 +204,8 @@ def test_maml_beats_scratch_on_synthetic_tasks(make_cfg):
 
 
 def test_cli_run_logs_hydra_folder_and_works_from_any_directory(tmp_path):
-    out = run_cli(*TINY, *store_overrides(tmp_path), "tracking.log_model=false", cwd=tmp_path)
+    out = run_cli(*TINY, *store_overrides(tmp_path), "tracking.log_model=false",
+                  "meta_train.iterations=5", "meta_test.compare_to_scratch=false", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
     [run] = client.search_runs([client.get_experiment_by_name("meta-learning").experiment_id])

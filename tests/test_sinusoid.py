@@ -83,6 +83,7 @@ def test_same_seed_gives_bit_identical_sinusoid_metrics(make_cfg, name):
         np.testing.assert_array_equal(a.per_task[key], b.per_task[key])
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_sinusoid_run_logs_step_metrics_curve_and_fit_plot(make_cfg):
     cfg, raw = make_cfg("experiment=sinusoid_maml", "meta_train.iterations=100",
                         "meta_train.steps_per_call=30", *SMALL)

@@ -64,6 +64,7 @@ def grid(tmp_path_factory) -> tuple[Path, str, MlflowClient]:
     """One basic-launcher multirun of 4 jobs (2 inner rates x 2 seeds: 2 seed groups), shared by
     the structure/group/compare/paired/register/rerun tests."""
     tmp = tmp_path_factory.mktemp("grid")
+    store_overrides(tmp, schema=True)  # the store's schema copied, not migrated in the sweep
     multirun(tmp, "seed=0,1", "algorithm.inner_lr=0.1,0.3", "tracking.log_model=true")
     return (tmp, *store(tmp))
 

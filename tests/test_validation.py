@@ -60,6 +60,7 @@ def _train(cfg, tasks, out: Path, validation: Validation | None = None, resume=N
     return algo, trained
 
 
+@pytest.mark.usefixtures("migrated_store")
 def test_the_selected_iterations_weights_are_meta_tested_and_logged(make_cfg, collection,
                                                                     tmp_path):
     cfg, raw = make_cfg(*PRESET, *image_sets.overrides(collection), "meta_train.iterations=40")
