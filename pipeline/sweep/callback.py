@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.analysis import groups
 from pipeline.config import TrackingConfig
-from pipeline.errors import ConfigError, PipelineError, Refusal
+from pipeline.config.validate import check_tracking_uri
+from pipeline.errors import ConfigError, PipelineError, Refusal, TrackingError
 from pipeline.sweep.plan import (
     NEW,
     RERUN,
@@ -85,6 +86,10 @@ class SweepCallback(Callback):
         from pipeline.run import preflight
 
         process.mark_started()
+        try:  # before the sweeper's checks, which would take another scheme for a server
+            check_tracking_uri(str(OmegaConf.select(config, "tracking.uri")))
+        except ConfigError as e:
+            _refuse(redact.mask(str(e)))
         _sweeper_refusals(config)  # nothing recorded before it is refused
         cfg = _tracking_cfg(config)
         try:
@@ -106,10 +111,13 @@ class SweepCallback(Callback):
         group_by = list(OmegaConf.select(config, "sweep.group_by", default=None) or [])
         session = SweepSession(cfg.uri, sweep_dir)
         jobs = grid(config)
-        if resume:
-            _attach(session, cfg, str(resume), overrides, swept, jobs)
-        else:
-            _create(session, config, cfg, sweep_id, overrides, swept, jobs, group_by)
+        try:
+            if resume:
+                _attach(session, cfg, str(resume), overrides, swept, jobs)
+            else:
+                _create(session, config, cfg, sweep_id, overrides, swept, jobs, group_by)
+        except TrackingError as e:  # a store that cannot be reached or made: nothing recorded
+            raise Refusal(TrackingError(redact.mask(str(e))), process.CANNOT_START) from None
         self.session = session
         session.start()
         _warn_oversubscription(config)
@@ -227,10 +235,14 @@ def _resumable(cfg: TrackingConfig, resume: str, overrides: list[str]
     if liveness.is_alive(found):
         _refuse(f"sweep.resume={found.run_id}: that sweep is still running: "
                 f"{liveness.still_running(found)}.")
-    # Runs whose process is gone (SIGKILL, OOM, a lost launcher) are FAILED before planning.
-    for lost in liveness.reap(uri, experiment_names=[cfg.experiment_name]):
-        log.warning("Run %s (%s) marked FAILED: %s", lost.run.run_id, lost.run.name,
-                    lost.reason)
+    # Runs whose process is gone (SIGKILL, OOM, a lost launcher) are FAILED before planning;
+    # this search's trials stay RUNNING in its study: the resume runs them again at once.
+    from pipeline.search import lost
+
+    for gone in lost.reap(uri, experiment_names=[cfg.experiment_name],
+                          keep_trials_of=found.run_id):
+        log.warning("Run %s (%s) marked FAILED: %s", gone.run.run_id, gone.run.name,
+                    gone.reason)
     mapping = group_map(uri, found.run_id)
     standing = job_runs(uri, found.run_id, set(mapping.values()))
     for n, run in sorted(standing.items()):  # never run a job twice at once

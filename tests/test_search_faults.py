@@ -1,0 +1,110 @@
+"""A search under faults, on real subprocesses and real SQLite stores: a launcher SIGKILLed
+mid-trial leaves a study and a record that ``reap`` makes agree (no trial RUNNING without a
+process), and that an immediate ``sweep.resume=last`` continues at once; odd input is refused
+in one line before a parent run or a study exist."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from pipeline import PROJECT_ROOT
+from pipeline.tracking import keys
+from tests.test_search import runs_of, search_command
+from tests.test_search_session import studies
+
+#: Trials long enough to be caught meta-training (a validation every 20 iterations).
+LONG = ["hydra.sweeper.n_trials=3", "meta_train.iterations=400", "meta_train.steps_per_call=5",
+        "meta_train.validate_every=20", "hydra.sweeper.reevaluate.top_k=0"]
+
+
+def kill_mid_trial(tmp: Path, *args: str) -> int:
+    """Start a search and SIGKILL its launching process once a trial has reported a validation
+    value (it is meta-training); the trial's number."""
+    proc = subprocess.Popen(search_command(tmp, *args), cwd=PROJECT_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 400
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if not (tmp / "mlruns" / "optuna.db").exists():
+                continue
+            try:
+                trials = studies(tmp)[0].trials
+            except Exception:  # the search is creating its study
+                continue
+            caught = [t.number for t in trials if t.state.name == "RUNNING"
+                      and t.intermediate_values]
+            if caught:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+                return caught[0]
+        raise AssertionError("the search ended before it could be killed: "
+                             + proc.communicate()[0][-3000:])
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def assert_stores_agree(tmp: Path) -> optuna.Study:
+    """No trial RUNNING in the study, and each trial's standing run tagged with its state."""
+    [s] = studies(tmp)
+    assert "RUNNING" not in {t.state.name for t in s.trials}, [t.state for t in s.trials]
+    _client, runs = runs_of(tmp)
+    standing = {int(r.data.tags[keys.TRIAL_NUMBER]): r for r in runs
+                if keys.TRIAL_NUMBER in r.data.tags and keys.REPLACED_BY not in r.data.tags}
+    assert sorted(standing) == [t.number for t in s.trials]
+    for t in s.trials:
+        run = standing[t.number]
+        assert run.data.tags[keys.TRIAL_STATE] == t.state.name, (t.number, run.data.tags)
+        assert run.info.status == ("FINISHED" if t.state.name == "COMPLETE" else "FAILED")
+    return s
+
+
+@pytest.mark.slow
+def test_reap_after_a_launcher_sigkill_fails_its_trial_in_the_study(tmp_path):
+    """SIGKILL of a search's only process (jobs in-process) while a trial meta-trains: its run
+    and the parent stay RUNNING, the trial RUNNING in the study. ``reap`` ends the runs and
+    tells the study: the trial is FAIL there, its run FAILED and tagged ``trial_state=FAIL``."""
+    number = kill_mid_trial(tmp_path, *LONG)
+    assert studies(tmp_path)[0].trials[number].state.name == "RUNNING"
+    out = subprocess.run([sys.executable, "-m", "pipeline.tracking", "reap", "--tracking-uri",
+                          f"sqlite:///{tmp_path}/mlruns/mlflow.db"], cwd=PROJECT_ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"trial {number} of study" in out.stdout and "FAIL in the study" in out.stdout, \
+        out.stdout
+    s = assert_stores_agree(tmp_path)
+    assert s.trials[number].state.name == "FAIL"
+    _client, runs = runs_of(tmp_path)
+    [parent] = [r for r in runs if r.data.tags.get(keys.SWEEP_ROLE) == "parent"]
+    assert parent.info.status == "FAILED" and "process lost" in parent.data.tags[keys.ERROR]
+
+
+@pytest.mark.slow
+def test_an_immediate_resume_after_kill_9_of_the_launcher_runs_at_once(tmp_path):
+    """``kill -9`` of a search's launcher (project launcher, a warm worker), then at once
+    ``sweep.resume=last``: liveness comes from the process table, so the resume is not refused
+    (no waiting for a heartbeat to age); it continues the killed trial under its number and
+    ends with n_trials trials, none RUNNING, each run tagged with its trial's state."""
+    args = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=1", *LONG]
+    number = kill_mid_trial(tmp_path, *args)
+    started = time.monotonic()
+    out = subprocess.run(search_command(tmp_path, *args, "sweep.resume=last"),
+                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+    said = out.stdout + out.stderr
+    assert out.returncode == 0, said[-4000:]
+    assert "still running" not in said and "Resuming" in said, said[-4000:]
+    assert time.monotonic() - started < 600
+    s = assert_stores_agree(tmp_path)
+    assert [t.number for t in s.trials] == [0, 1, 2]
+    assert s.trials[number].state.name == "COMPLETE"
+    assert "UserWarning" not in said, said[-4000:]
