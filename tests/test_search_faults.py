@@ -108,3 +108,33 @@ def test_an_immediate_resume_after_kill_9_of_the_launcher_runs_at_once(tmp_path)
     assert [t.number for t in s.trials] == [0, 1, 2]
     assert s.trials[number].state.name == "COMPLETE"
     assert "UserWarning" not in said, said[-4000:]
+
+
+def _refused(tmp: Path, *args: str) -> str:
+    """A search that must be refused: exit 2, one line, no store, no study."""
+    out = subprocess.run(search_command(tmp, *args), cwd=PROJECT_ROOT, capture_output=True,
+                         text=True, timeout=300)
+    lines = [x for x in out.stderr.splitlines() if x.strip() and not x.startswith(
+        ("I0000", "WARNING: All log"))]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-3000:]
+    assert not (tmp / "mlruns").exists() and not list(tmp.rglob("*.db")), list(tmp.rglob("*"))
+    return lines[0]
+
+
+def test_an_unsupported_tracking_uri_is_refused_in_one_line_naming_the_schemes(tmp_path):
+    line = _refused(tmp_path, "tracking.uri=ftp://x",
+                    f"hydra.sweeper.storage=sqlite:///{tmp_path}/study/optuna.db")
+    assert line.startswith("Error in config: tracking.uri='ftp://x' is not supported"), line
+    assert "sqlite:///, http://, https://" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("uri", "says"), [
+    ("postgresql://optuna:SECRET@127.0.0.1:9/db", "Error in config: tracking.uri="),
+    ("file:///tmp/mlruns", "Error in config: tracking.uri="),
+    ("http://user:SECRET@127.0.0.1:9", "Cannot start: Cannot reach the MLflow tracking server"),
+])
+def test_odd_tracking_uris_are_refused_before_a_parent_or_study_exist(tmp_path, uri, says):
+    line = _refused(tmp_path, f"tracking.uri={uri}",
+                    f"hydra.sweeper.storage=sqlite:///{tmp_path}/study/optuna.db")
+    assert line.startswith(says) and "SECRET" not in line, line
