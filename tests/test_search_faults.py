@@ -25,7 +25,15 @@ LONG = ["hydra.sweeper.n_trials=3", "meta_train.iterations=400", "meta_train.ste
         "meta_train.validate_every=20", "hydra.sweeper.reevaluate.top_k=0"]
 
 
-def kill_mid_trial(tmp: Path, *args: str) -> int:
+def studies_in(tmp: Path, storage: str | None) -> list[optuna.Study]:
+    """The studies of the search's storage (the SQLite file beside its store by default)."""
+    if storage is None:
+        return studies(tmp)
+    return [optuna.load_study(study_name=s.study_name, storage=storage)
+            for s in optuna.get_all_study_summaries(storage)]
+
+
+def kill_mid_trial(tmp: Path, *args: str, storage: str | None = None) -> int:
     """Start a search and SIGKILL its launching process once a trial has reported a validation
     value (it is meta-training); the trial's number."""
     proc = subprocess.Popen(search_command(tmp, *args), cwd=PROJECT_ROOT,
@@ -34,10 +42,10 @@ def kill_mid_trial(tmp: Path, *args: str) -> int:
     try:
         while time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)
-            if not (tmp / "mlruns" / "optuna.db").exists():
+            if storage is None and not (tmp / "mlruns" / "optuna.db").exists():
                 continue
             try:
-                trials = studies(tmp)[0].trials
+                trials = studies_in(tmp, storage)[0].trials
             except Exception:  # the search is creating its study
                 continue
             caught = [t.number for t in trials if t.state.name == "RUNNING"
@@ -54,9 +62,9 @@ def kill_mid_trial(tmp: Path, *args: str) -> int:
         proc.communicate()
 
 
-def assert_stores_agree(tmp: Path) -> optuna.Study:
+def assert_stores_agree(tmp: Path, storage: str | None = None) -> optuna.Study:
     """No trial RUNNING in the study, and each trial's standing run tagged with its state."""
-    [s] = studies(tmp)
+    [s] = studies_in(tmp, storage)
     assert "RUNNING" not in {t.state.name for t in s.trials}, [t.state for t in s.trials]
     _client, runs = runs_of(tmp)
     standing = {int(r.data.tags[keys.TRIAL_NUMBER]): r for r in runs
@@ -108,6 +116,45 @@ def test_an_immediate_resume_after_kill_9_of_the_launcher_runs_at_once(tmp_path)
     assert [t.number for t in s.trials] == [0, 1, 2]
     assert s.trials[number].state.name == "COMPLETE"
     assert "UserWarning" not in said, said[-4000:]
+
+
+@pytest.mark.slow
+def test_a_password_in_the_study_storage_survives_a_kill_a_reap_and_a_resume_unrecorded(
+        tmp_path):
+    """A search whose study lives in PostgreSQL behind a password: SIGKILLed mid-trial, reaped
+    (the record masks the storage's password: ``OPTUNA_STORAGE`` gives it to ``reap``, which
+    then fails the trial in the study), resumed with ``sweep.resume=last``. The stores agree at
+    the end, and no file of the store holds the password."""
+    from tests.conftest import missing
+    from tests.test_faults import SECRET, _grep_store
+    from tests.test_team_setup import Postgres
+
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        missing('psycopg2 (pip install -e ".[server]")')
+    pg = Postgres()
+    pg.start()
+    try:
+        storage = pg.optuna_uri.replace("postgres@", f"postgres:{SECRET}@")
+        args = [*LONG, f"hydra.sweeper.storage={storage}"]
+        number = kill_mid_trial(tmp_path, *args, storage=storage)
+        uri = f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+        reap = [sys.executable, "-m", "pipeline.tracking", "reap", "--tracking-uri", uri]
+        out = subprocess.run(reap, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                             timeout=300, env={**os.environ, "OPTUNA_STORAGE": storage})
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert f"trial {number} of study" in out.stdout and "FAIL in the study" in out.stdout, \
+            out.stdout
+        assert SECRET not in out.stdout + out.stderr
+        out = subprocess.run(search_command(tmp_path, *args, "sweep.resume=last"),
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
+        assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+        s = assert_stores_agree(tmp_path, storage)
+        assert len(s.trials) == 3 and s.trials[number].state.name == "FAIL"
+        assert _grep_store(tmp_path / "mlruns", SECRET) == []
+    finally:
+        pg.stop()
 
 
 def _refused(tmp: Path, *args: str) -> str:
