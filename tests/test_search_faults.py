@@ -73,7 +73,8 @@ def assert_stores_agree(tmp: Path, storage: str | None = None) -> optuna.Study:
     for t in s.trials:
         run = standing[t.number]
         assert run.data.tags[keys.TRIAL_STATE] == t.state.name, (t.number, run.data.tags)
-        assert run.info.status == ("FINISHED" if t.state.name == "COMPLETE" else "FAILED")
+        if t.state.name != "PRUNED":  # (a pruned trial's run status: the pruning's own test)
+            assert run.info.status == ("FINISHED" if t.state.name == "COMPLETE" else "FAILED")
     return s
 
 
@@ -155,6 +156,43 @@ def test_a_password_in_the_study_storage_survives_a_kill_a_reap_and_a_resume_unr
         assert _grep_store(tmp_path / "mlruns", SECRET) == []
     finally:
         pg.stop()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_worker_in_a_pruned_search_fails_only_its_trial(tmp_path):
+    """SIGTERM to the worker running a trial of a pruned search (MedianPruner, 2 warm
+    workers): that trial is FAIL in the study and its run FAILED (not KILLED: no resume will
+    continue it), the search goes on to its n_trials and exits 0, the stores agree."""
+    proc = subprocess.Popen(search_command(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        "hydra.sweeper.n_trials=4", "meta_train.iterations=300", "meta_train.steps_per_call=5",
+        "meta_train.validate_every=20", "hydra.sweeper.reevaluate.top_k=0",
+        "+hydra.sweeper.pruner._target_=optuna.pruners.MedianPruner",
+        "+hydra.sweeper.pruner.n_startup_trials=1", "+hydra.sweeper.pruner.n_warmup_steps=20"),
+        cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    jobs = tmp_path / "multirun" / ".running-jobs"
+    stopped = None
+    deadline = time.monotonic() + 400
+    while stopped is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        for marker in jobs.glob("[0-9]*") if jobs.is_dir() else []:
+            try:
+                trials = studies(tmp_path)[0].trials
+            except Exception:
+                break
+            if any(t.intermediate_values for t in trials):  # a trial is meta-training
+                stopped = int(marker.name)
+                os.kill(stopped, signal.SIGTERM)
+                break
+    out, _ = proc.communicate(timeout=600)
+    assert stopped is not None, out[-3000:]
+    assert proc.returncode == 0, out[-3000:]
+    s = assert_stores_agree(tmp_path)
+    assert len(s.trials) == 4
+    [failed] = [t for t in s.trials if t.state.name == "FAIL"]
+    _client, runs = runs_of(tmp_path)
+    [run] = [r for r in runs if r.data.tags.get(keys.TRIAL_NUMBER) == str(failed.number)]
+    assert "signal 15" in run.data.tags[keys.ERROR]
 
 
 def _refused(tmp: Path, *args: str) -> str:
