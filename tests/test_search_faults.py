@@ -14,6 +14,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 
 from pipeline import PROJECT_ROOT
 from pipeline.tracking import keys
@@ -223,3 +224,27 @@ def test_odd_tracking_uris_are_refused_before_a_parent_or_study_exist(tmp_path, 
     line = _refused(tmp_path, f"tracking.uri={uri}",
                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/study/optuna.db")
     assert line.startswith(says) and "SECRET" not in line, line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "says"), [
+    (["+hydra.sweeper.pruner=median"], "hydra.sweeper.pruner=median is not a pruner config"),
+    (["+hydra.sweeper.pruner._target_=optuna.pruners.MedianPruner",
+      "+hydra.sweeper.pruner.n_warmup_steps=-5"], "Number of warmup steps cannot be negative"),
+])
+def test_an_odd_pruner_is_refused_before_a_parent_or_study_exist(tmp_path, args, says):
+    line = _refused(tmp_path, *args)
+    assert line.startswith("Error in config: hydra.sweeper.pruner") and says in line, line
+
+
+def test_a_sampler_or_pruner_that_cannot_be_made_is_refused_saying_why():
+    from pipeline.errors import ConfigError
+    from pipeline.search import refusals
+
+    for spec, says in ((OmegaConf.create({"_target_": "optuna.pruners.MedianPrunr"}),
+                        "MedianPrunr"),
+                       ({"_target_": "optuna.pruners.MedianPruner", "n_warmup_steps": -5},
+                        "cannot be negative"),
+                       ("median", "hydra.sweeper.pruner=median is not a pruner config")):
+        with pytest.raises(ConfigError, match=says):
+            refusals._build("pruner", spec)

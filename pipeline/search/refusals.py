@@ -21,15 +21,21 @@ DIRECTIONS = ("maximize", "minimize")
 
 
 def _build(kind: str, spec: Any) -> Any:
-    target = OmegaConf.select(spec, "_target_", default=None) if spec is not None else None
+    known = "optuna.samplers.TPESampler, RandomSampler, CmaEsSampler, GPSampler, " \
+        "NSGAIISampler, QMCSampler" if kind == "sampler" else \
+        "optuna.pruners.MedianPruner, SuccessiveHalvingPruner, HyperbandPruner, " \
+        "PercentilePruner, ThresholdPruner, NopPruner"
+    if spec is not None and not isinstance(spec, DictConfig | dict):
+        raise ConfigError(f"hydra.sweeper.{kind}={spec} is not a {kind} config: give its class "
+                          f"as hydra.sweeper.{kind}._target_ (e.g. {known.split(',')[0]}) and "
+                          f"its arguments beside it.")
+    target = spec.get("_target_") if spec is not None else None
     try:
         return study.build(spec)
     except Exception as e:
-        known = "optuna.samplers.TPESampler, RandomSampler, CmaEsSampler, GPSampler, " \
-            "NSGAIISampler, QMCSampler" if kind == "sampler" else \
-            "optuna.pruners.MedianPruner, SuccessiveHalvingPruner, HyperbandPruner, " \
-            "PercentilePruner, ThresholdPruner, NopPruner"
-        cause = str(e).splitlines()[0] if str(e) else type(e).__name__
+        inner = e.__cause__ or e  # Hydra's wrapper says where; the class's own error says why
+        lines = [x for x in str(inner).strip().splitlines() if x.strip()]
+        cause = next((x for x in lines if not x.endswith(":")), type(inner).__name__)
         raise ConfigError(f"hydra.sweeper.{kind}._target_={target} cannot be made ({cause}): "
                           f"give an Optuna {kind} class, e.g. {known}.") from None
 
