@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -248,3 +249,38 @@ def test_a_sampler_or_pruner_that_cannot_be_made_is_refused_saying_why():
                        ("median", "hydra.sweeper.pruner=median is not a pruner config")):
         with pytest.raises(ConfigError, match=says):
             refusals._build("pruner", spec)
+
+
+def test_a_resume_waits_for_the_workers_of_a_lost_launcher_instead_of_refusing(tmp_path):
+    """Right after ``kill -9`` of a launcher on this host, its worker may still be stopping its
+    job (the project's launcher's workers do within seconds): the resume waits for that process
+    to end rather than refuse the job as still running."""
+    from mlflow import MlflowClient
+
+    from pipeline.sweep import callback
+    from pipeline.tracking import liveness, store
+    from tests.conftest import store_overrides
+    from tests.test_faults import _plant, _start_ticks
+    from tests.test_store_faults import _tracking_cfg
+
+    store_overrides(tmp_path, schema=True)  # a copy of a migrated store: milliseconds
+    cfg = _tracking_cfg(tmp_path / "mlruns")
+    exp = store.prepare_store(cfg)
+    client = MlflowClient(cfg.uri)
+    here = socket.gethostname()
+    launcher = subprocess.Popen([sys.executable, "-c", "pass"])
+    launcher.wait()
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2)"])
+    job = _plant(client, exp, host=here, pid=str(worker.pid),
+                 pid_start=_start_ticks(worker.pid))
+    parent = _plant(client, exp, host=here, pid=str(launcher.pid))
+    try:
+        standing = {0: store.get_run(cfg.uri, job)}
+        assert liveness.is_alive(standing[0])
+        started = time.monotonic()
+        after = callback._after_orphans(cfg.uri, store.get_run(cfg.uri, parent), standing)
+        assert not liveness.is_alive(after[0])
+        assert time.monotonic() - started < callback.ORPHAN_WAIT_S
+    finally:
+        worker.kill()
+        worker.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -35,6 +36,11 @@ from pipeline.tracking import keys, liveness, redact, store
 from pipeline.tracking.store import RunRecord
 
 log = logging.getLogger(__name__)
+
+
+#: Seconds a resume waits for the workers of a launcher gone from this host to stop their jobs
+#: (the project's launcher's workers do within 5.5 s: a 0.5 s watch and a 5 s grace).
+ORPHAN_WAIT_S = 10.0
 
 
 def _tracking_cfg(config: DictConfig) -> TrackingConfig:
@@ -244,12 +250,33 @@ def _resumable(cfg: TrackingConfig, resume: str, overrides: list[str]
         log.warning("Run %s (%s) marked FAILED: %s", gone.run.run_id, gone.run.name,
                     gone.reason)
     mapping = group_map(uri, found.run_id)
-    standing = job_runs(uri, found.run_id, set(mapping.values()))
+    standing = _after_orphans(uri, found, job_runs(uri, found.run_id, set(mapping.values())))
     for n, run in sorted(standing.items()):  # never run a job twice at once
         if liveness.is_alive(run):
             _refuse(f"sweep.resume={found.run_id}: job {n}'s run {run.run_id} is still "
                     f"running ({liveness.still_running(run)}).")
     return found, mapping, standing
+
+
+def _after_orphans(uri: str, parent: RunRecord, standing: dict[int, RunRecord]
+                   ) -> dict[int, RunRecord]:
+    """The jobs' runs once the workers of a launcher gone from this host have ended theirs: a
+    worker that loses its launcher stops its job (run KILLED, with a checkpoint) within seconds
+    (:data:`ORPHAN_WAIT_S`), so a resume right after ``kill -9`` of the launcher waits for that
+    instead of refusing."""
+    if liveness.gone(parent) is None:
+        return standing
+    deadline = time.monotonic() + ORPHAN_WAIT_S
+    alive = [n for n, r in standing.items() if liveness.is_alive(r)]
+    if alive:
+        log.info("Waiting up to %.0f s for the workers of the lost launcher to end jobs %s",
+                 ORPHAN_WAIT_S, alive)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        for n in alive:
+            standing[n] = store.get_run(uri, standing[n].run_id)
+        alive = [n for n in alive if liveness.is_alive(standing[n])]
+    return standing
 
 
 def _base_name(config: DictConfig) -> str:
