@@ -13,9 +13,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from optuna.trial import TrialState
-
-from pipeline.search import study
 from pipeline.tracking import keys, liveness, store
 from pipeline.tracking.liveness import Reaped
 from pipeline.tracking.redact import MASK
@@ -41,6 +38,8 @@ def reap(uri: str, older_than: float = keys.REAP_AFTER_S,
 def _storage(uri: str, run: RunRecord) -> str | None:
     """The URL of the study storage of the trial ``run`` stands for; None if the record masks
     its password and ``OPTUNA_STORAGE`` is not that storage."""
+    from pipeline.search import study
+
     parent_id = run.tags.get(keys.PARENT_RUN)
     tagged = store.get_run(uri, parent_id).tags.get(keys.STUDY_STORAGE) if parent_id else None
     if tagged is None:
@@ -54,6 +53,10 @@ def _storage(uri: str, run: RunRecord) -> str | None:
 def fail_trial(uri: str, run: RunRecord) -> str:
     """Tell the study that the trial ``run`` stands for has failed (if it is still RUNNING
     there), tag the run ``trial_state=FAIL``; say what was done."""
+    from optuna.trial import TrialState
+
+    from pipeline.search import study  # Optuna only where a trial's run was reaped
+
     number, name = int(run.tags[keys.TRIAL_NUMBER]), run.tags.get(keys.STUDY_NAME, "")
     what = f"trial {number} of study {name}"
     try:
