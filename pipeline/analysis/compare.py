@@ -29,7 +29,7 @@ import pandas as pd
 
 from pipeline.analysis.results import FIXED_COLUMNS, best_row, objective_metric, param_key, table
 from pipeline.config import default_tracking_uri
-from pipeline.tracking import keys, liveness, store
+from pipeline.tracking import keys, store
 from pipeline.tracking.store import RunRecord
 
 
@@ -258,8 +258,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _reap(uri: str, experiments: list[str] | None) -> None:
     """A run whose process is gone is never shown RUNNING: mark it FAILED first (said here)."""
-    for lost in liveness.reap(uri, experiment_names=experiments):
-        print(f"Run {lost.run.run_id} ({lost.run.name}) marked FAILED: {lost.reason}",
+    from pipeline.search import lost  # a reaped trial's run: its trial FAIL in the study too
+
+    for gone in lost.reap(uri, experiment_names=experiments):
+        print(f"Run {gone.run.run_id} ({gone.run.name}) marked FAILED: {gone.reason}",
               file=sys.stderr)
 
 

@@ -125,11 +125,7 @@ def _check_consistency(cfg: Config) -> None:
     _check_sweep(cfg)
     _check_validation(cfg)
     _check_baselines(list(cfg.meta_test.baselines))
-    uri = cfg.tracking.uri
-    if not uri.startswith(TRACKING_SCHEMES):
-        raise ConfigError(f"tracking.uri={uri!r} is not supported: it must start with one of "
-                          f"{', '.join(TRACKING_SCHEMES)} (an embedded SQLite store or an MLflow "
-                          f"server).")
+    check_tracking_uri(cfg.tracking.uri)
     if isinstance(model, ResNet12Config) and (not model.filters or min(model.filters) < 1):
         raise ConfigError(
             f"model.filters={list(model.filters)} is not allowed: give one width >= 1 per "
@@ -143,6 +139,15 @@ def _check_consistency(cfg: Config) -> None:
 
 #: ``sweep.resume``: a parent run id (MLflow's 32 hex characters) or ``last``.
 _RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse a tracking URI of a scheme the pipeline does not write to (a run checks it with
+    its config; a sweep before its parent run or study exist)."""
+    if not str(uri).startswith(TRACKING_SCHEMES):
+        raise ConfigError(f"tracking.uri={uri!r} is not supported: it must start with one of "
+                          f"{', '.join(TRACKING_SCHEMES)} (an embedded SQLite store or an MLflow "
+                          f"server).")
 
 
 def _check_sweep(cfg: Config) -> None:

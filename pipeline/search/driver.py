@@ -148,6 +148,10 @@ class Search:
             reason = ret._return_value if ret.status == JobStatus.FAILED else "no objective"
             log.warning("Trial %d failed: %s", number, keys.plain_text(str(reason)))
         runs = self._runs_of(number)
+        if state == TrialState.FAIL:  # a job stopped by a signal to its worker: no resume
+            for run_id in runs:  # will continue it, its run is FAILED as its trial is FAIL
+                if store.get_run(self.uri, run_id).status == keys.KILLED:
+                    store.set_status(self.uri, run_id, keys.FAILED)
         if runs and frozen.state == TrialState.RUNNING:  # optuna-dashboard links to MLflow
             self.study._storage.set_trial_user_attr(frozen._trial_id, study.ATTR_RUN, runs[-1])
         self.study.tell(number, value, state=state, skip_if_finished=True)

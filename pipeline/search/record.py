@@ -54,7 +54,10 @@ def figures(study: optuna.Study) -> dict[str, object]:
     from optuna.visualization import matplotlib as vis
 
     out = {}
+    complete = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
     for name, fn in PLOTS.items():
+        if name == "param_importances" and complete < 2:  # Optuna would warn, draw them equal
+            continue
         try:
             with warnings.catch_warnings():  # "experimental" since Optuna 2.2
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

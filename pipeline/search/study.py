@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.errors import ConfigError
 from pipeline.search import space
-from pipeline.tracking import keys, store
+from pipeline.tracking import store
 
 if TYPE_CHECKING:
     from pipeline.search.settings import Settings
@@ -152,7 +152,7 @@ def check_reachable(url: str) -> None:
                           f"database or fix hydra.sweeper.storage (or {STORAGE_ENV}).") from None
 
 
-def _attrs(settings: Settings, space_json: str) -> dict[str, str]:
+def attrs(settings: Settings, space_json: str) -> dict[str, str]:
     pruner = settings.pruner
     spec = OmegaConf.to_container(pruner, resolve=True) if isinstance(pruner, DictConfig) \
         else pruner
@@ -177,44 +177,9 @@ def create_new(url: str, name: Callable[[], str], settings: Settings, space_: di
             continue
     else:
         raise ConfigError(f"study names {base}-2..99 are all taken in {without_password(url)}")
-    for key, value in _attrs(settings, space.to_json(space_)).items():
+    for key, value in attrs(settings, space.to_json(space_)).items():
         s.set_user_attr(key, value)
     with warnings.catch_warnings():  # "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         s.set_metric_names([settings.objective])
     return s
-
-
-def check_same_search(config: DictConfig, resume: str, settings: Settings, url: str) -> None:
-    """``sweep.resume``: refuse, in one line naming what differs, a search whose space,
-    objective or direction are not its study's."""
-    from pipeline.sweep.session import find_parent
-
-    parent = find_parent(OmegaConf.to_object(config.tracking), resume)
-    name = parent.tags.get(keys.STUDY_NAME)
-    if not name:
-        return  # no study yet (stopped before it), or not a search: the sweep's check says
-    try:
-        s = optuna.load_study(study_name=name, storage=rdb(url))
-    except KeyError:
-        raise ConfigError(f"sweep.resume={parent.run_id}: its study {name} is not in "
-                          f"{without_password(url)}; resume with the storage it used "
-                          f"(hydra.sweeper.storage).") from None
-    space_, _ = space.parse(settings.arguments(list(config.hydra.overrides.task)))
-    now = _attrs(settings, space.to_json(space_)) | {"direction": settings.direction}
-    then = {**s.user_attrs, "direction": s.direction.name.lower()}
-    differ = [k for k in ("direction", ATTR_OBJECTIVE, ATTR_OBJECTIVE_VALUE, ATTR_SPACE)
-              if k in then and then[k] != now[k]]
-    if not differ:
-        return
-    said = []
-    for k in differ:
-        if k == ATTR_SPACE:
-            a, b = json.loads(then[k]), json.loads(now[k])
-            keys_ = sorted(k2 for k2 in a.keys() | b.keys() if a.get(k2) != b.get(k2))
-            said.append(f"search space ({', '.join(keys_)})")
-        else:
-            said.append(f"{k} ({then[k]} in the study, {now[k]} now)")
-    raise ConfigError(f"sweep.resume={parent.run_id}: this search differs from its study {name} "
-                      f"in {'; '.join(said)}: resume with the same search, or start a new one "
-                      f"without sweep.resume.")

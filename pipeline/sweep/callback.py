@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.analysis import groups
 from pipeline.config import TrackingConfig
-from pipeline.errors import ConfigError, PipelineError, Refusal
+from pipeline.config.validate import check_tracking_uri
+from pipeline.errors import ConfigError, PipelineError, Refusal, TrackingError
 from pipeline.sweep.plan import (
     NEW,
     RERUN,
@@ -34,6 +36,11 @@ from pipeline.tracking import keys, liveness, redact, store
 from pipeline.tracking.store import RunRecord
 
 log = logging.getLogger(__name__)
+
+
+#: Seconds a resume waits for the workers of a launcher gone from this host to stop their jobs
+#: (the project's launcher's workers do within 5.5 s: a 0.5 s watch and a 5 s grace).
+ORPHAN_WAIT_S = 10.0
 
 
 def _tracking_cfg(config: DictConfig) -> TrackingConfig:
@@ -85,6 +92,10 @@ class SweepCallback(Callback):
         from pipeline.run import preflight
 
         process.mark_started()
+        try:  # before the sweeper's checks, which would take another scheme for a server
+            check_tracking_uri(str(OmegaConf.select(config, "tracking.uri")))
+        except ConfigError as e:
+            _refuse(redact.mask(str(e)))
         _sweeper_refusals(config)  # nothing recorded before it is refused
         cfg = _tracking_cfg(config)
         try:
@@ -106,10 +117,13 @@ class SweepCallback(Callback):
         group_by = list(OmegaConf.select(config, "sweep.group_by", default=None) or [])
         session = SweepSession(cfg.uri, sweep_dir)
         jobs = grid(config)
-        if resume:
-            _attach(session, cfg, str(resume), overrides, swept, jobs)
-        else:
-            _create(session, config, cfg, sweep_id, overrides, swept, jobs, group_by)
+        try:
+            if resume:
+                _attach(session, cfg, str(resume), overrides, swept, jobs)
+            else:
+                _create(session, config, cfg, sweep_id, overrides, swept, jobs, group_by)
+        except TrackingError as e:  # a store that cannot be reached or made: nothing recorded
+            raise Refusal(TrackingError(redact.mask(str(e))), process.CANNOT_START) from None
         self.session = session
         session.start()
         _warn_oversubscription(config)
@@ -227,17 +241,42 @@ def _resumable(cfg: TrackingConfig, resume: str, overrides: list[str]
     if liveness.is_alive(found):
         _refuse(f"sweep.resume={found.run_id}: that sweep is still running: "
                 f"{liveness.still_running(found)}.")
-    # Runs whose process is gone (SIGKILL, OOM, a lost launcher) are FAILED before planning.
-    for lost in liveness.reap(uri, experiment_names=[cfg.experiment_name]):
-        log.warning("Run %s (%s) marked FAILED: %s", lost.run.run_id, lost.run.name,
-                    lost.reason)
+    # Runs whose process is gone (SIGKILL, OOM, a lost launcher) are FAILED before planning;
+    # this search's trials stay RUNNING in its study: the resume runs them again at once.
+    from pipeline.search import lost
+
+    for gone in lost.reap(uri, experiment_names=[cfg.experiment_name],
+                          keep_trials_of=found.run_id):
+        log.warning("Run %s (%s) marked FAILED: %s", gone.run.run_id, gone.run.name,
+                    gone.reason)
     mapping = group_map(uri, found.run_id)
-    standing = job_runs(uri, found.run_id, set(mapping.values()))
+    standing = _after_orphans(uri, found, job_runs(uri, found.run_id, set(mapping.values())))
     for n, run in sorted(standing.items()):  # never run a job twice at once
         if liveness.is_alive(run):
             _refuse(f"sweep.resume={found.run_id}: job {n}'s run {run.run_id} is still "
                     f"running ({liveness.still_running(run)}).")
     return found, mapping, standing
+
+
+def _after_orphans(uri: str, parent: RunRecord, standing: dict[int, RunRecord]
+                   ) -> dict[int, RunRecord]:
+    """The jobs' runs once the workers of a launcher gone from this host have ended theirs: a
+    worker that loses its launcher stops its job (run KILLED, with a checkpoint) within seconds
+    (:data:`ORPHAN_WAIT_S`), so a resume right after ``kill -9`` of the launcher waits for that
+    instead of refusing."""
+    if liveness.gone(parent) is None:
+        return standing
+    deadline = time.monotonic() + ORPHAN_WAIT_S
+    alive = [n for n, r in standing.items() if liveness.is_alive(r)]
+    if alive:
+        log.info("Waiting up to %.0f s for the workers of the lost launcher to end jobs %s",
+                 ORPHAN_WAIT_S, alive)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.5)
+        for n in alive:
+            standing[n] = store.get_run(uri, standing[n].run_id)
+        alive = [n for n in alive if liveness.is_alive(standing[n])]
+    return standing
 
 
 def _base_name(config: DictConfig) -> str:

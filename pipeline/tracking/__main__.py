@@ -5,6 +5,7 @@
 * ``python -m pipeline.tracking reap [--older-than S] [--tracking-uri URI]`` marks FAILED the
   RUNNING runs whose process is gone (on this host: its pid; elsewhere: no heartbeat for S
   seconds); ``reap RUN_ID ...`` ends those runs at once (ids or unique 8+ character prefixes).
+  A reaped run that stands for a search's trial ends that trial too: FAIL in its study.
 
 Exit status: 0 done, 1 failed (the store refused the import), 2 refused (bad arguments, no such
 file, a store that cannot be opened).
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from pipeline.config import default_tracking_uri
 from pipeline.errors import TrackingError
-from pipeline.tracking import keys, liveness
+from pipeline.tracking import keys
 from pipeline.tracking.run import import_fallback
 
 
@@ -62,8 +63,10 @@ def _reap(uri: str, older_than: float, experiments: list[str] | None,
     if older_than < 0:
         print(f"Refused: --older-than={older_than:g} must be >= 0 seconds.", file=sys.stderr)
         return 2
+    from pipeline.search import lost  # a reaped trial's run: its trial FAIL in the study too
+
     try:
-        reaped = liveness.reap(uri, older_than, experiments, run_ids)
+        reaped = lost.reap(uri, older_than, experiments, run_ids)
     except TrackingError as e:  # no such run, an ambiguous prefix, a process still here
         print(f"Refused: {keys.plain_text(str(e))}", file=sys.stderr)
         return 2
