@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 
 from pipeline.analysis import paired
 from pipeline.analysis.stats import paired_gain
-from pipeline.baselines import linear_probe
+from pipeline.baselines import finetune, linear_probe
 from pipeline.baselines.pretrain import run as pretrain
 from pipeline.config import ConfigError
 from pipeline.data import TaskSplit
@@ -126,6 +126,29 @@ def test_cached_body_is_reused_across_a_sweep_and_refused_when_the_data_changed(
     shutil.copyfile(first.path, rebuilt.path)  # a body of other data where this one belongs
     with pytest.raises(DataError, match=r"trained on other data.*data_fingerprint"):
         pretrain(other_data, changed, loss)
+
+
+def test_finetune_trains_the_new_head_alone_then_the_body_at_its_own_rate(make_cfg):
+    """Frozen for every step, the body is the pre-trained one after fine-tuning and only the
+    head moved (Chen et al.'s Baseline); joining after the head's steps, the body moves too."""
+    cfg, _ = make_cfg(*TINY, "meta_test.pretrain.cache=false", "meta_test.finetune.steps=4")
+    tasks = generate.run(cfg.data, cfg.seed, cfg.paths.data_dir, None)
+    loss = task_loss(cfg, tasks)
+    body = pretrain(cfg, tasks, loss).body
+    test = tasks.test.take(slice(0, 2))
+
+    def adapted(freeze: int) -> tuple[list, list, list[int]]:
+        tuned = dataclasses.replace(cfg.meta_test.finetune, freeze_body_steps=freeze)
+        algo = finetune.build(dataclasses.replace(
+            cfg, meta_test=dataclasses.replace(cfg.meta_test, finetune=tuned)), tasks, loss, body)
+        start = algo.initial_state(np.arange(2))
+        return start, algo.adapt(start, test.support_x, test.support_y), algo._head_ids
+
+    start, frozen, head = adapted(4)
+    for i, (a, b) in enumerate(zip(start, frozen, strict=True)):
+        assert np.array_equal(a, b) != (i in head), i
+    _, joined, _ = adapted(2)
+    assert all(not np.array_equal(a, b) for a, b in zip(start, joined, strict=True))
 
 
 def test_unknown_baseline_is_refused(make_cfg):

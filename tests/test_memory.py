@@ -63,6 +63,24 @@ def test_the_estimate_grows_with_what_the_step_keeps(make_cfg):
     assert step("model=resnet12") > 4 * step("algorithm=fomaml")
 
 
+def test_the_pre_training_step_is_counted_where_a_baseline_needs_it(make_cfg):
+    """A pre-trained baseline adds a pre-training step of a meta-iteration's examples (or
+    ``meta_test.pretrain.batch_size``): a batch too large for memory is refused by that key."""
+    cfg, _ = make_cfg(*IMAGES, "data.root=/x", "meta_test.baselines=[scratch,linear_probe]")
+    shape = memory.input_shape(cfg)
+    assert memory.pretrain_step_bytes(make_cfg(*IMAGES, "data.root=/x")[0], shape) == 0
+    per_iteration = memory.pretrain_per_iteration(cfg)
+    assert per_iteration == cfg.meta_train.meta_batch_size * sum(memory.examples(cfg)[0])
+    step = memory.pretrain_step_bytes(cfg, shape)
+    assert step > memory.FLOAT_BYTES * per_iteration * memory.activations(cfg, shape)
+    big, _ = make_cfg(*IMAGES, "data.root=/x", "meta_test.baselines=[finetune]",
+                      "meta_test.pretrain.batch_size=4096", "meta_test.task_batch_size=1")
+    assert memory.estimate(big).step == memory.pretrain_step_bytes(big, shape) > step
+    with pytest.raises(ConfigError, match=r"meta_test\.pretrain\.batch_size=4096 does not fit "
+                                          r"in memory: a pre-training step"):
+        memory.check(big, available=memory.BASE_BYTES + step)
+
+
 @pytest.mark.usefixtures("migrated_store")
 def test_a_run_logs_its_memory_estimate(make_cfg):
     cfg, raw = make_cfg(*TINY, "tracking.log_model=false")

@@ -254,7 +254,9 @@ def test_protonet_learns_omniglot_through_the_pipeline(make_cfg, decoded, tmp_pa
     cfg, raw = make_cfg("experiment=omniglot_5w1s_protonet", *SMALL,
                         "data.train_num_classes=5", "data.train_query_per_class=5",
                         "meta_train.iterations=40", "meta_test.task_batch_size=10",
-                        "tracking.log_model=false")
+                        "tracking.log_model=false",
+                        # the preset's pre-trained baselines: tests/test_baselines.py
+                        "meta_test.baselines=[scratch]")
     result = execute(cfg, raw)
     assert set(result.per_task) == {"loss_after", "acc_after"}  # no "before" for ProtoNets
     assert result.summaries["test/query_acc_after"].mean > 0.5
@@ -274,7 +276,7 @@ def test_maml_runs_vectorised_on_omniglot_with_transductive_batch_norm(make_cfg,
     cfg, _ = make_cfg("experiment=omniglot_5w1s_maml", *SMALL, "model.filters=8",
                       "model.batch_norm=transductive", "data.num_test_tasks=6",
                       "meta_train.iterations=2", "meta_train.meta_batch_size=2",
-                      "meta_test.task_batch_size=6")
+                      "meta_test.task_batch_size=6", "meta_test.baselines=[scratch]")
     result = execute(cfg, track=False)
     assert result.per_task["acc_before"].shape == result.per_task["acc_after"].shape == (6,)
     assert np.isfinite(result.per_task["loss_after"]).all()

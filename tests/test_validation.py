@@ -26,7 +26,8 @@ from tests.test_resume import _resume, _run, _start, _store, _wait_for
 #: high enough that the validation score goes up and down.
 PRESET = ["experiment=miniimagenet_5w1s_protonet", *image_sets.TINY_IMAGES,
           "optimizer.learning_rate=0.01", "meta_train.log_every=5",
-          "meta_train.validate_every=5", "tracking.log_model=false"]
+          "meta_train.validate_every=5", "tracking.log_model=false",
+          "meta_test.baselines=[scratch]"]  # the pre-trained baselines: tests/test_baselines.py
 
 
 @pytest.fixture(scope="module")

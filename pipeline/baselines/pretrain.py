@@ -37,6 +37,7 @@ import tensorflow as tf
 from pipeline.algorithms.losses import SOFTMAX, TaskLoss, output_units
 from pipeline.config import Config, PretrainConfig
 from pipeline.config.fields import PRETRAIN_CLASSES, PRETRAIN_JOINT, PRETRAIN_MULTITASK
+from pipeline.config.run import pretrain_batch_size
 from pipeline.data import TaskSet, TaskSplit, derive_seed, stream_rng
 from pipeline.data.episodes import EpisodeSampler, TaskRowSampler, _images
 from pipeline.errors import DataError
@@ -50,6 +51,9 @@ FORMAT = 1
 CACHE_DIR = "pretrained"
 #: Training tasks per step of multi-task pre-training (at most).
 TASKS_PER_STEP = 32
+#: At most this many bytes of input batches drawn for one compiled call: ``steps_per_call``
+#: steps of 128 images of 84x84x3 would be 2 GiB of float32 held at once.
+CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass
@@ -157,25 +161,46 @@ def _standardize_per_task(x: np.ndarray, task: np.ndarray, columns: np.ndarray) 
     return x
 
 
-def meta_training_examples(cfg: Config, tasks: TaskSet) -> int:
-    """How many training examples the run's meta-training sees: meta-iterations x meta-batch x
-    (support + query) per task, or epochs x the split for an algorithm that trains in epochs."""
-    train = tasks.train
+def _per_task(train) -> int:
+    """A training task's examples: support + query (episodes: n_way x (k_shot + q_query))."""
     if isinstance(train, TaskSplit):
-        per_task = int(train.support_x.shape[1] + train.query_x.shape[1])
-        batch = min(cfg.meta_train.meta_batch_size, train.num_tasks)
-    else:  # episodes: n_way x (k_shot + q_query)
-        per_task = train.n_way * (train.k_shot + train.q_query)
-        batch = cfg.meta_train.meta_batch_size
+        return int(train.support_x.shape[1] + train.query_x.shape[1])
+    return train.n_way * (train.k_shot + train.q_query)
+
+
+def examples_per_iteration(cfg: Config, tasks: TaskSet) -> int:
+    """One meta-iteration's training examples: meta-batch x (support + query) per task."""
+    train = tasks.train
+    batch = cfg.meta_train.meta_batch_size
+    if isinstance(train, TaskSplit):
+        batch = min(batch, train.num_tasks)
+    return batch * _per_task(train)
+
+
+def meta_training_examples(cfg: Config, tasks: TaskSet) -> int:
+    """How many training examples the run's meta-training sees: meta-iterations x one
+    iteration's examples, or epochs x the split for an algorithm that trains in epochs."""
     if not cfg.algorithm.meta_batches:
-        return int(getattr(cfg.algorithm, "epochs", 1) * per_task * train.num_tasks)
-    return int(cfg.meta_train.iterations * batch * per_task)
+        return int(getattr(cfg.algorithm, "epochs", 1) * _per_task(tasks.train)
+                   * tasks.train.num_tasks)
+    return int(cfg.meta_train.iterations * examples_per_iteration(cfg, tasks))
+
+
+def steps_per_call(configured: int, batch: int, input_shape: tuple[int, ...]) -> int:
+    """``meta_test.pretrain.steps_per_call``, fewer where their inputs would pass
+    :data:`CHUNK_BYTES` (images)."""
+    per_step = 4 * batch * math.prod(input_shape)
+    return max(1, min(configured, CHUNK_BYTES // max(per_step, 1)))
 
 
 def cache_key(cfg: Config, tasks: TaskSet, mode: str, budget: int, ex: Examples) -> dict:
     """Everything that determines the pre-trained body (and nothing that does not)."""
     pretrain = dataclasses.asdict(cfg.meta_test.pretrain)
     pretrain.pop("cache")
+    pretrain["batch_size"] = pretrain_batch_size(  # null resolved: a meta-iteration's
+        cfg, examples_per_iteration(cfg, tasks))
+    pretrain["steps_per_call"] = steps_per_call(pretrain["steps_per_call"],
+                                                pretrain["batch_size"], tasks.input_shape)
     model = dataclasses.asdict(cfg.model)
     model.pop("init_from")  # the body always starts from its own seeded draw
     return {"format": FORMAT, "data_fingerprint": tasks.fingerprint, "family": cfg.data.family,
@@ -200,8 +225,10 @@ def run(cfg: Config, tasks: TaskSet, loss: TaskLoss) -> Pretrained:
     budget = pcfg.examples or meta_training_examples(cfg, tasks)
     key = cache_key(cfg, tasks, mode, budget, ex)
     body = build_model(cfg.model, tasks.input_shape, None, derive_seed(cfg.seed, "pretrain"))
+    train = dataclasses.replace(pcfg, batch_size=key["pretrain"]["batch_size"],
+                                steps_per_call=key["pretrain"]["steps_per_call"])
     if not pcfg.cache:
-        seconds = _train(body, ex, pcfg, budget, cfg.seed)
+        seconds = _train(body, ex, train, budget, cfg.seed)
         return Pretrained(body, budget, seconds, False, None, key)
     path = cache_path(cfg.paths.data_dir, key)
     with _locked(path):  # parallel jobs of a sweep: one trains, the others wait and load
@@ -212,13 +239,14 @@ def run(cfg: Config, tasks: TaskSet, loss: TaskLoss) -> Pretrained:
             return Pretrained(body, budget, seconds, True, path, key)
         log.info("pre-trained body: cache miss, pre-training (%s, %d examples) -> %s", mode,
                  budget, path)
-        seconds = _train(body, ex, pcfg, budget, cfg.seed)
+        seconds = _train(body, ex, train, budget, cfg.seed)
         _save(path, body, key, seconds)
     return Pretrained(body, budget, seconds, False, path, key)
 
 
 def _train(body: keras.Model, ex: Examples, cfg: PretrainConfig, budget: int, seed: int) -> float:
-    """Minibatch training of body + heads, ``cfg.steps_per_call`` steps per compiled call."""
+    """Minibatch training of body + heads, ``cfg.steps_per_call`` steps per compiled call
+    (``cfg``'s batch size and steps per call resolved)."""
     start = time.perf_counter()
     rng = stream_rng(seed, "pretrain")
     embed = int(body.output_shape[-1])
@@ -244,8 +272,7 @@ def _train(body: keras.Model, ex: Examples, cfg: PretrainConfig, budget: int, se
         opt.apply_gradients(zip(tape.gradient(value, variables), variables, strict=True))
         return value
 
-    @tf.function(reduce_retracing=True, autograph=False)  # an explicit graph loop
-    def chunk(xs, heads, ys):
+    def chunk(xs, heads, ys):  # an explicit graph loop over a call's steps
         n = tf.shape(xs)[0]
 
         def loop(i, total):
@@ -257,12 +284,17 @@ def _train(body: keras.Model, ex: Examples, cfg: PretrainConfig, budget: int, se
     per_step = cfg.batch_size // ex.tasks_per_step(cfg.batch_size) * ex.tasks_per_step(
         cfg.batch_size)
     steps = max(1, math.ceil(budget / per_step))
-    done, last = 0, math.nan
+    done, last, compiled = 0, math.nan, None
     while done < steps:
         n = min(cfg.steps_per_call, steps - done)
         x, head, y = ex.batches(rng, n, cfg.batch_size)
-        last = float(chunk(tf.convert_to_tensor(x, tf.float32), tf.constant(head),
-                           tf.convert_to_tensor(y)))
+        if compiled is None:  # one trace, whatever the steps in a call (the last is shorter)
+            compiled = tf.function(chunk, autograph=False, input_signature=[
+                tf.TensorSpec([None, *x.shape[1:]], tf.float32),
+                tf.TensorSpec([None, *head.shape[1:]], tf.int64),
+                tf.TensorSpec([None, *y.shape[1:]], tf.as_dtype(y.dtype))])
+        last = float(compiled(tf.convert_to_tensor(x, tf.float32), tf.constant(head),
+                              tf.convert_to_tensor(y)))
         done += n
     seconds = time.perf_counter() - start
     log.info("pre-trained %d steps of %d examples in %.1f s (last chunk's loss %.4f)", steps,

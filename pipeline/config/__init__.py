@@ -41,6 +41,7 @@ from pipeline.config.model import (
 from pipeline.config.optimizer import AdamConfig, OptimizerConfig, SGDConfig
 from pipeline.config.run import (
     Config,
+    FinetuneConfig,
     LinearProbeConfig,
     LocalTrackingConfig,
     MetaTestConfig,
@@ -58,6 +59,7 @@ from pipeline.errors import ConfigError
 __all__ = [
     "ANILConfig", "AdamConfig", "AlgorithmConfig", "ClassificationDataConfig", "Config",
     "ConfigError", "Conv4Config", "DataConfig", "EpisodeDataConfig", "FOMAMLConfig",
+    "FinetuneConfig",
     "ImageModelConfig", "ImagesDataConfig", "InnerLoopConfig", "LinearProbeConfig",
     "LocalTrackingConfig", "MAMLConfig",
     "MLPConfig", "MetaSGDConfig", "MetaTestConfig", "MetaTrainConfig", "ModelConfig",

@@ -33,6 +33,8 @@ TABULAR_NORMALIZE = ("train", "support", "none")
 TABULAR_MISSING = ("refuse", "impute")
 # Baselines scored on the same test episodes as the method (pipeline/baselines/).
 BASELINES = ("scratch", "finetune", "linear_probe")
+#: Those of them that need the pre-trained body.
+PRETRAINED_BASELINES = ("finetune", "linear_probe")
 #: How a family's training split is pre-trained on for those baselines: ``classes`` (one
 #: classifier over every training class), ``multitask`` (a shared body, one head per training
 #: task) or ``joint`` (one network on every training task's points).

@@ -14,9 +14,14 @@ with no reason. The estimate finds that before the run, in one line, from tensor
   ProtoNets ``T x (S + Q)``; Reptile ``T x S`` (its steps are not differentiated);
 * **a meta-test chunk** of ``meta_test.task_batch_size`` tasks: one recorded gradient step on
   the support set and the query pass (only its largest layer output counted: nothing is kept);
+* **a pre-training step** where a baseline needs the pre-trained body
+  (``meta_test.baselines``): a batch of ``meta_test.pretrain.batch_size`` examples (the
+  family's default where null) through the model, its weights with their gradient and Adam's
+  two moments, and the input batches drawn for one compiled call (at most
+  ``pipeline.baselines.pretrain.CHUNK_BYTES``, held twice: drawn and as a tensor);
 * **the process**: :data:`BASE_BYTES` for Python, TensorFlow and Keras, plus the task data.
 
-The step's peak is the larger of the two; floats are 4 bytes. Checked against measured peaks
+The step's peak is the largest of the three; floats are 4 bytes. Checked against measured peaks
 (``ru_maxrss`` of whole runs, as ``bench/memory.py`` measures them) in
 ``tests/test_memory.py`` and ``bench/README.md`` ("Memory estimate"): within a factor of 1.5
 either way where the step dominates. It is logged as ``memory/estimate_gib`` and, before a run,
@@ -47,6 +52,7 @@ from pipeline.config import (
     ResNet12Config,
     SinusoidDataConfig,
 )
+from pipeline.config.run import pretrain_batch_size, pretrains
 from pipeline.errors import ConfigError
 
 GIB = 2**30
@@ -54,6 +60,9 @@ FLOAT_BYTES = 4
 #: Python, TensorFlow and Keras imported, a model built and a step compiled, before any data:
 #: ~0.5-0.7 GiB measured (bench/memory.py), rounded up.
 BASE_BYTES = int(0.75 * GIB)
+#: Input bytes a pre-training call draws at most (``pipeline.baselines.pretrain.CHUNK_BYTES``;
+#: not imported: that module loads TensorFlow).
+PRETRAIN_CHUNK_BYTES = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -195,6 +204,26 @@ def test_chunk_bytes(cfg: Config, shape: tuple[int, ...]) -> int:
                                   + 2 * parameters(cfg, shape))
 
 
+def pretrain_per_iteration(cfg: Config) -> int:
+    """One meta-iteration's training examples (the pre-training's default batch)."""
+    (support, query), _ = examples(cfg)
+    tasks = cfg.meta_train.meta_batch_size
+    if not isinstance(cfg.data, EpisodeDataConfig) or cfg.data.num_train_tasks:
+        tasks = min(tasks, cfg.data.num_train_tasks)  # fixed training tasks
+    return tasks * (support + query)
+
+
+def pretrain_step_bytes(cfg: Config, shape: tuple[int, ...]) -> int:
+    """A pre-training step (0 when no baseline needs the pre-trained body)."""
+    if not pretrains(cfg):
+        return 0
+    batch = pretrain_batch_size(cfg, pretrain_per_iteration(cfg))
+    per_call = min(cfg.meta_test.pretrain.steps_per_call * batch * math.prod(shape)
+                   * FLOAT_BYTES, PRETRAIN_CHUNK_BYTES)
+    return (FLOAT_BYTES * (batch * activations(cfg, shape) + 4 * parameters(cfg, shape))
+            + 2 * per_call)
+
+
 def estimate(cfg: Config, shape: tuple[int, ...] | None = None, data_bytes: int = 0
              ) -> Estimate | None:
     """The run's estimate (``shape``: one example's, when the config does not fix it; None if
@@ -202,7 +231,8 @@ def estimate(cfg: Config, shape: tuple[int, ...] | None = None, data_bytes: int 
     shape = shape or input_shape(cfg)
     if shape is None:
         return None
-    return Estimate(max(train_step_bytes(cfg, shape), test_chunk_bytes(cfg, shape)), data_bytes)
+    return Estimate(max(train_step_bytes(cfg, shape), test_chunk_bytes(cfg, shape),
+                        pretrain_step_bytes(cfg, shape)), data_bytes)
 
 
 def available_bytes() -> int | None:
@@ -231,8 +261,14 @@ def check(cfg: Config, shape: tuple[int, ...] | None = None, data_bytes: int = 0
         return found
     if found.total <= available:
         return found
-    training = train_step_bytes(cfg, shape) >= test_chunk_bytes(cfg, shape)
-    if training:
+    parts = {"train": train_step_bytes(cfg, shape), "test": test_chunk_bytes(cfg, shape),
+             "pretrain": pretrain_step_bytes(cfg, shape)}
+    largest = max(parts, key=parts.get)  # ties: the first (meta-training, as before)
+    if largest == "pretrain":
+        key, value, what = ("meta_test.pretrain.batch_size",
+                            pretrain_batch_size(cfg, pretrain_per_iteration(cfg)),
+                            "a pre-training step")
+    elif largest == "train":
         key, value, what = ("meta_train.meta_batch_size", cfg.meta_train.meta_batch_size,
                             "the meta-training step")
     else:
