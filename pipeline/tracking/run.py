@@ -270,7 +270,7 @@ class Tracker:
             self._wake.clear()
             if self._closed:
                 break
-            self._drain()
+            self._drain(background=True)
             self._beat()
 
     def _beat(self) -> None:
@@ -283,10 +283,14 @@ class Tracker:
         with self._delivering, contextlib.suppress(Exception):
             self.client.set_tag(self.run_id, keys.HEARTBEAT, liveness.now())
 
-    def _drain(self) -> bool:
+    def _drain(self, background: bool = False) -> bool:
         """Deliver everything queued, in order, as far as the store accepts; True if the queue
         is empty. One deliverer at a time (the background thread or a flush)."""
         with self._delivering:
+            if background and self._closed:
+                # The run has ended while this thread waited for the lock: what is left is the
+                # fallback file's, which only ``import`` may deliver (and then remove).
+                return not self._pending
             while True:
                 with self._lock:
                     if not self._pending:
