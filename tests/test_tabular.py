@@ -511,7 +511,8 @@ def test_each_check_of_a_cli_job_runs_once(tmp_path, make_cfg, monkeypatch):
     root = write_per_task(tmp_path / "set", tasks())
     cfg, raw = make_cfg("data=tabular", "data.layout=per_task", f"data.root={root}",
                         "data.k_shot=2", "data.query_per_class=4", *SMALL,
-                        "meta_test.baselines=[scratch]", "tracking.log_model=false")
+                        "meta_train.iterations=1", "model.hidden_units=[4]",
+                        "meta_test.enabled=false", "tracking.log_model=false")
     preflight.check(cfg)
     result = execute(cfg, raw, [], checked=True)
     assert calls == dict.fromkeys(["check_reachable", "check_writable", "check",
