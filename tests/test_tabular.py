@@ -481,3 +481,44 @@ def test_cli_refuses_a_duplicated_column_or_an_infinite_value_before_any_run(tmp
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert all(s in lines[0] for s in said), lines[0]
     assert not (tmp_path / "mlruns").exists()  # nothing recorded
+
+
+def test_each_check_of_a_cli_job_runs_once(tmp_path, make_cfg, monkeypatch):
+    """The preflight then the run, as ``python -m pipeline`` makes them (``checked=True``): the
+    store is checked once, the memory once (by the run: a table's width is known only from its
+    data, whose bytes the logged estimate counts once) and the tabular sources once, though the
+    run generates its task file from them after the preflight."""
+    from pipeline.data.tabular import checks
+    from pipeline.run import memory
+    from pipeline.tracking import store
+
+    calls: dict[str, int] = {}
+
+    def counted(module, name: str) -> None:
+        real = getattr(module, name)
+
+        def call(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, call)
+
+    for module, name in ((store, "check_reachable"), (store, "check_writable"),
+                         (memory, "check"), (checks, "_check_missing"),
+                         (checks, "_check_finite"), (checks, "_check_task_types"),
+                         (checks, "check_sizes")):
+        counted(module, name)
+    root = write_per_task(tmp_path / "set", tasks())
+    cfg, raw = make_cfg("data=tabular", "data.layout=per_task", f"data.root={root}",
+                        "data.k_shot=2", "data.query_per_class=4", *SMALL,
+                        "meta_train.iterations=1", "model.hidden_units=[4]",
+                        "meta_test.enabled=false", "tracking.log_model=false")
+    preflight.check(cfg)
+    result = execute(cfg, raw, [], checked=True)
+    assert calls == dict.fromkeys(["check_reachable", "check_writable", "check",
+                                   "_check_missing", "_check_finite", "_check_task_types",
+                                   "check_sizes"], 1)
+    logged = MlflowClient(cfg.tracking.uri).get_run(result.run_id).data.metrics
+    estimate = memory.estimate(cfg, result.tasks.input_shape, result.tasks.nbytes)
+    assert estimate.data == result.tasks.nbytes > 0
+    assert logged[keys.MEMORY_ESTIMATE] == pytest.approx(estimate.gib)
