@@ -115,26 +115,6 @@ def test_an_unknown_backend_is_refused_in_one_line(capsys):
     assert "hydra.launcher.backend=dask" in line and "loky or ray" in line
 
 
-def test_a_refused_launcher_option_goes_through_the_apps_one_table():
-    """With the pipeline's hooks installed, the launcher's refusal is the app's config refusal:
-    its line and exit status come from ``pipeline.process.outcome``, the launcher prints none."""
-    from hydra_plugins.pipeline_launcher import _hooks
-    from hydra_plugins.pipeline_launcher.launcher import PipelineLauncher
-    from pipeline import process
-    from pipeline.errors import Refusal
-    from pipeline.sweep.hooks import SweepHooks
-
-    before = _hooks._installed
-    _hooks.install_hooks(SweepHooks())
-    try:
-        with pytest.raises(Refusal) as refused:
-            PipelineLauncher(backend="dask")
-    finally:
-        _hooks._installed = before
-    line, status = process.outcome(refused.value)
-    assert status == 2 and line.startswith("Error in config: hydra.launcher.backend=dask: "), line
-
-
 def test_the_plugin_imports_nothing_of_the_application():
     """The launcher reaches the pipeline only through the hooks the pipeline installs."""
     import ast

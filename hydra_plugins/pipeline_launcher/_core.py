@@ -75,8 +75,6 @@ class Slot:
     jobs_run: int = 0
     #: The job number a stop already sent a signal for (one signal per job).
     signalled: int | None = None
-    #: The backend's future of the job the worker runs (done once the worker is through it).
-    running: Future | None = None
 
 
 def wait_interruptibly(futures: list[Future]) -> None:
@@ -202,8 +200,11 @@ class Workers:
         line."""
         try:
             wait_interruptibly(futures)
-        except BaseException:  # a stop (the application's, which signals the busy workers)
+        except BaseException:  # a stop (the sweep's SIGTERM handler): start no more
             self.drop_queue("the sweep is stopping: job not started")
+            # A job still running (a second Ctrl-C stops waiting for it) gets SIGTERM: it ends
+            # KILLED with its checkpoint, and the exit does not wait out its whole training.
+            self.signal_busy(signal.SIGTERM)
             raise
         results = [Result.of(f.result(), n) for f, n in zip(futures, numbers, strict=True)]
         _log_failures(results)
@@ -214,14 +215,15 @@ class Workers:
         return sweep_dir is not None and self.hooks.is_stopping(sweep_dir)
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the workers (idle ones exit at once); queued jobs are not started."""
+        """Stop the workers (idle ones exit at once); queued jobs are not started. A stopping
+        sweep's busy workers get SIGTERM first (once a job), so their runs end KILLED."""
+        if self.stopping():
+            self.signal_busy(signal.SIGTERM)
         with self._lock:
             self.closed = True
             slots, self._slots = self._slots, []
         self.drop_queue("the launcher was shut down: job not started")
         self.backend.close([s.worker for s in slots if s.worker is not None], wait=wait)
-
-    # --- the application's stop (:class:`~._hooks.RunningJobs`) --------------------------------
 
     def signal_busy(self, signum: int) -> None:
         """Send ``signum`` to the workers running a job (each job's worker once)."""
@@ -232,11 +234,6 @@ class Workers:
                 slot.signalled = slot.job.idx
         for slot in busy:
             self.backend.signal(slot, signum)
-
-    def busy(self) -> int:
-        """How many workers are still in a job. Read without the lock: a stop's signal handler
-        asks while the thread that ends jobs may be waiting for it."""
-        return sum(s.running is not None and not s.running.done() for s in list(self._slots))
 
     def drop_queue(self, why: str) -> None:
         with self._lock:
@@ -263,7 +260,7 @@ class Workers:
                     continue
                 job = slot.job = self._queue.popleft()
                 handle = slot.worker
-                future = slot.running = self.backend.submit(slot, job)
+                future = self.backend.submit(slot, job)
                 future.add_done_callback(
                     lambda f, s=slot, j=job, h=handle: self._finished(s, j, h, f))
 

@@ -10,27 +10,12 @@ installs a :class:`LauncherHooks` before Hydra sets the launcher up::
 The launcher takes the installed hooks at :meth:`~.launcher.PipelineLauncher.setup` and hands
 them to each worker (pickled: a class by module path), which calls the worker-side hooks. An
 application that installs none gets :class:`NoHooks`: nothing stops a sweep early, a dead
-worker's job just fails, workers import nothing ahead, a refused option is said as it is (one
-line, exit status 2).
+worker's job just fails, workers import nothing ahead.
 """
 
 import importlib
-import sys
 from pathlib import Path
-from typing import Any, NoReturn, Protocol, runtime_checkable
-
-
-class RunningJobs(Protocol):
-    """The jobs the launcher's workers run, as the application's stop sees them: the launcher
-    signals no job on its own; the application's stop decides when."""
-
-    def signal_busy(self, signum: int) -> None:
-        """Send ``signum`` to each worker running a job (once a job)."""
-        ...
-
-    def busy(self) -> int:
-        """How many workers still run a job."""
-        ...
+from typing import Any, Protocol, runtime_checkable
 
 
 @runtime_checkable
@@ -39,18 +24,9 @@ class LauncherHooks(Protocol):
 
     # --- in the launching process -------------------------------------------------------------
 
-    def refuse(self, message: str) -> NoReturn:
-        """A launcher option no backend takes (``message`` names it and what is allowed): end
-        the command as the application ends a refused config."""
-        ...
-
-    def workers_ready(self, sweep_dir: Path, jobs: RunningJobs) -> None:
-        """The workers of the sweep in ``sweep_dir`` are set up: the application's stop signals
-        the jobs they run through ``jobs`` and waits for them."""
-        ...
-
     def is_stopping(self, sweep_dir: Path) -> bool:
-        """Whether the sweep is stopping: queued jobs are then dropped, not started."""
+        """Whether the sweep is stopping: queued jobs are then dropped, not started, and a
+        shutdown signals the busy workers (SIGTERM) before it stops them."""
         ...
 
     def on_worker_lost(self, sweep_dir: Path, job_idx: int, reason: str) -> None:
@@ -73,13 +49,6 @@ class LauncherHooks(Protocol):
 
 class NoHooks:
     """The hooks of an application that installs none."""
-
-    def refuse(self, message: str) -> NoReturn:
-        print(message, file=sys.stderr)
-        sys.exit(2)
-
-    def workers_ready(self, sweep_dir: Path, jobs: RunningJobs) -> None:
-        return None
 
     def is_stopping(self, sweep_dir: Path) -> bool:
         return False

@@ -18,10 +18,8 @@ TensorFlow imported) and runs job after job with a clean per-job state; built al
 kept (:mod:`pipeline.run.warm`), so later jobs of the same graph reuse their compiled steps.
 Workers die with their launcher (a watchdog on the launching process in loky's; Ray ends an
 actor with its driver). What the launcher needs of the application (is the sweep stopping, a
-dead worker's run to mark FAILED, the workers' set-up, a refused option said in its words) comes
-through the hooks it installed (:mod:`._hooks`); the launcher imports nothing of it. A stop is
-the application's alone: the launcher hands it the running jobs at set-up
-(:meth:`~._hooks.LauncherHooks.workers_ready`) and signals a worker only when asked.
+dead worker's run to mark FAILED, the workers' set-up) comes through the hooks it installed
+(:mod:`._hooks`); the launcher imports nothing of it.
 
 Plugin shape, as Hydra's own launchers: :mod:`.config` (the schema), this module (the thin
 plugin class Hydra instantiates) and :mod:`._core` (:class:`~._core.Workers`, the slots and
@@ -36,6 +34,7 @@ and returns its results in order.
 import atexit
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from concurrent.futures import Future
 from pathlib import Path
@@ -63,14 +62,20 @@ log = logging.getLogger(__name__)
 BACKENDS = ("loky", "ray")
 
 
+def _refuse(message: str) -> None:
+    """A launcher option Hydra's schema let through but no backend takes: one line, exit
+    status 2, as the application's own refusals (the launcher is made before any job)."""
+    print(f"Error in config: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 class PipelineLauncher(Launcher):
     def __init__(self, n_jobs: int = 2, warm: bool = True, backend: str | None = "loky",
                  ray: Any = None, **_: Any) -> None:
         backend = backend or "loky"  # hydra/launcher=joblib: joblib's schema, backend null
-        if backend not in BACKENDS:  # Hydra's schema let it through; the application says it
-            installed().refuse(f"hydra.launcher.backend={backend}: the project's launcher runs "
-                               f"its workers on {' or '.join(BACKENDS)} (this machine's "
-                               f"processes, or Ray actors).")
+        if backend not in BACKENDS:
+            _refuse(f"hydra.launcher.backend={backend}: the project's launcher runs its workers "
+                    f"on {' or '.join(BACKENDS)} (this machine's processes, or Ray actors).")
         self.warm = warm
         self.backend_name = backend
         self._ray_conf = ray
@@ -108,8 +113,6 @@ class PipelineLauncher(Launcher):
                                                 self.task_function, Singleton.get_state(),
                                                 self.warm, hooks))
             self._workers.start()
-            # The application's stop signals the jobs they run (the launcher never on its own).
-            hooks.workers_ready(Path(str(config.hydra.sweep.dir)).absolute(), self._workers)
         atexit.register(self.shutdown)  # after the backend's own (Ray's): it runs first
 
     def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
@@ -147,7 +150,8 @@ class PipelineLauncher(Launcher):
         return self._workers.wait_all(futures, numbers)
 
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the workers (idle ones exit at once); queued jobs are not started."""
+        """Stop the workers (idle ones exit at once); queued jobs are not started. A stopping
+        sweep's busy workers get SIGTERM first (once a job), so their runs end KILLED."""
         if self._workers is not None:
             self._workers.shutdown(wait)
 

@@ -169,31 +169,6 @@ def summarize_sweep(uri: str, parent_run_id: str, sweep_dir: Path | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    uri = args.tracking_uri or default_tracking_uri()
-    try:  # ids may be given as unique prefixes (the tables print 8 characters)
-        args.parent, args.run = (store.resolve_run_id(uri, r) if r else r
-                                 for r in (args.parent, args.run))
-        args.paired = [store.resolve_run_id(uri, r) for r in args.paired or []]
-    except store.RunNotFound as e:
-        print(f"Refused: {e}", file=sys.stderr)
-        return 2
-    if args.paired:
-        return _paired(uri, *args.paired, log=args.log, tasks=args.by_task)
-    if args.by_task:
-        if not args.run:
-            print("--by-task goes with --run RUN_ID or --paired RUN_A RUN_B.", file=sys.stderr)
-            return 2
-        return _by_task(uri, args.run)
-    if args.log:
-        print("--log goes with --paired RUN_A RUN_B.", file=sys.stderr)
-        return 2
-    if args.register:
-        return _register(uri, args.register, args.run or args.parent, args.force)
-    return _list(uri, args)
-
-
-def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tracking-uri", help="MLflow store (default: the config's tracking.uri)")
@@ -220,12 +195,27 @@ def _parser() -> argparse.ArgumentParser:
                    " with --by-task: the run (or group) to break down")
     p.add_argument("--force", action="store_true", help="with --register: register a new "
                    "version even if that run's model is already registered under NAME")
-    return p
-
-
-def _list(uri: str, args: argparse.Namespace) -> int:
-    """The runs' table (``--experiment``, ``--filter``, ``--parent``), also written to
-    ``--csv`` and drawn into ``--plot``."""
+    args = p.parse_args(argv)
+    uri = args.tracking_uri or default_tracking_uri()
+    try:  # ids may be given as unique prefixes (the tables print 8 characters)
+        args.parent, args.run = (store.resolve_run_id(uri, r) if r else r
+                                 for r in (args.parent, args.run))
+        args.paired = [store.resolve_run_id(uri, r) for r in args.paired or []]
+    except store.RunNotFound as e:
+        print(f"Refused: {e}", file=sys.stderr)
+        return 2
+    if args.paired:
+        return _paired(uri, *args.paired, log=args.log, tasks=args.by_task)
+    if args.by_task:
+        if not args.run:
+            print("--by-task goes with --run RUN_ID or --paired RUN_A RUN_B.", file=sys.stderr)
+            return 2
+        return _by_task(uri, args.run)
+    if args.log:
+        print("--log goes with --paired RUN_A RUN_B.", file=sys.stderr)
+        return 2
+    if args.register:
+        return _register(uri, args.register, args.run or args.parent, args.force)
     try:
         _reap(uri, args.experiment)
         runs = store.search_runs(uri, args.experiment, args.filter, args.parent)
@@ -240,40 +230,30 @@ def _list(uri: str, args: argparse.Namespace) -> int:
         swept = json.loads(store.get_run(uri, args.parent).tags.get(keys.SWEEP_PARAMS, "[]"))
     df = table(runs, swept)
     print(display(df))
-    written = _write(df, swept, args.csv, args.plot)
-    if written is None:
-        return 2
-    print(f"\n{len(df)} runs" + (f"; {', '.join(written)}" if written else ""))
-    return 0
-
-
-def _write(df: pd.DataFrame, swept: list[str], csv: Path | None, png: Path | None
-           ) -> list[str] | None:
-    """The table to ``csv`` and its plot to ``png`` (each if given): what was written; None,
-    refused on stderr, if one cannot be."""
     written = []
     try:
-        if csv:
-            where = f"--csv {csv}"
-            csv.parent.mkdir(parents=True, exist_ok=True)
-            df.to_csv(csv, index=False)
-            written.append(f"table: {csv}")
-        if png:
+        if args.csv:
+            where = f"--csv {args.csv}"
+            args.csv.parent.mkdir(parents=True, exist_ok=True)
+            df.to_csv(args.csv, index=False)
+            written.append(f"table: {args.csv}")
+        if args.plot:
             from pipeline.analysis import plots
 
-            where = f"--plot {png}"
+            where = f"--plot {args.plot}"
             fig = plot(df, swept)
             try:
-                png.parent.mkdir(parents=True, exist_ok=True)
-                fig.savefig(png, dpi=100)
+                args.plot.parent.mkdir(parents=True, exist_ok=True)
+                fig.savefig(args.plot, dpi=100)
             finally:
                 plots.close(fig)
-            written.append(f"plot: {png}")
+            written.append(f"plot: {args.plot}")
     except OSError as e:
         print(f"Refused: cannot write {where}: {e.strerror or e}. Give a path in a folder you "
               f"can write.", file=sys.stderr)
-        return None
-    return written
+        return 2
+    print(f"\n{len(df)} runs" + (f"; {', '.join(written)}" if written else ""))
+    return 0
 
 
 def _reap(uri: str, experiments: list[str] | None) -> None:

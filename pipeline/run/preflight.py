@@ -4,10 +4,7 @@ there (Omniglot's zips; an image collection's layout, splits and class sizes), m
 for the run's largest step (:mod:`pipeline.run.memory`). Each failure is
 one line naming the key and what to do (exit status 2 at the CLI). Each check is made once: the
 run that follows (:func:`pipeline.run.runner.execute` with ``checked=True``) does not repeat the
-store's or the memory's (the memory is checked here only where the config fixes the input
-shape: else by the run, with the data's bytes), and a tabular task file generated after this
-check reads its sources again but does not check them again (the images' size a config fixes
-is :mod:`pipeline.config.validate`'s).
+store's or the memory's (the images' size a config fixes is :mod:`pipeline.config.validate`'s).
 
 :class:`OutputDirCheck` (``hydra.callbacks.preflight`` in ``conf/config.yaml``) checks Hydra's
 own run and sweep folders, which Hydra creates before the pipeline's code runs.
@@ -91,8 +88,7 @@ def check(cfg: Config) -> None:
         from pipeline.data import stream_rng, tabular
 
         tabular.check_sources(dataclasses.asdict(cfg.data), stream_rng(cfg.seed, "data"))
-    if memory.input_shape(cfg) is not None:  # else the run checks it, once the data tells it
-        memory.check(cfg)
+    memory.check(cfg)
 
 
 class OutputDirCheck(Callback):

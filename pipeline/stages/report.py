@@ -134,141 +134,78 @@ def run(algo: Algorithm, tasks: TaskSet, tested: Tested, baselines: dict[str, Te
         log_model: bool = True) -> Report:
     """Summarise, log and plot the meta-test and every baseline's (``scratch``, ``finetune``,
     ``linear_probe``: same episodes, same order); return what was logged."""
-    main, units = algo.loss.main_metric, units_of(tasks)
-    summed = _summarise(algo, tested, baselines, units)
-    gain = summed.gains.get(keys.SCRATCH_NAME)
-    no_gain = gain is not None and gain.has_ci and gain.low <= 0
-    if tracker is not None:
-        _log_summaries(tracker, algo, summed, tested, trained, eval_steps, units, no_gain, gain)
-    after = _headline(summed, main)
-    if tracker is not None:
-        tracker.log_metrics({keys.CI_UNITS: after.n, keys.TEST_EPISODES: after.episodes})
-        tracker.log_text(episodes.table(units, summed.series).to_csv(index=False),
-                         keys.EPISODES_TABLE)
-    _say(algo.name, main, after, tested.num_tasks, units)
-    _say_baselines(algo.name, main, summed, list(baselines), units, no_gain, gain)
-    if tracker is not None:
-        _log_figures(tracker, algo, tasks, tested, baselines, trained, main)
-        if log_model:
-            tracker.log_keras_model(portable(algo.model), tasks.test.take(slice(0, 1)).query_x[0])
-            publish.log_few_shot(tracker, algo, tasks)
-    scratch = baselines.get(keys.SCRATCH_NAME)
-    return Report(tested.per_task, scratch.per_task if scratch else None, summed.found, gain,
-                  after.mean, no_gain, int(tested.diverged[keys.AFTER].sum()),
-                  {"meta_train_s": trained.seconds, "meta_test_s": tested.seconds,
-                   "meta_train_iterations": trained.iterations},
-                  {name: r.per_task for name, r in baselines.items()}, summed.gains)
-
-
-@dataclass
-class _Summed:
-    """The meta-test's and the baselines' summaries, counts and series, before any is logged."""
-
-    found: dict[str, Summary]
-    #: Diverged tasks, by metric name.
-    counts: dict[str, int]
-    #: Each test task's metrics, the method's and each baseline's.
-    series: dict[str, np.ndarray]
-    #: The method's paired gain over each baseline.
-    gains: dict[str, Summary]
-    #: The method's divergence note, and each baseline's (name, note).
-    note: str | None
-    baseline_notes: list[tuple[str, str]]
-
-
-def _summarise(algo: Algorithm, tested: Tested, baselines: dict[str, Tested],
-               units: Units) -> _Summed:
-    """The method's summaries over the test unit, then each baseline's and the gain over it."""
     loss, main = algo.loss, algo.loss.main_metric
+    units = units_of(tasks)
     found = summaries(tested, keys.TEST, units)
     counts = {keys.diverged(keys.TEST, p): int(bad.sum()) for p, bad in tested.diverged.items()}
-    series = per_task(tested)
+    per_task_series = per_task(tested)
     gains: dict[str, Summary] = {}
     baseline_notes = []
     for name, result in baselines.items():
         found |= summaries(result, keys.baseline(name), units)
         counts |= {keys.diverged(keys.baseline(name), p): int(bad.sum())
                    for p, bad in result.diverged.items()}
-        series |= per_task(result, keys.baseline_task(name))
+        per_task_series |= per_task(result, keys.baseline_task(name))
         g = _gain(tested, result, main, loss.higher_is_better, units)
         if g is not None:
             gains[name] = found[f"{keys.gain_vs(name)}query_{main}"] = g
         baseline_note = _divergence_note(name, result, loss.metric_names[0])
         if baseline_note:
             baseline_notes.append((name, baseline_note))
-    return _Summed(found, counts, series, gains,
-                   _divergence_note(algo.name, tested, loss.metric_names[0]), baseline_notes)
+    gain = gains.get(keys.SCRATCH_NAME)
 
-
-def _log_summaries(tracker: Tracker, algo: Algorithm, summed: _Summed, tested: Tested,
-                   trained: Trained, eval_steps: tuple[int, ...], units: Units, no_gain: bool,
-                   gain: Summary | None) -> None:
-    """The per-task series, the aggregates with the timings, the inner-step curve, the tags."""
-    main = algo.loss.main_metric
-    aggregates = aggregate_metrics(summed.found) | summed.counts
-    for name, g in summed.gains.items():  # the headline columns: gain/query_acc and its interval
+    note = _divergence_note(algo.name, tested, loss.metric_names[0])
+    after_key = keys.query(keys.TEST, main)
+    no_gain = gain is not None and gain.has_ci and gain.low <= 0
+    beats = [name for name, g in gains.items() if g.has_ci and g.low > 0]
+    aggregates = aggregate_metrics(found) | counts
+    for name, g in gains.items():  # the headline columns: gain/query_acc and its interval
         aggregates[f"{keys.gain_vs(name)}query_{main}"] = g.mean
     aggregates[keys.TIME_META_TRAIN] = trained.seconds
     aggregates[keys.TIME_META_TEST] = tested.seconds
     if trained.iterations:
         aggregates[keys.TIME_META_TRAIN_MS] = 1000 * trained.seconds / trained.iterations
-    curve = step_curve(summed.found, algo.loss.metric_names, eval_steps)
-    tracker.log_metrics(summed.series)
-    tracker.log_metrics(aggregates)
-    if curve:  # one series per statistic, all at the same inner-step counts
-        steps = next(iter(curve.values()))[0]
-        tracker.log_metrics({k: v for k, (_, v) in curve.items()}, steps=steps)
-    tracker.set_tags(_tags(summed, units, no_gain, gain))
+    curve = step_curve(found, loss.metric_names, eval_steps)
 
+    if tracker is not None:
+        tracker.log_metrics(per_task_series)
+        tracker.log_metrics(aggregates)
+        if curve:  # one series per statistic, all at the same inner-step counts
+            steps = next(iter(curve.values()))[0]
+            tracker.log_metrics({k: v for k, (_, v) in curve.items()}, steps=steps)
+        notes = [n for n in (note, *(n for _, n in baseline_notes)) if n]
+        tags = {keys.NO_GAIN: "none" if no_gain else ("positive" if gain and gain.has_ci
+                                                      else "n/a"), keys.CI_UNIT: units.kind}
+        if gains:
+            tags[keys.BEATS_BASELINES] = ",".join(beats) or "none"
+        tracker.set_tags(tags | ({keys.DIVERGED: "; ".join(notes)} if notes else {}))
 
-def _tags(summed: _Summed, units: Units, no_gain: bool, gain: Summary | None) -> dict[str, str]:
-    """Whether the method gained over scratch, which baselines it beats, what diverged."""
-    notes = [n for n in (summed.note, *(n for _, n in summed.baseline_notes)) if n]
-    tags = {keys.NO_GAIN: "none" if no_gain else ("positive" if gain and gain.has_ci
-                                                  else "n/a"), keys.CI_UNIT: units.kind}
-    if summed.gains:
-        beats = [name for name, g in summed.gains.items() if g.has_ci and g.low > 0]
-        tags[keys.BEATS_BASELINES] = ",".join(beats) or "none"
-    return tags | ({keys.DIVERGED: "; ".join(notes)} if notes else {})
-
-
-def _headline(summed: _Summed, main: str) -> Summary:
-    """The method's main metric after adaptation, once what diverged is said; a
-    :class:`DivergenceError` if no test task has a finite score."""
-    if summed.note:
-        log.warning("%s. Aggregates are over the other tasks; the count is logged as %s.",
-                    summed.note, keys.diverged(keys.TEST))
-    for baseline, baseline_note in summed.baseline_notes:
-        log.warning("%s (logged as %s).", baseline_note, keys.diverged(keys.baseline(baseline)))
-    after_key = keys.query(keys.TEST, main)
-    if after_key not in summed.found:
-        raise DivergenceError(f"meta-test diverged: "
-                              f"{summed.note or 'no test task has a finite score'}."
+    if note:
+        log.warning("%s. Aggregates are over the other tasks; the count is logged as %s.", note,
+                    keys.diverged(keys.TEST))
+    for name, baseline_note in baseline_notes:
+        log.warning("%s (logged as %s).", baseline_note, keys.diverged(keys.baseline(name)))
+    if after_key not in found:
+        raise DivergenceError(f"meta-test diverged: {note or 'no test task has a finite score'}."
                               f" Lower the inner learning rate or the test-time inner steps.")
-    return summed.found[after_key]
-
-
-def _say(name: str, main: str, after: Summary, num_tasks: int, units: Units) -> None:
-    """The method's result line (and its interval over the test classes)."""
+    after = found[after_key]
+    if tracker is not None:
+        tracker.log_metrics({keys.CI_UNITS: after.n, keys.TEST_EPISODES: after.episodes})
+        tracker.log_text(episodes.table(units, per_task_series).to_csv(index=False),
+                         keys.EPISODES_TABLE)
     if not after.has_ci:
         log.warning("The test split has one %s (%d episodes): no confidence interval is given "
                     "(it would need 2 independent %ss).", units.kind, after.episodes, units.kind)
-    diverged_note = (f"; {num_tasks - after.episodes} of {num_tasks} episodes "
-                     f"diverged" if after.episodes != num_tasks else "")
-    log.info("%s query %s after adaptation: %s%s", name, main, after,
+    diverged_note = (f"; {tested.num_tasks - after.episodes} of {tested.num_tasks} episodes "
+                     f"diverged" if after.episodes != tested.num_tasks else "")
+    log.info("%s query %s after adaptation: %s%s", algo.name, main, after,
              f" (95% CI over {after.over()}{diverged_note})" if after.has_ci else diverged_note)
     if after.class_ci is not None:
         log.info("%s query %s after adaptation, 95%% CI resampling the test classes (cluster "
-                 "bootstrap): [%.4f, %.4f]", name, main, *after.class_ci)
-
-
-def _say_baselines(name: str, main: str, summed: _Summed, baselines: list[str], units: Units,
-                   no_gain: bool, gain: Summary | None) -> None:
-    """Each baseline's line with the method's gain over it, the strongest, and no gain."""
-    gains = summed.gains
-    for baseline in baselines:
-        score, g = summed.found.get(keys.query(keys.baseline(baseline), main)), gains.get(baseline)
-        log.info("%s query %s: %s; gain %s%s", baseline, main, score or "n/a", g or "n/a",
+                 "bootstrap): [%.4f, %.4f]", algo.name, main, *after.class_ci)
+    for name in baselines:
+        score, g = found.get(keys.query(keys.baseline(name), main)), gains.get(name)
+        log.info("%s query %s: %s; gain %s%s", name, main, score or "n/a", g or "n/a",
                  f" (95% CI over {g.over()}, paired per {units.kind})" if g and g.has_ci else "")
     if gains:
         best = min(gains, key=lambda n: gains[n].mean)  # the strongest: least gain over it
@@ -276,7 +213,19 @@ def _say_baselines(name: str, main: str, summed: _Summed, baselines: list[str], 
                  gains[best].ci95)
     if no_gain:
         log.warning("Meta-learning shows no gain: %s's gain over scratch on the same test tasks "
-                    "is %s (95%% CI includes or is below 0).", name, gain)
+                    "is %s (95%% CI includes or is below 0).", algo.name, gain)
+
+    if tracker is not None:
+        _log_figures(tracker, algo, tasks, tested, baselines, trained, main)
+        if log_model:
+            tracker.log_keras_model(portable(algo.model), tasks.test.take(slice(0, 1)).query_x[0])
+            publish.log_few_shot(tracker, algo, tasks)
+    scratch = baselines.get(keys.SCRATCH_NAME)
+    return Report(tested.per_task, scratch.per_task if scratch else None, found, gain,
+                  after.mean, no_gain, int(tested.diverged[keys.AFTER].sum()),
+                  {"meta_train_s": trained.seconds, "meta_test_s": tested.seconds,
+                   "meta_train_iterations": trained.iterations},
+                  {name: r.per_task for name, r in baselines.items()}, gains)
 
 
 def _log_figures(tracker: Tracker, algo: Algorithm, tasks: TaskSet, tested: Tested,

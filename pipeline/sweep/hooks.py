@@ -5,30 +5,13 @@ name (``pipeline.sweep.hooks:SweepHooks``)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
 
 from pipeline.sweep import session, workers
-
-if TYPE_CHECKING:
-    from hydra_plugins.pipeline_launcher._hooks import RunningJobs
 
 
 class SweepHooks:
     """The sweep's side of the project's launcher (its ``LauncherHooks``), installed by the
     entry point (:mod:`pipeline.__main__`): the launcher imports nothing of the pipeline."""
-
-    def refuse(self, message: str) -> NoReturn:
-        """A launcher option no backend takes: refused as a bad config value (one line, exit
-        status 2, from the command's edge)."""
-        from pipeline.errors import ConfigError, Refusal
-
-        raise Refusal(ConfigError(message))
-
-    def workers_ready(self, sweep_dir: Path, jobs: RunningJobs) -> None:
-        """The sweep's session (in this, the launching process) stops the launcher's jobs."""
-        current = session.current()
-        if current is not None and current.sweep_dir == sweep_dir:
-            current.use_launcher(jobs)
 
     def is_stopping(self, sweep_dir: Path) -> bool:
         """A stop (SIGTERM or Ctrl-C to the launching process) left its file in the folder."""

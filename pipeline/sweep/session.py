@@ -7,11 +7,6 @@ finds it with :func:`current` and adds its groups through it. A launcher gets wh
 plain callables: :func:`on_worker_lost` (a job's worker died: end its run FAILED) and
 :func:`is_stopping` (no queued job may start), both keyed by the sweep folder so they work in
 any process that sees it.
-
-The stop is the session's alone (:meth:`SweepSession.stop`). The project's launcher hands over
-its running jobs at set-up (:meth:`SweepSession.use_launcher`), and the stop signals them
-through it; a launcher that is not the project's (Hydra's joblib, basic) gets its busy workers
-found instead: this process's children that mark a job in the sweep folder.
 """
 
 from __future__ import annotations
@@ -28,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pipeline.analysis import groups
 from pipeline.errors import ConfigError
@@ -36,9 +31,6 @@ from pipeline.sweep import workers
 from pipeline.sweep.plan import PARENT_FILE
 from pipeline.tracking import keys, liveness, store
 from pipeline.tracking.store import RunRecord
-
-if TYPE_CHECKING:
-    from hydra_plugins.pipeline_launcher._hooks import RunningJobs
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +85,7 @@ class SweepSession:
         self.failure: str | None = None
         self._stopped: int | None = None
         self._stopped_parent: str | None = None
-        self._launched: RunningJobs | None = None
+        self._signal_busy: Callable[[int], None] | None = None
 
     @property
     def parent_run_id(self) -> str | None:
@@ -233,9 +225,10 @@ class SweepSession:
     def on_worker_lost(self, job_idx: int, reason: str) -> str | None:
         return on_worker_lost(self.sweep_dir, job_idx, reason)
 
-    def use_launcher(self, jobs: RunningJobs) -> None:
-        """The project's launcher runs this sweep's jobs: a stop signals them through ``jobs``."""
-        self._launched = jobs
+    def set_worker_signaller(self, signal_busy: Callable[[int], None] | None) -> None:
+        """A launcher that knows its busy workers signals them itself (else this process's
+        children that mark a job in the sweep folder are signalled)."""
+        self._signal_busy = signal_busy
 
     def _handle_signals(self) -> None:
         with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
@@ -270,36 +263,20 @@ class SweepSession:
         raise SystemExit(128 + signum)
 
     def _wait_for_workers(self) -> None:
-        """SIGTERM to each worker running a job, then wait (at most :data:`STOP_WAIT_S`) until
-        none is: their runs are then ended KILLED, with checkpoints."""
-        busy = self._signal_launched() if self._launched is not None \
-            else self._signal_marked_children()
-        deadline = time.monotonic() + STOP_WAIT_S
-        while busy() and time.monotonic() < deadline:
-            time.sleep(0.2)
-
-    def _signal_launched(self) -> Callable[[], int]:
-        """The project's launcher's workers, through the jobs it handed over."""
-        jobs = self._launched
-        assert jobs is not None
-        with contextlib.suppress(Exception):
-            jobs.signal_busy(signal.SIGTERM)
-        return jobs.busy
-
-    def _signal_marked_children(self) -> Callable[[], int]:
-        """Another launcher's workers: this process's children marked as running a job, each
-        signalled once, when first found."""
+        if self._signal_busy is not None:
+            with contextlib.suppress(Exception):
+                self._signal_busy(signal.SIGTERM)
         signalled: set[int] = set()
-
-        def busy() -> int:
-            found = workers.busy_workers(self.sweep_dir)
-            for pid in found - signalled:
+        deadline = time.monotonic() + STOP_WAIT_S
+        while time.monotonic() < deadline:
+            busy = workers.busy_workers(self.sweep_dir)
+            for pid in busy - signalled:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGTERM)
-            signalled.update(found)
-            return len(found)
-
-        return busy
+            signalled |= busy
+            if not busy:
+                break
+            time.sleep(0.2)
 
 
 _current: SweepSession | None = None

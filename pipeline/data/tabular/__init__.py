@@ -57,7 +57,7 @@ import numpy as np
 from pipeline.config.data import TabularDataConfig
 from pipeline.data import CLASSIFICATION, REGRESSION
 from pipeline.data.family import CI_TASK, FamilyBase, GeneratedTasks
-from pipeline.data.tabular.checks import check_sources, checked_sources
+from pipeline.data.tabular.checks import check_sizes, check_sources
 from pipeline.data.tabular.episodes import fixed_episodes, query_size, split_sampler
 from pipeline.data.tabular.preprocess import fit
 from pipeline.data.tabular.read import read_tasks, source_digest, source_files
@@ -84,8 +84,9 @@ class Tabular(FamilyBase[TabularDataConfig]):
 
 
 def generate(cfg: dict, rng: np.random.Generator) -> GeneratedTasks:
-    splits, ways = checked_sources(cfg, rng)
+    splits = check_sources(cfg, rng)
     every = [t for ts in splits.values() for t in ts]
+    ways = check_sizes(cfg, every)
     q = query_size(cfg, every)
     prep = fit(cfg, splits["train"])
     samplers, imputed, unseen = {}, {}, {}

@@ -4,29 +4,14 @@ tasks into train, validation and test."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from pipeline.data import CLASSIFICATION, REGRESSION
-from pipeline.data.tabular.read import (
-    SPLITS,
-    Task,
-    no_val_hint,
-    numbers,
-    read_tasks,
-    source_files,
-    where,
-)
+from pipeline.data.tabular.read import SPLITS, Task, no_val_hint, numbers, read_tasks, where
 from pipeline.errors import ConfigError
 
 #: Targets of a task: class labels (strings, or whole numbers) or real values.
 LABELS, REAL = "labels", "real"
-
-#: Sources whose checks passed in this process (their settings, each file's size and
-#: modification time) -> the episodes' N-way: a run's generation after its preflight reads the
-#: files again for their rows, but checks nothing again.
-_passed: dict[str, int] = {}
 
 
 def _target_kind(task: Task) -> str:
@@ -178,26 +163,11 @@ def assign_splits(cfg: dict, tasks: list[Task], rng: np.random.Generator
 def check_sources(cfg: dict, rng: np.random.Generator) -> dict[str, list[Task]]:
     """Before a run: every file there, readable and consistent, every task big enough for an
     episode, the split non-empty. ``rng`` is a fresh data stream (it splits the tasks)."""
-    return checked_sources(cfg, rng)[0]
-
-
-def checked_sources(cfg: dict, rng: np.random.Generator) -> tuple[dict[str, list[Task]], int]:
-    """:func:`check_sources`'s split, and the episodes' N-way. The checks run once in a process
-    for the same files and settings."""
     tasks = read_tasks(cfg)
-    identity = _identity(cfg)
-    ways = _passed.get(identity)
-    if ways is None:
-        _check_missing(cfg, tasks)
-        _check_finite(cfg, tasks)
-        _check_task_types(cfg, tasks)
-        ways = _passed[identity] = check_sizes(cfg, tasks)
-    return assign_splits(cfg, tasks, rng), ways
-
-
-def _identity(cfg: dict) -> str:
-    """The settings and each source file's path, size and modification time."""
-    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for _, f in source_files(cfg)]
-    return json.dumps([cfg, files], sort_keys=True, default=str)
+    _check_missing(cfg, tasks)
+    _check_finite(cfg, tasks)
+    _check_task_types(cfg, tasks)
+    check_sizes(cfg, tasks)
+    return assign_splits(cfg, tasks, rng)
 
 
