@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from pipeline import PROJECT_ROOT
 from pipeline.tracking import keys
 from tests.test_search import runs_of, search_command
-from tests.test_search_session import studies
+from tests.test_search_session import signal_a_training_worker, studies
 
 #: Trials long enough to be caught meta-training (a validation every 20 iterations).
 LONG = ["hydra.sweeper.n_trials=3", "meta_train.iterations=400", "meta_train.steps_per_call=5",
@@ -172,20 +172,7 @@ def test_sigterm_to_a_worker_in_a_pruned_search_fails_only_its_trial(tmp_path):
         "+hydra.sweeper.pruner._target_=optuna.pruners.MedianPruner",
         "+hydra.sweeper.pruner.n_startup_trials=1", "+hydra.sweeper.pruner.n_warmup_steps=20"),
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    jobs = tmp_path / "multirun" / ".running-jobs"
-    stopped = None
-    deadline = time.monotonic() + 400
-    while stopped is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        for marker in jobs.glob("[0-9]*") if jobs.is_dir() else []:
-            try:
-                trials = studies(tmp_path)[0].trials
-            except Exception:
-                break
-            if any(t.intermediate_values for t in trials):  # a trial is meta-training
-                stopped = int(marker.name)
-                os.kill(stopped, signal.SIGTERM)
-                break
+    stopped = signal_a_training_worker(tmp_path, proc, signal.SIGTERM)
     out, _ = proc.communicate(timeout=600)
     assert stopped is not None, out[-3000:]
     assert proc.returncode == 0, out[-3000:]

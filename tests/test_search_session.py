@@ -5,6 +5,7 @@ parent run or a study exist. Real Hydra multiruns in subprocesses, real SQLite s
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -30,6 +31,25 @@ def studies(tmp: Path) -> list[optuna.Study]:
     url = f"sqlite:///{tmp}/mlruns/optuna.db"
     return [optuna.load_study(study_name=s.study_name, storage=url)
             for s in optuna.get_all_study_summaries(url)]
+
+
+def signal_a_training_worker(tmp: Path, proc: subprocess.Popen, sig: int) -> int | None:
+    """Send ``sig`` to a busy worker of the search ``proc`` once some trial has reported a
+    validation (meta-training is under way); the worker's pid, or None if the search ended or
+    400 s passed first."""
+    jobs = tmp / "multirun" / ".running-jobs"
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+        for marker in jobs.glob("[0-9]*") if jobs.is_dir() else []:
+            try:
+                trials = studies(tmp)[0].trials
+            except Exception:
+                break
+            if any(t.intermediate_values for t in trials):
+                os.kill(int(marker.name), sig)
+                return int(marker.name)
+    return None
 
 
 def refused(tmp: Path, *args: str, timeout: int = 120) -> str:
@@ -160,21 +180,7 @@ def test_a_killed_worker_fails_only_its_trial(tmp_path):
         "hydra.sweeper.n_trials=6", "meta_train.iterations=200", "meta_train.steps_per_call=5",
         "meta_train.validate_every=20", "hydra.sweeper.reevaluate.top_k=0"),
         cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    jobs = tmp_path / "multirun" / ".running-jobs"
-    killed = None
-    deadline = time.monotonic() + 400
-    while killed is None and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-        for marker in jobs.glob("[0-9]*") if jobs.is_dir() else []:
-            try:
-                trials = studies(tmp_path)[0].trials
-            except Exception:
-                break
-            if any(t.intermediate_values for t in trials):  # a trial is meta-training
-                killed = int(marker.name)
-                import os
-                os.kill(killed, signal.SIGKILL)
-                break
+    killed = signal_a_training_worker(tmp_path, proc, signal.SIGKILL)
     out, _ = proc.communicate(timeout=600)
     assert killed is not None, out[-3000:]
     assert proc.returncode == 0, out[-3000:]
