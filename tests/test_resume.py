@@ -26,6 +26,8 @@ IN_TRAINING = [*COMMON, "meta_train.iterations=6000", "meta_train.steps_per_call
                "meta_test.scratch.steps=5"]
 #: A short training, then a long scratch baseline to interrupt.
 IN_TEST = [*COMMON, "meta_train.iterations=300", "meta_test.scratch.steps=4000"]
+#: The same with a baseline long enough (~7 s idle) that a Ctrl-C lands inside it.
+IN_LONG_TEST = [*COMMON, "meta_train.iterations=300", "meta_test.scratch.steps=20000"]
 
 
 def _store(tmp_path):
@@ -122,8 +124,8 @@ def test_sigterm_during_meta_training_then_resume_is_bit_identical(tmp_path):
 @pytest.mark.slow
 def test_sigint_during_meta_test_resumes_straight_at_meta_test(tmp_path):
     uri, client, exp_id = _store(tmp_path)
-    interrupted = _start(tmp_path, "interrupted", IN_TEST)
-    reference = _start(tmp_path, "reference", IN_TEST)
+    interrupted = _start(tmp_path, "interrupted", IN_LONG_TEST)
+    reference = _start(tmp_path, "reference", IN_LONG_TEST)
     _wait_for(interrupted, "meta-tested maml on 12 tasks")  # the scratch baseline runs now
     interrupted.send_signal(signal.SIGINT)
     stopped_at = _check_killed_and_resume(client, exp_id, uri, interrupted, "interrupted", 130)
@@ -145,8 +147,8 @@ def test_a_resume_or_a_rerun_stopped_by_a_signal_ends_killed_in_one_line(tmp_pat
     from pipeline.tracking import keys
 
     uri, client, exp_id = _store(tmp_path)
-    first = _start(tmp_path, "first", [*IN_TRAINING, "meta_train.iterations=30000"])
-    _wait_for(first, "/30000")
+    first = _start(tmp_path, "first", [*IN_TRAINING, "meta_train.iterations=120000"])
+    _wait_for(first, "/120000")
     first.send_signal(signal.SIGTERM)
     first.communicate(timeout=120)
     assert first.returncode == 143
@@ -156,7 +158,7 @@ def test_a_resume_or_a_rerun_stopped_by_a_signal_ends_killed_in_one_line(tmp_pat
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.resume", run_id,
                                  "--tracking-uri", uri], cwd=PROJECT_ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        _wait_for(proc, "/30000")  # meta-training goes on
+        _wait_for(proc, "/120000")  # meta-training goes on
         proc.send_signal(signum)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 128 + signum, out[-3000:]
